@@ -1,0 +1,90 @@
+"""First-class IR ops, registered with torch.library so IR graphs run in PyTorch.
+
+* ``quantgraph::gather(src, index)``: rows of a node tensor picked by an edge index (``src[index]``).
+* ``quantgraph::scatter(src, index, num_nodes, reduce)``: per-edge rows reduced into ``num_nodes`` rows
+  by target index; ``reduce`` is ``sum``, ``mean`` or ``max`` (rows with no edge are 0).
+* ``quantgraph::quantize(x, scale, zero_point, qmin, qmax, axis)``: ``clamp(round(x / scale) + zp, qmin, qmax)``,
+  rounding half to even (as ONNX QuantizeLinear); returns integer values in an int32 tensor.
+* ``quantgraph::dequantize(q, scale, zero_point, axis)``: ``(q - zp) * scale`` as float32.
+
+``scale``, ``zero_point``, ``qmin`` and ``qmax`` are tensors: 0-d (per tensor) or 1-d along ``axis``
+(per channel, per node row, or per group after a gather of a parameter table), so bitwidths may vary per
+channel or node. Executing these ops is the reference semantics that every backend is checked against.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("sum", "mean", "max")
+
+
+def _along(param: Tensor, x: Tensor, axis: int) -> Tensor:
+    """Reshape a 0-d or 1-d parameter so it broadcasts along ``axis`` of ``x``."""
+    if param.dim() == 0 or param.numel() == 1 and x.dim() == 0:
+        return param.reshape(())
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return param.reshape(shape)
+
+
+@torch.library.custom_op("quantgraph::gather", mutates_args=())
+def gather(src: Tensor, index: Tensor) -> Tensor:
+    return src.index_select(0, index).clone()
+
+
+@gather.register_fake
+def _(src: Tensor, index: Tensor) -> Tensor:
+    return src.new_empty((index.shape[0], *src.shape[1:]))
+
+
+@torch.library.custom_op("quantgraph::scatter", mutates_args=())
+def scatter(src: Tensor, index: Tensor, num_nodes: int, reduce: str) -> Tensor:
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"scatter reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    shape = (num_nodes, *src.shape[1:])
+    idx = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
+    if reduce == "max":
+        out = src.new_zeros(shape).scatter_reduce(0, idx, src, "amax", include_self=False)
+        return out
+    out = src.new_zeros(shape).scatter_add(0, idx, src)
+    if reduce == "mean":
+        count = src.new_zeros(num_nodes).scatter_add(0, index, src.new_ones(index.shape[0]))
+        out = out / count.clamp(min=1).view(-1, *([1] * (src.dim() - 1)))
+    return out
+
+
+@scatter.register_fake
+def _(src: Tensor, index: Tensor, num_nodes: int, reduce: str) -> Tensor:
+    return src.new_empty((num_nodes, *src.shape[1:]))
+
+
+@torch.library.custom_op("quantgraph::quantize", mutates_args=())
+def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor, axis: int) -> Tensor:
+    s, z = _along(scale, x, axis), _along(zero_point, x, axis)
+    lo, hi = _along(qmin, x, axis), _along(qmax, x, axis)
+    q = torch.round(x / s) + z.to(x.dtype)
+    return torch.maximum(torch.minimum(q, hi.to(q.dtype)), lo.to(q.dtype)).to(torch.int32)
+
+
+@quantize.register_fake
+def _(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor, axis: int) -> Tensor:
+    return x.new_empty(x.shape, dtype=torch.int32)
+
+
+@torch.library.custom_op("quantgraph::dequantize", mutates_args=())
+def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor, axis: int) -> Tensor:
+    s, z = _along(scale, q, axis), _along(zero_point, q, axis)
+    return ((q - z.to(q.dtype)).to(torch.float32) * s).to(torch.float32)
+
+
+@dequantize.register_fake
+def _(q: Tensor, scale: Tensor, zero_point: Tensor, axis: int) -> Tensor:
+    return q.new_empty(q.shape, dtype=torch.float32)
+
+
+GATHER = torch.ops.quantgraph.gather.default
+SCATTER = torch.ops.quantgraph.scatter.default
+QUANTIZE = torch.ops.quantgraph.quantize.default
+DEQUANTIZE = torch.ops.quantgraph.dequantize.default
