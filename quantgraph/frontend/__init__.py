@@ -1,0 +1,5 @@
+"""Frontend: lowers a PyTorch/PyG model into the quantgraph IR (a torch.fx GraphModule)."""
+
+from quantgraph.frontend.tracer import TracedGraph, trace, trace_exported
+
+__all__ = ["TracedGraph", "trace", "trace_exported"]
