@@ -131,7 +131,7 @@ def _unlift(ep: ExportedProgram) -> fx.GraphModule:
             value = ep.constants[spec.target]
         _set_nested(root, spec.target, value, spec.kind == InputKind.PARAMETER)
         lifted[spec.arg.name] = spec.target
-    first = next(iter(graph.nodes))
+    first = next(n for n in graph.nodes if n.op != "placeholder")
     for node in list(graph.nodes):
         if node.op == "placeholder" and node.name in lifted:
             with graph.inserting_before(first):
@@ -141,8 +141,11 @@ def _unlift(ep: ExportedProgram) -> fx.GraphModule:
             graph.erase_node(node)
         elif node.op == "call_function" and node.target in _DROPPED_TARGETS:
             graph.erase_node(node)
-    graph.lint()
-    return fx.GraphModule(root, graph)
+    gm = fx.GraphModule(root, graph)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return gm
 
 
 def _symbol_names(gm: fx.GraphModule) -> dict[str, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from torch import Tensor
@@ -13,7 +13,7 @@ from quantgraph.errors import InputError
 MIN_BITS, MAX_BITS = 2, 8
 
 
-class Granularity(str, Enum):
+class Granularity(StrEnum):
     """How many quantization parameter sets a tensor has."""
 
     PER_TENSOR = "per_tensor"

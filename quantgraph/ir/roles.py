@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """The role of an IR value, stored in ``node.meta["qg_role"]``."""
 
     STRUCTURE = "structure"  # computed from the graph structure only (degrees, normalisation, indices)

@@ -1,0 +1,111 @@
+"""Cora, CiteSeer and PubMed from local Planetoid raw files (``ind.<name>.*``); never downloads anything."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from quantgraph.data.graph import GraphData
+from quantgraph.data.validate import validate_graph, validate_labels
+from quantgraph.errors import InputError
+
+PLANETOID_NAMES = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
+RAW_SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
+ENV_ROOT = "QUANTGRAPH_DATA_ROOT"
+
+
+def _fix(prefix: str) -> str:
+    return f"pass --data-root DIR or set {ENV_ROOT} to a folder holding the ind.{prefix}.* files"
+
+
+def resolve_root(root: str | os.PathLike[str] | None, prefix: str = "<name>") -> Path:
+    """The data root: ``root`` if given, else ``$QUANTGRAPH_DATA_ROOT``; InputError if neither is usable."""
+    if root is None or str(root) == "":
+        root = os.environ.get(ENV_ROOT) or None
+    if root is None:
+        raise InputError(f"no data root given and {ENV_ROOT} is not set", _fix(prefix))
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise InputError(f"data root {path} does not exist or is not a folder", _fix(prefix))
+    return path
+
+
+def candidate_folders(root: Path, name: str) -> list[Path]:
+    """Folders searched for ``ind.<name>.*``, in order: flat, PyG's ``<Name>/raw`` and one level down."""
+    pretty = PLANETOID_NAMES.get(name.lower(), name)
+    subs = ["", f"{pretty}/raw", f"{name.lower()}/raw", pretty, name.lower(), "raw"]
+    out: list[Path] = []
+    for base in (root, root / "planetoid", root / "Planetoid"):
+        for sub in subs:
+            folder = base / sub if sub else base
+            if folder not in out:
+                out.append(folder)
+    return out
+
+
+def find_planetoid_folder(root: Path, name: str) -> Path:
+    """The first candidate folder that holds all eight ``ind.<name>.*`` files."""
+    prefix = name.lower()
+    files = [f"ind.{prefix}.{s}" for s in RAW_SUFFIXES]
+    partial: tuple[Path, list[str]] | None = None
+    for folder in candidate_folders(root, name):
+        if not folder.is_dir():
+            continue
+        missing = [f for f in files if not (folder / f).is_file()]
+        if not missing:
+            return folder
+        if len(missing) < len(files) and partial is None:
+            partial = (folder, missing)
+    if partial is not None:
+        folder, missing = partial
+        raise InputError(f"Planetoid folder {folder} lacks {', '.join(missing)}", _fix(prefix))
+    pretty = PLANETOID_NAMES.get(prefix, name)
+    raise InputError(
+        f"no Planetoid files ind.{prefix}.{{{','.join(RAW_SUFFIXES)}}} found in {root} "
+        f"(looked there, in its {pretty}/raw, {prefix}/raw, {pretty}, {prefix} and raw subfolders, "
+        "and the same under planetoid/)",
+        _fix(prefix),
+    )
+
+
+def load_planetoid(name: str, root: str | os.PathLike[str] | None = None) -> GraphData:
+    """Load Cora, CiteSeer or PubMed with the public split (e.g. 140/500/1000 nodes for Cora).
+
+    The raw files are pickles (that is the Planetoid format), so only load files from a trusted source.
+    """
+    prefix = name.lower()
+    if prefix not in PLANETOID_NAMES:
+        raise InputError(
+            f"unknown Planetoid dataset {name!r}",
+            f"use one of {', '.join(PLANETOID_NAMES.values())}",
+        )
+    folder = find_planetoid_folder(resolve_root(root, prefix), prefix)
+    try:
+        from torch_geometric.io import read_planetoid_data
+    except ImportError as exc:  # pragma: no cover - dependency missing
+        raise InputError(f"cannot read Planetoid files: {exc}", "install torch_geometric and scipy") from exc
+    try:
+        with warnings.catch_warnings():  # PyG's reader edits the global warning filters; keep them local
+            data = read_planetoid_data(str(folder), prefix)
+    except Exception as exc:
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise InputError(
+            f"could not read the Planetoid files ind.{prefix}.* in {folder} ({detail})",
+            f"replace them with intact copies of the Planetoid ind.{prefix}.* files",
+        ) from exc
+    graph = GraphData(
+        x=data.x.to(torch.float32).contiguous(),
+        edge_index=data.edge_index.to(torch.int64).contiguous(),
+        y=data.y.to(torch.int64),
+        train_mask=data.train_mask.to(torch.bool),
+        val_mask=data.val_mask.to(torch.bool),
+        test_mask=data.test_mask.to(torch.bool),
+        name=PLANETOID_NAMES[prefix],
+    )
+    validate_graph(graph.x, graph.edge_index, name=graph.name)
+    masks = {"train_mask": graph.train_mask, "val_mask": graph.val_mask, "test_mask": graph.test_mask}
+    validate_labels(graph.num_nodes, graph.y, masks, name=graph.name)
+    return graph

@@ -1,0 +1,265 @@
+"""A small zoo of GNNs built from PyTorch Geometric layers.
+
+Node classifiers (``gcn``, ``gat``, ``gin``, ``sage``) have ``forward(x, edge_index) -> logits [N, C]``;
+the graph classifier ``gin_graph`` has ``forward(x, edge_index, batch) -> logits [G, C]``. Outputs are raw
+logits (no softmax). All models are written for ``torch.export`` with dynamic node and edge counts: no Python
+control flow on tensor values, dropout only through ``F.dropout(..., training=self.training)``.
+
+Every model built by :func:`build_model` records how to rebuild it: ``model.qg_arch`` (the registry name) and
+``model.qg_config`` (the constructor keyword arguments, primitive values only), so
+``build_model(model.qg_arch, **model.qg_config)`` gives an identical, freshly initialised model.
+
+Weight initialisation uses PyTorch's global RNG; call ``torch.manual_seed`` before :func:`build_model` for a
+reproducible model (models never re-seed themselves).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import GATConv, GCNConv, GINConv, SAGEConv, global_add_pool, global_mean_pool
+
+from quantgraph.errors import InputError
+
+__all__ = [
+    "ARCHITECTURES",
+    "MODEL_DEFAULTS",
+    "TRAIN_DEFAULTS",
+    "GAT",
+    "GCN",
+    "GIN",
+    "GINGraph",
+    "SAGE",
+    "build_model",
+    "graph_count",
+    "task_of",
+]
+
+
+def _mlp(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
+    """Two linear layers with a ReLU between them (the GIN update function)."""
+    return nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(), nn.Linear(hidden, out_channels))
+
+
+class GCN(nn.Module):
+    """Two GCN layers (Kipf & Welling): dropout, GCNConv, ReLU, dropout, GCNConv."""
+
+    arch: ClassVar[str] = "gcn"
+    task: ClassVar[str] = "node"
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.conv1 = GCNConv(in_channels, hidden)
+        self.conv2 = GCNConv(hidden, out_channels)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = F.relu(self.conv1(x, edge_index))
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        return self.conv2(x, edge_index)
+
+
+class GAT(nn.Module):
+    """Two GAT layers (Velickovic et al.): ``heads`` x ``hidden`` concatenated, ELU, then one head to classes.
+
+    ``dropout`` applies to the layer inputs and to the attention coefficients (as in the paper).
+    """
+
+    arch: ClassVar[str] = "gat"
+    task: ClassVar[str] = "node"
+
+    def __init__(
+        self, in_channels: int, out_channels: int, hidden: int = 8, heads: int = 8, dropout: float = 0.6
+    ) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.conv1 = GATConv(in_channels, hidden, heads=heads, concat=True, dropout=dropout)
+        self.conv2 = GATConv(hidden * heads, out_channels, heads=1, concat=False, dropout=dropout)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = F.elu(self.conv1(x, edge_index))
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        return self.conv2(x, edge_index)
+
+
+class GIN(nn.Module):
+    """Two GIN layers (Xu et al.) with 2-layer MLPs, fixed ``eps = 0`` (``train_eps=False``)."""
+
+    arch: ClassVar[str] = "gin"
+    task: ClassVar[str] = "node"
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.conv1 = GINConv(_mlp(in_channels, hidden, hidden), train_eps=False)
+        self.conv2 = GINConv(_mlp(hidden, hidden, out_channels), train_eps=False)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = F.relu(self.conv1(x, edge_index))
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        return self.conv2(x, edge_index)
+
+
+class SAGE(nn.Module):
+    """Two GraphSAGE layers (Hamilton et al.) with mean aggregation and a root weight."""
+
+    arch: ClassVar[str] = "sage"
+    task: ClassVar[str] = "node"
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.conv1 = SAGEConv(in_channels, hidden, aggr="mean")
+        self.conv2 = SAGEConv(hidden, out_channels, aggr="mean")
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = F.relu(self.conv1(x, edge_index))
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        return self.conv2(x, edge_index)
+
+
+def graph_count(batch: Tensor) -> Any:
+    """The number of graphs in a batch vector, ``max(batch) + 1``, as an int (a SymInt under export).
+
+    The count is a property of the batch vector's *values*, so it is data-dependent: under ``torch.export``
+    this becomes an unbacked symbol ``u0 = aten.item(aten.max(batch))`` and the pooled tensor has shape
+    ``[u0 + 1, F]`` (export adds a runtime assertion ``u0 + 1 >= 0``). ``Tensor.item()`` is the form export
+    accepts; ``int(tensor)`` (what PyG's pooling does when ``size`` is omitted) fails with
+    ``GuardOnDataDependentSymNode``. Graphs are identified by id, so ``batch`` need not be sorted; a graph id
+    that no node uses gives a row of zeros.
+    """
+    return batch.max().item() + 1
+
+
+class GINGraph(nn.Module):
+    """Graph-classification GIN: 3 GIN layers (2-layer MLPs, ReLU), global pooling, 2-layer MLP head.
+
+    ``forward(x, edge_index, batch)`` returns logits ``[G, C]`` where ``G = max(batch) + 1`` (see
+    :func:`graph_count` for how that number is exported). ``pool`` is ``"add"`` (sum, the GIN paper's
+    choice: it counts) or ``"mean"``.
+    """
+
+    arch: ClassVar[str] = "gin_graph"
+    task: ClassVar[str] = "graph"
+    POOLS: ClassVar[tuple[str, ...]] = ("add", "mean")
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        num_layers: int = 3,
+        dropout: float = 0.5,
+        pool: str = "add",
+    ) -> None:
+        super().__init__()
+        if pool not in self.POOLS:
+            raise InputError(f"gin_graph pool={pool!r} is not supported", f"use one of {', '.join(self.POOLS)}")
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise InputError(f"gin_graph num_layers={num_layers!r} is invalid", "use an integer >= 1")
+        self.dropout = dropout
+        self.pool = pool
+        self.convs = nn.ModuleList(
+            GINConv(_mlp(in_channels if i == 0 else hidden, hidden, hidden), train_eps=False)
+            for i in range(num_layers)
+        )
+        self.head1 = nn.Linear(hidden, hidden)
+        self.head2 = nn.Linear(hidden, out_channels)
+
+    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> Tensor:
+        for conv in self.convs:
+            x = F.relu(conv(x, edge_index))
+        size = graph_count(batch)
+        if self.pool == "add":  # a Python attribute, fixed at construction: no tensor-dependent branching
+            g = global_add_pool(x, batch, size=size)
+        else:
+            g = global_mean_pool(x, batch, size=size)
+        g = F.relu(self.head1(g))
+        g = F.dropout(g, p=self.dropout, training=self.training)
+        return self.head2(g)
+
+
+#: Registry: architecture name -> model class.
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "gcn": GCN,
+    "gat": GAT,
+    "gin": GIN,
+    "sage": SAGE,
+    "gin_graph": GINGraph,
+}
+
+#: Per-architecture model hyper-parameters (the constructor keyword defaults, besides in/out channels).
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gcn": {"hidden": 64, "dropout": 0.5},
+    "gat": {"hidden": 8, "heads": 8, "dropout": 0.6},
+    "gin": {"hidden": 64, "dropout": 0.5},
+    "sage": {"hidden": 64, "dropout": 0.5},
+    "gin_graph": {"hidden": 64, "num_layers": 3, "dropout": 0.5, "pool": "add"},
+}
+
+#: Recommended training settings per architecture (keyword arguments of the ``quantgraph.training`` loops).
+#: Node models: full-batch Adam on the public Planetoid split; the best-validation epoch is kept.
+TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gcn": {"epochs": 200, "lr": 0.01, "weight_decay": 5e-4},
+    "gat": {"epochs": 200, "lr": 0.005, "weight_decay": 5e-4},
+    "gin": {"epochs": 200, "lr": 0.01, "weight_decay": 5e-4},
+    "sage": {"epochs": 200, "lr": 0.01, "weight_decay": 5e-4},
+    "gin_graph": {"epochs": 100, "lr": 0.005, "weight_decay": 0.0, "batch_size": 32},
+}
+
+
+def task_of(arch: str) -> str:
+    """``"node"`` or ``"graph"``: what the architecture classifies."""
+    return _model_class(arch).task  # type: ignore[attr-defined]
+
+
+def _model_class(arch: str) -> type[nn.Module]:
+    if arch not in ARCHITECTURES:
+        raise InputError(
+            f"unknown architecture {arch!r}", f"choose one of: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    return ARCHITECTURES[arch]
+
+
+def _check_channels(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name}={value!r} is not a positive integer", f"pass {name} as an integer >= 1")
+    return value
+
+
+def build_model(arch: str, in_channels: int, out_channels: int, **config: Any) -> nn.Module:
+    """Build a zoo model: ``arch`` from :data:`ARCHITECTURES`, per-arch defaults from :data:`MODEL_DEFAULTS`.
+
+    ``config`` overrides the defaults (e.g. ``hidden=32, dropout=0.0``); an unknown key is an
+    :class:`InputError`. The model gets ``qg_arch`` and ``qg_config`` attributes (see the module docs).
+    """
+    cls = _model_class(arch)
+    in_channels = _check_channels("in_channels", in_channels)
+    out_channels = _check_channels("out_channels", out_channels)
+    defaults = MODEL_DEFAULTS[arch]
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        raise InputError(
+            f"unknown option(s) {', '.join(unknown)} for architecture {arch!r}",
+            f"{arch} accepts: {', '.join(defaults)}",
+        )
+    kwargs = {**defaults, **config}
+    for key in ("hidden", "heads", "num_layers"):
+        if key in kwargs:
+            _check_channels(key, kwargs[key])
+    if "dropout" in kwargs:
+        p = kwargs["dropout"]
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
+            raise InputError(f"dropout={p!r} is out of range", "use a probability in [0, 1)")
+        kwargs["dropout"] = float(p)
+    model = cls(in_channels, out_channels, **kwargs)
+    model.qg_arch = arch
+    model.qg_config = {"in_channels": in_channels, "out_channels": out_channels, **kwargs}
+    return model
+

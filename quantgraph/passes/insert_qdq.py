@@ -1,0 +1,55 @@
+"""Insert quantize/dequantize after every calibrated node: the one generic insertion pass (PT2E-style)."""
+
+from __future__ import annotations
+
+from torch import fx
+
+from quantgraph.errors import InputError
+from quantgraph.ir.ops import DEQUANTIZE, QUANTIZE
+from quantgraph.ir.qspec import QParams
+from quantgraph.passes.infra import CompileContext, PassBase, PassResult, add_constant
+from quantgraph.passes.registry import register_pass
+
+
+def insert_qdq_after(gm: fx.GraphModule, node: fx.Node, qp: QParams) -> fx.Node:
+    """Insert ``dequantize(quantize(node))`` and reroute the node's users to it; returns the dequantize."""
+    anchor = node.next
+    consts = {
+        k: add_constant(gm, f"qg_{node.name}_{k}", getattr(qp, k), anchor)
+        for k in ("scale", "zero_point", "qmin", "qmax")
+    }
+    users = list(node.users)
+    with gm.graph.inserting_before(anchor):
+        q = gm.graph.call_function(
+            QUANTIZE, (node, consts["scale"], consts["zero_point"], consts["qmin"], consts["qmax"], qp.axis)
+        )
+        dq = gm.graph.call_function(DEQUANTIZE, (q, consts["scale"], consts["zero_point"], qp.axis))
+    for meta_key in ("qg_role", "qg_layer"):
+        q.meta[meta_key] = dq.meta[meta_key] = node.meta.get(meta_key)
+    q.meta["qg_source"] = dq.meta["qg_source"] = node.name
+    for user in users:
+        user.replace_input_with(node, dq)
+    return dq
+
+
+@register_pass
+class InsertQDQPass(PassBase):
+    """Insert quantize -> dequantize pairs (the fake-quant reference semantics) at calibrated nodes."""
+
+    name = "insert-qdq"
+    description = "insert quantize/dequantize pairs after every node with calibrated parameters"
+
+    def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
+        if any("qg_qspec" in n.meta and "qg_qparams" not in n.meta for n in gm.graph.nodes):
+            raise InputError("annotated nodes have no quantization parameters", "run 'calibrate' before 'insert-qdq'")
+
+    def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
+        targets = [n for n in gm.graph.nodes if "qg_qparams" in n.meta and "qg_qdq" not in n.meta]
+        for node in targets:
+            node.meta["qg_qdq"] = insert_qdq_after(gm, node, node.meta["qg_qparams"]).name
+        return PassResult(gm, bool(targets))
+
+    def ensures(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
+        for node in gm.graph.nodes:
+            if "qg_qdq" in node.meta and any(u.target != QUANTIZE for u in node.users):
+                raise AssertionError(f"{node.name} still feeds an unquantized user")
