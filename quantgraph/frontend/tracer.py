@@ -7,6 +7,7 @@ a ``num_edges`` dimension, so one compiled model serves any graph.
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -134,7 +135,8 @@ def _unlift(ep: ExportedProgram) -> fx.GraphModule:
     first = next(n for n in graph.nodes if n.op != "placeholder")
     for node in list(graph.nodes):
         if node.op == "placeholder" and node.name in lifted:
-            with graph.inserting_before(first):
+            with graph.inserting_before(first), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the attribute lives on the new root module
                 attr = graph.get_attr(lifted[node.name])
             attr.meta = dict(node.meta)
             node.replace_all_uses_with(attr)

@@ -41,7 +41,13 @@ def _is_zeros(node: object) -> bool:
 def _num_rows(base: fx.Node) -> object:
     """The first dimension of a zeros-like base tensor: an int or a SymInt-valued node."""
     if base.target == aten.zeros_like.default:
-        return None
+        template = base.args[0]
+        with base.graph.inserting_after(base):
+            rows = base.graph.call_function(aten.sym_size.int, (template, 0))
+        val = template.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            rows.meta["val"] = val.shape[0]
+        return rows
     size = base.args[1] if base.target in (aten.new_zeros.default, aten.new_full.default) else base.args[0]
     return size[0] if isinstance(size, (list, tuple)) and size else None
 

@@ -1,0 +1,258 @@
+"""The Python API: ``compile`` a model on a graph with a policy and get a ``CompiledModel``.
+
+Data flows one way: frontend (trace) -> IR -> passes (policy pipeline) -> backend (ONNX export).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, fx
+
+from quantgraph.data import GraphData, validate_graph
+from quantgraph.errors import InputError
+from quantgraph.frontend import TracedGraph, trace, trace_exported
+from quantgraph.ir.ops import DEQUANTIZE
+from quantgraph.metrics import accuracy, argmax_agreement, sqnr_db
+from quantgraph.passes import CompileContext, PassBase, PassManager, get_pass
+from quantgraph.policies import get_policy
+
+GRAPH_ONLY_PASSES = ("canonicalize", "tag-roles")
+
+
+@dataclass
+class PassInsertion:
+    """A user pass to add to a pipeline: appended, or placed before/after a named pass."""
+
+    pass_: PassBase
+    before: str | None = None
+    after: str | None = None
+
+
+@dataclass
+class CompiledModel:
+    """A compiled model: the quantized IR, its FP32 reference, and the compile report."""
+
+    graph_module: fx.GraphModule
+    fp32_module: fx.GraphModule
+    input_names: list[str]
+    dim_names: dict[str, str]
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def run(self, inputs: dict[str, Tensor] | GraphData) -> Tensor:
+        """Logits of the quantized IR (the fake-quant reference semantics)."""
+        return _run(self.graph_module, self.input_names, _as_inputs(inputs))
+
+    def run_fp32(self, inputs: dict[str, Tensor] | GraphData) -> Tensor:
+        return _run(self.fp32_module, self.input_names, _as_inputs(inputs))
+
+    def to_onnx(self, quantized: bool = True):
+        from quantgraph.backends.onnx_export import export_onnx
+
+        gm = self.graph_module if quantized else self.fp32_module
+        return export_onnx(gm, input_names=self.input_names, dim_names=self.dim_names)
+
+    def export_onnx(self, path: str | Path, data: GraphData | None = None) -> dict[str, Any]:
+        """Export, verify in onnxruntime against the IR reference, write ``path``; returns the ONNX report."""
+        from quantgraph.backends.onnx_export import save_onnx
+        from quantgraph.backends.verify import verify_onnx
+
+        model = self.to_onnx()
+        fp32_model = self.to_onnx(quantized=False)
+        data = data if data is not None else self.report.get("_data")
+        onnx_report = verify_onnx(model, self, data)
+        self.report.setdefault("accuracy", {})["onnx"] = onnx_report.pop("accuracy")
+        self.report["onnx"] = onnx_report
+        self.report["size_bytes"] = {
+            "fp32": len(fp32_model.SerializeToString()),
+            "quantized": len(model.SerializeToString()),
+        }
+        save_onnx(model, path)
+        return onnx_report
+
+    def public_report(self) -> dict[str, Any]:
+        return {k: v for k, v in self.report.items() if not k.startswith("_")}
+
+
+def _as_inputs(data: dict[str, Tensor] | GraphData) -> dict[str, Tensor]:
+    return data.inputs() if isinstance(data, GraphData) else data
+
+
+def _run(gm: fx.GraphModule, names: list[str], inputs: dict[str, Tensor]) -> Tensor:
+    with torch.no_grad():
+        out = gm(*[inputs[n] for n in names])
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def expected_feature_width(model: torch.nn.Module | torch.export.ExportedProgram) -> int | None:
+    """The node-feature width a model was built for, when it can be read off the model."""
+    if isinstance(model, torch.export.ExportedProgram):
+        for node in model.graph.nodes:
+            if node.op == "placeholder" and node.name == "x":
+                val = node.meta.get("val")
+                if isinstance(val, Tensor) and val.dim() == 2 and isinstance(val.shape[1], int):
+                    return int(val.shape[1])
+        return None
+    config = getattr(model, "qg_config", None)
+    if isinstance(config, dict) and "in_channels" in config:
+        return int(config["in_channels"])
+    return None
+
+
+def build_pipeline(
+    policy_name: str, pipeline: Sequence[str] | None = None, insertions: Sequence[PassInsertion] = ()
+) -> list[PassBase]:
+    """The passes to run: the policy's pipeline (or an explicit one) with user passes inserted."""
+    policy = get_policy(policy_name)
+    names = list(pipeline) if pipeline else list(policy.pipeline)
+    passes = [get_pass(n) for n in names]
+    for ins in insertions:
+        anchor = ins.before or ins.after
+        if anchor is None:
+            passes.append(ins.pass_)
+            continue
+        positions = [i for i, p in enumerate(passes) if p.display_name == anchor]
+        if not positions:
+            raise InputError(
+                f"cannot place pass {ins.pass_.display_name}: no pass '{anchor}' in the pipeline",
+                f"use one of {', '.join(p.display_name for p in passes)}",
+            )
+        passes.insert(positions[0] + (ins.after is not None), ins.pass_)
+    return passes
+
+
+def compile(  # noqa: A001 - mirrors the CLI command
+    model: torch.nn.Module | torch.export.ExportedProgram | TracedGraph,
+    data: GraphData,
+    *,
+    policy: str = "minmax",
+    bits: int | None = None,
+    pipeline: Sequence[str] | None = None,
+    passes: Sequence[PassInsertion] = (),
+    calibration: Sequence[GraphData] | None = None,
+    options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> CompiledModel:
+    """Trace ``model`` on ``data``, run the policy's passes and return the compiled model.
+
+    ``data`` is the graph used for calibration (and for accuracy when it has labels); ``calibration``
+    may give more graphs. ``pipeline`` replaces the policy's pass list; ``passes`` adds user passes.
+    """
+    pol = get_policy(policy)
+    bits = pol.default_bits if bits is None else bits
+    qconfig = pol.build_qconfig(bits) if pol.quantizes else {}
+    width = None if isinstance(model, TracedGraph) else expected_feature_width(model)
+    validate_graph(data.x, data.edge_index, expected_features=width, name=data.name)
+    traced = _trace(model, data)
+    graphs = list(calibration) if calibration else [data]
+    ctx = CompileContext(
+        input_names=traced.input_names,
+        dim_names=traced.dim_names,
+        calibration_data=[g.inputs() for g in graphs],
+        qconfig=qconfig,
+        bits=bits,
+        options={**pol.defaults, **(options or {})},
+        progress=progress,
+    )
+    fp32_module = _graph_only_copy(traced.graph_module)
+    manager = PassManager(build_pipeline(policy, pipeline, passes))
+    result = manager(traced.graph_module, ctx)
+    compiled = CompiledModel(result.graph_module, fp32_module, traced.input_names, traced.dim_names)
+    compiled.report = _report(compiled, ctx, manager, pol.name, bits if pol.quantizes else 32, data)
+    return compiled
+
+
+def _trace(model: torch.nn.Module | torch.export.ExportedProgram | TracedGraph, data: GraphData) -> TracedGraph:
+    if isinstance(model, TracedGraph):
+        return TracedGraph(copy.deepcopy(model.graph_module), list(model.input_names), dict(model.dim_names))
+    if isinstance(model, torch.export.ExportedProgram):
+        return trace_exported(model)
+    return trace(model, data.inputs())
+
+
+def _graph_only_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """The FP32 reference: a copy with only the graph passes (same node names as the quantized IR)."""
+    ref = copy.deepcopy(gm)
+    ctx = CompileContext(input_names=[])
+    for name in GRAPH_ONLY_PASSES:
+        ref = get_pass(name)(ref, ctx).graph_module
+    return ref
+
+
+def _capture(gm: fx.GraphModule, names: list[str], inputs: dict[str, Tensor], wanted: set[str]) -> dict[str, Tensor]:
+    """Values of nodes named in ``wanted`` (for Q/DQ'd nodes: the dequantized value)."""
+    captured: dict[str, Tensor] = {}
+
+    class _Capture(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            value = super().run_node(n)
+            key = n.meta.get("qg_source") if n.target == DEQUANTIZE else n.name
+            if key in wanted and isinstance(value, Tensor):
+                captured[key] = value
+            return value
+
+    with torch.no_grad():
+        _Capture(gm).run(*[inputs[n] for n in names])
+    return captured
+
+
+def per_layer_sqnr(compiled: CompiledModel, inputs: dict[str, Tensor]) -> list[dict[str, Any]]:
+    """SQNR (dB) of each layer's last quantized activation against the FP32 reference."""
+    last_per_layer: dict[int, fx.Node] = {}
+    for node in compiled.graph_module.graph.nodes:
+        layer = node.meta.get("qg_layer")
+        if "qg_qparams" in node.meta and node.op != "get_attr" and layer is not None:
+            last_per_layer[layer] = node
+    wanted = {n.name for n in last_per_layer.values()}
+    q = _capture(compiled.graph_module, compiled.input_names, inputs, wanted)
+    f = _capture(compiled.fp32_module, compiled.input_names, inputs, wanted)
+    rows = []
+    for layer, node in sorted(last_per_layer.items()):
+        if node.name in q and node.name in f:
+            value = sqnr_db(f[node.name], q[node.name])
+            rows.append({"layer": layer, "node": node.name, "role": node.meta["qg_role"].value,
+                         "sqnr_db": round(value, 2) if math.isfinite(value) else None})
+    return rows
+
+
+def _report(
+    compiled: CompiledModel, ctx: CompileContext, manager: PassManager, policy: str, bits: int, data: GraphData
+) -> dict[str, Any]:
+    inputs = data.inputs()
+    q_logits, f_logits = compiled.run(inputs), compiled.run_fp32(inputs)
+    mask = data.test_mask
+    annotated = [n for n in compiled.graph_module.graph.nodes if "qg_qspec" in n.meta]
+    report: dict[str, Any] = {
+        "policy": policy,
+        "bits": bits,
+        "dataset": data.name,
+        "accuracy": {
+            "split": "test" if mask is not None else "all",
+            "fp32": accuracy(f_logits, data.y, mask),
+            "quantized": accuracy(q_logits, data.y, mask),
+        },
+        "ir": {"argmax_agreement_vs_fp32": argmax_agreement(q_logits, f_logits)},
+        "passes": [r.name for r in manager.records],
+        "pass_seconds": {r.name: round(r.seconds, 4) for r in manager.records},
+        "quantization": {
+            n.name: {"role": n.meta["qg_role"].value, "layer": n.meta.get("qg_layer"), **n.meta["qg_qspec"].to_json(),
+                     **(n.meta["qg_qparams"].to_json() if "qg_qparams" in n.meta else {})}
+            for n in annotated
+        },
+        "per_layer_sqnr": per_layer_sqnr(compiled, inputs) if annotated else [],
+        "_data": data,
+    }
+    for key, value in ctx.report.items():
+        report.setdefault(key, value)
+    return report
+
+
+def _to_numpy(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
