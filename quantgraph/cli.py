@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 

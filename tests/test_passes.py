@@ -8,7 +8,15 @@ from quantgraph.errors import InputError, PassError
 from quantgraph.frontend import trace
 from quantgraph.ir.ops import DEQUANTIZE, QUANTIZE
 from quantgraph.ir.qspec import Granularity, QParams, QuantSpec
-from quantgraph.passes import CompileContext, PassBase, PassManager, PassResult, Sequential, get_pass, load_pass
+from quantgraph.passes import (
+    CompileContext,
+    PassBase,
+    PassManager,
+    PassResult,
+    Sequential,
+    get_pass,
+    load_pass,
+)
 from quantgraph.passes.observers import MinMaxObserver, PercentileObserver, make_observer
 from quantgraph.policies import get_policy
 
