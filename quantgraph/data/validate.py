@@ -9,7 +9,9 @@ from quantgraph.errors import InputError
 
 def _kind(value: object) -> str:
     if isinstance(value, torch.Tensor):
-        return f"a {value.dim()}-D {str(value.dtype).removeprefix('torch.')} tensor of shape {list(value.shape)}"
+        return (
+            f"a {value.dim()}-D {str(value.dtype).removeprefix('torch.')} tensor of shape {list(value.shape)}"
+        )
     return f"a {type(value).__module__}.{type(value).__qualname__}"
 
 
