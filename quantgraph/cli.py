@@ -85,8 +85,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     pipeline = [p.strip() for p in args.pipeline.split(",") if p.strip()] if args.pipeline else None
     model = load_model(args.model, trust_pickle=args.trust_pickle, imports=args.imports or [])
     data = load_dataset(args.data, args.data_root)
+    options = {"calibration": args.calibration, "percentile_tail": args.percentile_tail}
     compiled = qg_compile(model, data, policy=args.policy, bits=args.bits, pipeline=pipeline,
-                          passes=insertions, progress=not args.quiet)
+                          passes=insertions, options=options, progress=not args.quiet)
     compiled.export_onnx(args.output, data)
     report = compiled.public_report()
     report["output"] = str(args.output)
@@ -196,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--policy", default="minmax")
     p.add_argument("--bits", type=int, default=None, help="bitwidth 2..8 (default: the policy's)")
+    p.add_argument("--calibration", choices=["minmax", "percentile"], default=None,
+                   help="activation range method (default minmax; percentile cuts --percentile-tail of each side)")
+    p.add_argument("--percentile-tail", type=float, default=None, help="fraction cut per side (default 0.001 at 8 bits, 0.01 below)")
     p.add_argument("--backend", default="onnx-qdq", choices=BACKENDS)
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--report", help="write the report JSON here")

@@ -144,10 +144,13 @@ def compile(  # noqa: A001 - mirrors the CLI command
 
     ``data`` is the graph used for calibration (and for accuracy when it has labels); ``calibration``
     may give more graphs. ``pipeline`` replaces the policy's pass list; ``passes`` adds user passes.
+    ``options``: ``calibration`` ("minmax" or "percentile") and ``percentile_tail`` set the activation
+    range method; policies may read more.
     """
     pol = get_policy(policy)
     bits = pol.default_bits if bits is None else bits
-    qconfig = pol.build_qconfig(bits) if pol.quantizes else {}
+    opts = {**pol.defaults, **(options or {})}
+    qconfig = pol.build_qconfig(bits, opts.get("calibration"), opts.get("percentile_tail")) if pol.quantizes else {}
     width = None if isinstance(model, TracedGraph) else expected_feature_width(model)
     validate_graph(data.x, data.edge_index, expected_features=width, name=data.name)
     traced = _trace(model, data)
@@ -158,7 +161,7 @@ def compile(  # noqa: A001 - mirrors the CLI command
         calibration_data=[g.inputs() for g in graphs],
         qconfig=qconfig,
         bits=bits,
-        options={**pol.defaults, **(options or {})},
+        options=opts,
         progress=progress,
     )
     fp32_module = _graph_only_copy(traced.graph_module)
@@ -166,6 +169,7 @@ def compile(  # noqa: A001 - mirrors the CLI command
     result = manager(traced.graph_module, ctx)
     compiled = CompiledModel(result.graph_module, fp32_module, traced.input_names, traced.dim_names)
     compiled.report = _report(compiled, ctx, manager, pol.name, bits if pol.quantizes else 32, data)
+    compiled.report["calibration"] = opts.get("calibration") or "minmax"
     return compiled
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from typing import Any
 
 from quantgraph.errors import InputError
 from quantgraph.ir.qspec import QuantSpec, check_bits
 from quantgraph.ir.roles import Role
+
+#: Range methods for activations (weights always use their min/max): ORT's ``calibrate_method`` analogue.
+CALIBRATION_METHODS = ("minmax", "percentile")
 
 QConfigBuilder = Callable[[int], dict[Role, QuantSpec]]
 
@@ -26,9 +29,23 @@ class Policy:
     quantizes: bool = True
     defaults: dict[str, Any] = field(default_factory=dict)
 
-    def build_qconfig(self, bits: int) -> dict[Role, QuantSpec]:
+    def build_qconfig(
+        self, bits: int, calibration: str | None = None, tail: float | None = None
+    ) -> dict[Role, QuantSpec]:
+        """Role -> spec at ``bits``; ``calibration`` overrides the activation range method."""
         check_bits(bits)
-        return self.qconfig(bits) if self.qconfig is not None else {}
+        qconfig = self.qconfig(bits) if self.qconfig is not None else {}
+        if calibration is None:
+            return qconfig
+        if calibration not in CALIBRATION_METHODS:
+            raise InputError(
+                f"unknown calibration method '{calibration}'", f"use one of {', '.join(CALIBRATION_METHODS)}"
+            )
+        args = (("tail", float(tail)),) if calibration == "percentile" and tail is not None else ()
+        return {
+            role: spec if role == Role.WEIGHT else replace(spec, observer=calibration, observer_args=args)
+            for role, spec in qconfig.items()
+        }
 
 
 _POLICIES: dict[str, Policy] = {}
