@@ -1,0 +1,51 @@
+"""Acceptance on Cora: each zoo architecture compiled with minmax INT8 stays close to FP32 in onnxruntime.
+
+Trains each model once (seed 0, per-arch defaults) — about a minute on 2 cores in all.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quantgraph.compiler import compile as qg_compile
+from quantgraph.data import load_dataset
+from quantgraph.models import TRAIN_DEFAULTS, build_model
+from quantgraph.training import train_node_classifier
+
+
+@pytest.fixture(scope="module")
+def cora(planetoid_root):
+    return load_dataset("cora", planetoid_root)
+
+
+def _trained(arch: str, data):
+    torch.manual_seed(0)
+    model = build_model(arch, data.num_features, data.num_classes)
+    hp = TRAIN_DEFAULTS[arch]
+    train_node_classifier(model, data, epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp["weight_decay"], seed=0)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["gcn", "gat", "sage", "gin"])
+def test_minmax_int8_and_int4_on_cora(arch, cora, tmp_path):
+    model = _trained(arch, cora)
+    compiled = qg_compile(model, cora, policy="minmax", bits=8)
+    onnx_report = compiled.export_onnx(tmp_path / "m8.onnx", cora)
+    acc = compiled.report["accuracy"]
+    assert onnx_report["argmax_agreement"] >= 0.999
+    assert acc["onnx"] == pytest.approx(acc["quantized"], abs=2e-3)
+    if arch == "gin":
+        # Sum aggregation over Cora's power-law degrees: per-tensor min/max ranges are set by hub nodes
+        # and starve degree-1 nodes (see docs/results.md); percentile ranges recover the accuracy.
+        assert acc["fp32"] - acc["onnx"] > 0.01
+        robust = qg_compile(model, cora, policy="minmax", bits=8, options={"calibration": "percentile",
+                                                                            "percentile_tail": 0.01})
+        robust.export_onnx(tmp_path / "p8.onnx", cora)
+        assert abs(robust.report["accuracy"]["fp32"] - robust.report["accuracy"]["onnx"]) <= 0.01
+    else:
+        assert abs(acc["fp32"] - acc["onnx"]) <= 0.01
+    four = qg_compile(model, cora, policy="minmax", bits=4)
+    four_report = four.export_onnx(tmp_path / "m4.onnx", cora)
+    assert four_report["argmax_agreement"] >= 0.99
+    assert four.report["size_bytes"]["quantized"] < compiled.report["size_bytes"]["quantized"]
