@@ -143,7 +143,7 @@ def _progress(enabled: bool, what: str):
 
 
 class _Bar:
-    """Wraps the optional progress display: ``update(epoch, val_acc)``."""
+    """Wraps the optional progress display: ``update(epoch, val_acc, best_val_acc)``."""
 
     def __init__(self, progress: Any, total: int) -> None:
         self.progress = progress
@@ -175,7 +175,9 @@ def _check_hparams(epochs: int, lr: float, patience: int | None) -> None:
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise InputError("the model has no trainable parameters", "pass a model whose parameters require grad")
+        raise InputError(
+            "the model has no trainable parameters", "pass a model whose parameters require grad"
+        )
     return params
 
 
@@ -362,7 +364,9 @@ def train_graph_classifier(
     optimizer = torch.optim.Adam(_trainable(model), lr=lr, weight_decay=weight_decay)
 
     def score(graphs: Sequence[Any]) -> tuple[float, float]:
-        return evaluate_graphs(model, graphs, collate=collate, batch_size=max(batch_size, 64), forward=forward)
+        return evaluate_graphs(
+            model, graphs, collate=collate, batch_size=max(batch_size, 64), forward=forward
+        )
 
     start = time.perf_counter()
     best_acc, best_loss, best_epoch, best_state = -math.inf, math.inf, 0, _snapshot(model)

@@ -13,10 +13,14 @@ Layout (``torch.save`` of a dict)::
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
+import pickletools
 import re
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -78,7 +82,9 @@ def save_checkpoint(
             "build it with quantgraph.models.build_model or pass arch= and config=",
         )
     if arch not in ARCHITECTURES:
-        raise InputError(f"unknown architecture {arch!r}", f"choose one of: {', '.join(sorted(ARCHITECTURES))}")
+        raise InputError(
+            f"unknown architecture {arch!r}", f"choose one of: {', '.join(sorted(ARCHITECTURES))}"
+        )
     clean_metrics: dict[str, float] = {}
     for k, v in (metrics or {}).items():
         try:
@@ -99,6 +105,7 @@ def save_checkpoint(
         raise InputError(f"directory {str(path.parent)!r} does not exist", "create it or choose another path")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -111,6 +118,12 @@ def save_checkpoint(
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load and validate the checkpoint dict without building the model (InputError on any problem)."""
     path = Path(path)
@@ -119,19 +132,19 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"checkpoint {str(path)!r} is not a file", "pass the path of a .pt checkpoint file")
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as e:
-        if _UNSAFE_PICKLE.search(str(e)):
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # truncated zip, garbage bytes, pickled objects, I/O errors, ...
+        names = _unsafe_globals(e, path)
+        if names is not None:
+            example = f" (e.g. {names[0]})" if names else ""
             raise InputError(
-                f"checkpoint {str(path)!r} contains pickled Python objects; it was not loaded for safety",
+                f"checkpoint {str(path)!r} contains pickled Python objects{example}; "
+                "it was not loaded for safety",
                 "if you trust this file, load it with the explicit opt-in --trust-pickle "
                 "(plus --import MODULE for the module defining its classes)",
             ) from None
-        raise InputError(
-            f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({_first_line(e)})",
-            "re-create it with quantgraph (e.g. train the model again)",
-        ) from None
-    except Exception as e:  # truncated zip, garbage bytes, I/O errors, ...
         raise InputError(
             f"checkpoint {str(path)!r} is corrupt or not a PyTorch file ({type(e).__name__}: {_first_line(e)})",
             "re-create it with quantgraph (e.g. train the model again)",
@@ -140,8 +153,58 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return obj
 
 
+def _unsafe_globals(error: BaseException, path: Path) -> list[str] | None:
+    """Names of pickled Python objects if that is why the weights-only load failed, else None.
+
+    The weights-only unpickler says so for protocol-2 pickles (torch.save's default); for other pickles
+    (e.g. ``pickle.dump`` with protocol 4) it stops earlier, so the file's pickle opcodes are scanned
+    (with :mod:`pickletools`, which never executes anything) for GLOBAL/STACK_GLOBAL/INST.
+    """
+    if not isinstance(error, pickle.UnpicklingError):
+        return None
+    message = str(error)
+    if _UNSAFE_PICKLE.search(message):
+        m = re.search(r"GLOBAL (\S+) was not an allowed global", message)
+        return [m.group(1)] if m else []
+    found = _scan_pickle_globals(path)
+    return found if found else None
+
+
+def _scan_pickle_globals(path: Path, limit: int = 64 << 20) -> list[str]:
+    """Globals a pickle file (or a torch zip's data.pkl) would import; [] if none or unreadable."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                members = [n for n in z.namelist() if n.endswith("data.pkl")]
+                data = z.read(members[0])[:limit] if members else b""
+        else:
+            with open(path, "rb") as f:
+                data = f.read(limit)
+    except Exception:
+        return []
+    found: list[str] = []
+    stream = io.BytesIO(data)
+    for _ in range(8):  # legacy torch files are several pickles in a row
+        strings: list[str] = []
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                if isinstance(arg, str) and "UNICODE" in op.name:
+                    strings.append(arg)
+                elif op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    found.append(".".join(strings[-2:]) or "<object>")
+        except Exception:
+            break
+        if stream.tell() >= len(data):
+            break
+    return found
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
+    if "WeightsUnpickler error:" in text:  # skip torch's advice to set weights_only=False
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
     line = text.splitlines()[0] if text else type(e).__name__
     return line[:200]
 
@@ -184,7 +247,9 @@ def _validate(obj: Any, path: Path) -> None:
         raise InputError(f"{where} has a malformed config or state_dict", "re-create it with quantgraph")
     for k, v in obj["state_dict"].items():
         if not isinstance(v, torch.Tensor):
-            raise InputError(f"{where}: state_dict entry {k!r} is not a tensor", "re-create it with quantgraph")
+            raise InputError(
+                f"{where}: state_dict entry {k!r} is not a tensor", "re-create it with quantgraph"
+            )
     metrics = obj.get("metrics", {})
     if not isinstance(metrics, dict) or not all(isinstance(v, int | float) for v in metrics.values()):
         raise InputError(f"{where} has malformed metrics (numbers expected)", "re-create it with quantgraph")

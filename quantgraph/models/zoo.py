@@ -44,19 +44,32 @@ def _mlp(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
 
 
 class GCN(nn.Module):
-    """Two GCN layers (Kipf & Welling): dropout, GCNConv, ReLU, dropout, GCNConv."""
+    """Two GCN layers (Kipf & Welling): GCNConv, ReLU, dropout, GCNConv.
+
+    ``input_dropout`` (default 0) drops raw input features in training; the paper uses 0.5, which gains
+    about half a point on Cora but triples training time on CPU (the mask over a wide, sparse feature matrix
+    costs more than the rest of the step).
+    """
 
     arch: ClassVar[str] = "gcn"
     task: ClassVar[str] = "node"
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        dropout: float = 0.5,
+        input_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.dropout = dropout
+        self.input_dropout = input_dropout
         self.conv1 = GCNConv(in_channels, hidden)
         self.conv2 = GCNConv(hidden, out_channels)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = F.dropout(x, p=self.input_dropout, training=self.training)
         x = F.relu(self.conv1(x, edge_index))
         x = F.dropout(x, p=self.dropout, training=self.training)
         return self.conv2(x, edge_index)
@@ -65,60 +78,114 @@ class GCN(nn.Module):
 class GAT(nn.Module):
     """Two GAT layers (Velickovic et al.): ``heads`` x ``hidden`` concatenated, ELU, then one head to classes.
 
-    ``dropout`` applies to the layer inputs and to the attention coefficients (as in the paper).
+    ``dropout`` applies to the hidden features and to the attention coefficients, ``input_dropout`` to the
+    raw input features (both 0.6 in the paper).
     """
 
     arch: ClassVar[str] = "gat"
     task: ClassVar[str] = "node"
 
     def __init__(
-        self, in_channels: int, out_channels: int, hidden: int = 8, heads: int = 8, dropout: float = 0.6
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 8,
+        heads: int = 8,
+        dropout: float = 0.6,
+        input_dropout: float = 0.6,
     ) -> None:
         super().__init__()
         self.dropout = dropout
+        self.input_dropout = input_dropout
         self.conv1 = GATConv(in_channels, hidden, heads=heads, concat=True, dropout=dropout)
         self.conv2 = GATConv(hidden * heads, out_channels, heads=1, concat=False, dropout=dropout)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = F.dropout(x, p=self.input_dropout, training=self.training)
         x = F.elu(self.conv1(x, edge_index))
         x = F.dropout(x, p=self.dropout, training=self.training)
         return self.conv2(x, edge_index)
 
 
-class GIN(nn.Module):
-    """Two GIN layers (Xu et al.) with 2-layer MLPs, fixed ``eps = 0`` (``train_eps=False``)."""
+class _ProjectedInput(nn.Module):
+    """Shared by GIN and SAGE: optional input dropout and bias-free input projection ``lin_in``.
+
+    GINConv and SAGEConv aggregate *before* their linear maps, so on wide inputs (Cora: 1433 columns) the
+    first layer gathers and scatters every input column along every edge, which dominates training time.
+    ``project_input=True`` first maps features to ``hidden`` columns with a bias-free Linear. For GIN this is
+    an exact re-factorisation (the first MLP Linear ``W1`` becomes ``W1' @ P``: same function class); for
+    SAGE the neighbour and root weights then share the projection. Accuracy on Cora is unchanged and
+    training is about 5x faster. ``project_input=False`` gives the textbook layer order.
+    """
+
+    def _init_input(self, in_channels: int, hidden: int, project_input: bool, input_dropout: float) -> int:
+        self.input_dropout = input_dropout
+        self.project_input = project_input
+        self.lin_in = nn.Linear(in_channels, hidden, bias=False) if project_input else None
+        return hidden if project_input else in_channels
+
+    def _input(self, x: Tensor) -> Tensor:
+        x = F.dropout(x, p=self.input_dropout, training=self.training)
+        return self.lin_in(x) if self.lin_in is not None else x
+
+
+class GIN(_ProjectedInput):
+    """Two GIN layers (Xu et al.) with 2-layer MLPs, fixed ``eps = 0`` (``train_eps=False``).
+
+    See :class:`_ProjectedInput` for ``project_input`` (default True) and ``input_dropout`` (default 0).
+    """
 
     arch: ClassVar[str] = "gin"
     task: ClassVar[str] = "node"
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        dropout: float = 0.5,
+        input_dropout: float = 0.0,
+        project_input: bool = True,
+    ) -> None:
         super().__init__()
         self.dropout = dropout
-        self.conv1 = GINConv(_mlp(in_channels, hidden, hidden), train_eps=False)
+        first = self._init_input(in_channels, hidden, project_input, input_dropout)
+        self.conv1 = GINConv(_mlp(first, hidden, hidden), train_eps=False)
         self.conv2 = GINConv(_mlp(hidden, hidden, out_channels), train_eps=False)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = self._input(x)
         x = F.relu(self.conv1(x, edge_index))
         x = F.dropout(x, p=self.dropout, training=self.training)
         return self.conv2(x, edge_index)
 
 
-class SAGE(nn.Module):
-    """Two GraphSAGE layers (Hamilton et al.) with mean aggregation and a root weight."""
+class SAGE(_ProjectedInput):
+    """Two GraphSAGE layers (Hamilton et al.) with mean aggregation and a root weight.
+
+    See :class:`_ProjectedInput` for ``project_input`` (default True) and ``input_dropout`` (default 0).
+    """
 
     arch: ClassVar[str] = "sage"
     task: ClassVar[str] = "node"
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        dropout: float = 0.5,
+        input_dropout: float = 0.0,
+        project_input: bool = True,
+    ) -> None:
         super().__init__()
         self.dropout = dropout
-        self.conv1 = SAGEConv(in_channels, hidden, aggr="mean")
+        first = self._init_input(in_channels, hidden, project_input, input_dropout)
+        self.conv1 = SAGEConv(first, hidden, aggr="mean")
         self.conv2 = SAGEConv(hidden, out_channels, aggr="mean")
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = self._input(x)
         x = F.relu(self.conv1(x, edge_index))
         x = F.dropout(x, p=self.dropout, training=self.training)
         return self.conv2(x, edge_index)
@@ -141,8 +208,8 @@ class GINGraph(nn.Module):
     """Graph-classification GIN: 3 GIN layers (2-layer MLPs, ReLU), global pooling, 2-layer MLP head.
 
     ``forward(x, edge_index, batch)`` returns logits ``[G, C]`` where ``G = max(batch) + 1`` (see
-    :func:`graph_count` for how that number is exported). ``pool`` is ``"add"`` (sum, the GIN paper's
-    choice: it counts) or ``"mean"``.
+    :func:`graph_count` for how that number is exported). ``pool`` is ``"mean"`` (default: trains stably
+    on the 40-80-node benchmark graphs) or ``"add"`` (the GIN paper's sum; needs a lower learning rate).
     """
 
     arch: ClassVar[str] = "gin_graph"
@@ -156,11 +223,13 @@ class GINGraph(nn.Module):
         hidden: int = 64,
         num_layers: int = 3,
         dropout: float = 0.5,
-        pool: str = "add",
+        pool: str = "mean",
     ) -> None:
         super().__init__()
         if pool not in self.POOLS:
-            raise InputError(f"gin_graph pool={pool!r} is not supported", f"use one of {', '.join(self.POOLS)}")
+            raise InputError(
+                f"gin_graph pool={pool!r} is not supported", f"use one of {', '.join(self.POOLS)}"
+            )
         if not isinstance(num_layers, int) or num_layers < 1:
             raise InputError(f"gin_graph num_layers={num_layers!r} is invalid", "use an integer >= 1")
         self.dropout = dropout
@@ -196,11 +265,11 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 
 #: Per-architecture model hyper-parameters (the constructor keyword defaults, besides in/out channels).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gcn": {"hidden": 64, "dropout": 0.5},
-    "gat": {"hidden": 8, "heads": 8, "dropout": 0.6},
-    "gin": {"hidden": 64, "dropout": 0.5},
-    "sage": {"hidden": 64, "dropout": 0.5},
-    "gin_graph": {"hidden": 64, "num_layers": 3, "dropout": 0.5, "pool": "add"},
+    "gcn": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0},
+    "gat": {"hidden": 8, "heads": 8, "dropout": 0.6, "input_dropout": 0.6},
+    "gin": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "project_input": True},
+    "sage": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "project_input": True},
+    "gin_graph": {"hidden": 64, "num_layers": 3, "dropout": 0.5, "pool": "mean"},
 }
 
 #: Recommended training settings per architecture (keyword arguments of the ``quantgraph.training`` loops).
@@ -210,7 +279,7 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "gat": {"epochs": 200, "lr": 0.005, "weight_decay": 5e-4},
     "gin": {"epochs": 200, "lr": 0.01, "weight_decay": 5e-4},
     "sage": {"epochs": 200, "lr": 0.01, "weight_decay": 5e-4},
-    "gin_graph": {"epochs": 100, "lr": 0.005, "weight_decay": 0.0, "batch_size": 32},
+    "gin_graph": {"epochs": 150, "lr": 0.002, "weight_decay": 0.0, "batch_size": 32},
 }
 
 
@@ -253,13 +322,15 @@ def build_model(arch: str, in_channels: int, out_channels: int, **config: Any) -
     for key in ("hidden", "heads", "num_layers"):
         if key in kwargs:
             _check_channels(key, kwargs[key])
-    if "dropout" in kwargs:
-        p = kwargs["dropout"]
-        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
-            raise InputError(f"dropout={p!r} is out of range", "use a probability in [0, 1)")
-        kwargs["dropout"] = float(p)
+    for key in ("dropout", "input_dropout"):
+        if key in kwargs:
+            p = kwargs[key]
+            if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
+                raise InputError(f"{key}={p!r} is out of range", "use a probability in [0, 1)")
+            kwargs[key] = float(p)
+    if "project_input" in kwargs and not isinstance(kwargs["project_input"], bool):
+        raise InputError(f"project_input={kwargs['project_input']!r} is not a boolean", "use true or false")
     model = cls(in_channels, out_channels, **kwargs)
     model.qg_arch = arch
     model.qg_config = {"in_channels": in_channels, "out_channels": out_channels, **kwargs}
     return model
-
