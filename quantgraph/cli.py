@@ -35,7 +35,9 @@ def _parse_pass_option(spec: str):
     if where:
         key, _, name = where.partition("=")
         if key not in ("before", "after") or not name:
-            raise InputError(f"bad --pass placement '@{where}'", "write module:Class@before=PASS or @after=PASS")
+            raise InputError(
+                f"bad --pass placement '@{where}'", "write module:Class@before=PASS or @after=PASS"
+            )
         before, after = (name, None) if key == "before" else (None, name)
     return PassInsertion(load_pass(target), before=before, after=after)
 
@@ -47,11 +49,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     console = _console(args)
     if task_of(args.arch) != "node":
-        raise InputError(f"`quantgraph train` trains node classifiers; '{args.arch}' is graph-level",
-                         "choose --arch gcn, gat, gin or sage")
+        raise InputError(
+            f"`quantgraph train` trains node classifiers; '{args.arch}' is graph-level",
+            "choose --arch gcn, gat, gin or sage",
+        )
     data = load_dataset(args.data, args.data_root)
     if not data.has_labels or not data.has_splits:
-        raise InputError(f"dataset {data.name} has no labels or train/val/test masks", "train on a labelled dataset")
+        raise InputError(
+            f"dataset {data.name} has no labels or train/val/test masks", "train on a labelled dataset"
+        )
     hp = dict(TRAIN_DEFAULTS[args.arch])
     for key in ("epochs", "lr", "weight_decay"):
         if getattr(args, key) is not None:
@@ -61,13 +67,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     torch.manual_seed(args.seed)
     model = build_model(args.arch, data.num_features, data.num_classes, **config)
-    result = train_node_classifier(model, data, epochs=hp["epochs"], lr=hp["lr"],
-                                   weight_decay=hp["weight_decay"], seed=args.seed, progress=not args.quiet)
-    metrics = {"train_acc": result.train_acc, "val_acc": result.val_acc, "test_acc": result.test_acc,
-               "best_epoch": float(result.best_epoch)}
+    result = train_node_classifier(
+        model,
+        data,
+        epochs=hp["epochs"],
+        lr=hp["lr"],
+        weight_decay=hp["weight_decay"],
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    metrics = {
+        "train_acc": result.train_acc,
+        "val_acc": result.val_acc,
+        "test_acc": result.test_acc,
+        "best_epoch": float(result.best_epoch),
+    }
     save_checkpoint(args.output, model, metrics=metrics, dataset=data.name)
-    console.print(f"{args.arch} on {data.name}: best epoch {result.best_epoch}, val {100 * result.val_acc:.2f}%, "
-                  f"test {100 * result.test_acc:.2f}% → {args.output}")
+    console.print(
+        f"{args.arch} on {data.name}: best epoch {result.best_epoch}, val {100 * result.val_acc:.2f}%, "
+        f"test {100 * result.test_acc:.2f}% → {args.output}"
+    )
     return 0
 
 
@@ -86,8 +105,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = load_model(args.model, trust_pickle=args.trust_pickle, imports=args.imports or [])
     data = load_dataset(args.data, args.data_root)
     options = {"calibration": args.calibration, "percentile_tail": args.percentile_tail}
-    compiled = qg_compile(model, data, policy=args.policy, bits=args.bits, pipeline=pipeline,
-                          passes=insertions, options=options, progress=not args.quiet)
+    compiled = qg_compile(
+        model,
+        data,
+        policy=args.policy,
+        bits=args.bits,
+        pipeline=pipeline,
+        passes=insertions,
+        options=options,
+        progress=not args.quiet,
+    )
     compiled.export_onnx(args.output, data)
     report = compiled.public_report()
     report["output"] = str(args.output)
@@ -105,12 +132,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     path = Path(args.model)
     if not path.is_file():
-        raise InputError(f"ONNX file {path} does not exist", "check the path (create one with `quantgraph compile`)")
+        raise InputError(
+            f"ONNX file {path} does not exist", "check the path (create one with `quantgraph compile`)"
+        )
     try:
         session = ort_session(str(path))
     except Exception as err:  # onnxruntime raises its own exception types
-        raise InputError(f"{path} is not a loadable ONNX model ({str(err).splitlines()[0][:120]})",
-                         "re-export it with `quantgraph compile`") from err
+        raise InputError(
+            f"{path} is not a loadable ONNX model ({str(err).splitlines()[0][:120]})",
+            "re-export it with `quantgraph compile`",
+        ) from err
     data = load_dataset(args.data, args.data_root)
     logits = run_onnx(session, data.inputs())
     mask = getattr(data, f"{args.split}_mask") if args.split != "all" else None
@@ -124,8 +155,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from quantgraph.printer import inspect_file
 
-    inspect_file(args.file, _console(args), data_spec=args.data, data_root=args.data_root,
-                 policy=args.policy, bits=args.bits)
+    inspect_file(
+        args.file,
+        _console(args),
+        data_spec=args.data,
+        data_root=args.data_root,
+        policy=args.policy,
+        bits=args.bits,
+    )
     return 0
 
 
@@ -140,11 +177,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     console = _console(args)
     data = load_dataset("synthetic")
-    console.print(f"demo: {data.name}: {data.num_nodes} nodes, {data.num_edges} edges, "
-                  f"{data.num_features} features, {data.num_classes} classes")
+    console.print(
+        f"demo: {data.name}: {data.num_nodes} nodes, {data.num_edges} edges, "
+        f"{data.num_features} features, {data.num_classes} classes"
+    )
     torch.manual_seed(0)
     model = build_model("gcn", data.num_features, data.num_classes)
-    train_node_classifier(model, data, epochs=100, lr=0.01, weight_decay=5e-4, seed=0, progress=not args.quiet)
+    train_node_classifier(
+        model, data, epochs=100, lr=0.01, weight_decay=5e-4, seed=0, progress=not args.quiet
+    )
     compiled = qg_compile(model, data, policy="minmax", bits=8, progress=not args.quiet)
     with tempfile.TemporaryDirectory() as tmp:
         compiled.export_onnx(Path(tmp) / "demo.onnx", data)
@@ -176,7 +217,9 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quantgraph", description="Quantization compiler for graph neural networks")
+    parser = argparse.ArgumentParser(
+        prog="quantgraph", description="Quantization compiler for graph neural networks"
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -193,20 +236,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compile", help="quantize a model with a policy and export ONNX")
-    p.add_argument("model", help="zoo checkpoint .pt, torch.export program .pt2, or pickled module (--trust-pickle)")
+    p.add_argument(
+        "model", help="zoo checkpoint .pt, torch.export program .pt2, or pickled module (--trust-pickle)"
+    )
     _add_data_args(p)
     p.add_argument("--policy", default="minmax")
     p.add_argument("--bits", type=int, default=None, help="bitwidth 2..8 (default: the policy's)")
-    p.add_argument("--calibration", choices=["minmax", "percentile"], default=None,
-                   help="activation range method (default minmax; percentile cuts --percentile-tail of each side)")
-    p.add_argument("--percentile-tail", type=float, default=None, help="fraction cut per side (default 0.001 at 8 bits, 0.01 below)")
+    p.add_argument(
+        "--calibration",
+        choices=["minmax", "percentile"],
+        default=None,
+        help="activation range method (default minmax; percentile cuts --percentile-tail of each side)",
+    )
+    p.add_argument(
+        "--percentile-tail",
+        type=float,
+        default=None,
+        help="fraction cut per side (default 0.001 at 8 bits, 0.01 below)",
+    )
     p.add_argument("--backend", default="onnx-qdq", choices=BACKENDS)
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--report", help="write the report JSON here")
-    p.add_argument("--pass", dest="passes", action="append",
-                   help="add a pass: module:Class[@before=NAME|@after=NAME] (repeatable)")
+    p.add_argument(
+        "--pass",
+        dest="passes",
+        action="append",
+        help="add a pass: module:Class[@before=NAME|@after=NAME] (repeatable)",
+    )
     p.add_argument("--pipeline", help="comma-separated pass names replacing the policy's pipeline")
-    p.add_argument("--trust-pickle", action="store_true", help="allow loading a pickled module (runs its code!)")
+    p.add_argument(
+        "--trust-pickle", action="store_true", help="allow loading a pickled module (runs its code!)"
+    )
     p.add_argument("--import", dest="imports", action="append", help="module to import before unpickling")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compile)

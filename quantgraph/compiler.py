@@ -150,7 +150,9 @@ def compile(  # noqa: A001 - mirrors the CLI command
     pol = get_policy(policy)
     bits = pol.default_bits if bits is None else bits
     opts = {**pol.defaults, **(options or {})}
-    qconfig = pol.build_qconfig(bits, opts.get("calibration"), opts.get("percentile_tail")) if pol.quantizes else {}
+    qconfig = (
+        pol.build_qconfig(bits, opts.get("calibration"), opts.get("percentile_tail")) if pol.quantizes else {}
+    )
     width = None if isinstance(model, TracedGraph) else expected_feature_width(model)
     validate_graph(data.x, data.edge_index, expected_features=width, name=data.name)
     traced = _trace(model, data)
@@ -173,7 +175,9 @@ def compile(  # noqa: A001 - mirrors the CLI command
     return compiled
 
 
-def _trace(model: torch.nn.Module | torch.export.ExportedProgram | TracedGraph, data: GraphData) -> TracedGraph:
+def _trace(
+    model: torch.nn.Module | torch.export.ExportedProgram | TracedGraph, data: GraphData
+) -> TracedGraph:
     if isinstance(model, TracedGraph):
         return TracedGraph(copy.deepcopy(model.graph_module), list(model.input_names), dict(model.dim_names))
     if isinstance(model, torch.export.ExportedProgram):
@@ -190,7 +194,9 @@ def _graph_only_copy(gm: fx.GraphModule) -> fx.GraphModule:
     return ref
 
 
-def _capture(gm: fx.GraphModule, names: list[str], inputs: dict[str, Tensor], wanted: set[str]) -> dict[str, Tensor]:
+def _capture(
+    gm: fx.GraphModule, names: list[str], inputs: dict[str, Tensor], wanted: set[str]
+) -> dict[str, Tensor]:
     """Values of nodes named in ``wanted`` (for Q/DQ'd nodes: the dequantized value)."""
     captured: dict[str, Tensor] = {}
 
@@ -221,13 +227,24 @@ def per_layer_sqnr(compiled: CompiledModel, inputs: dict[str, Tensor]) -> list[d
     for layer, node in sorted(last_per_layer.items()):
         if node.name in q and node.name in f:
             value = sqnr_db(f[node.name], q[node.name])
-            rows.append({"layer": layer, "node": node.name, "role": node.meta["qg_role"].value,
-                         "sqnr_db": round(value, 2) if math.isfinite(value) else None})
+            rows.append(
+                {
+                    "layer": layer,
+                    "node": node.name,
+                    "role": node.meta["qg_role"].value,
+                    "sqnr_db": round(value, 2) if math.isfinite(value) else None,
+                }
+            )
     return rows
 
 
 def _report(
-    compiled: CompiledModel, ctx: CompileContext, manager: PassManager, policy: str, bits: int, data: GraphData
+    compiled: CompiledModel,
+    ctx: CompileContext,
+    manager: PassManager,
+    policy: str,
+    bits: int,
+    data: GraphData,
 ) -> dict[str, Any]:
     inputs = data.inputs()
     q_logits, f_logits = compiled.run(inputs), compiled.run_fp32(inputs)
@@ -246,8 +263,12 @@ def _report(
         "passes": [r.name for r in manager.records],
         "pass_seconds": {r.name: round(r.seconds, 4) for r in manager.records},
         "quantization": {
-            n.name: {"role": n.meta["qg_role"].value, "layer": n.meta.get("qg_layer"), **n.meta["qg_qspec"].to_json(),
-                     **(n.meta["qg_qparams"].to_json() if "qg_qparams" in n.meta else {})}
+            n.name: {
+                "role": n.meta["qg_role"].value,
+                "layer": n.meta.get("qg_layer"),
+                **n.meta["qg_qspec"].to_json(),
+                **(n.meta["qg_qparams"].to_json() if "qg_qparams" in n.meta else {}),
+            }
             for n in annotated
         },
         "per_layer_sqnr": per_layer_sqnr(compiled, inputs) if annotated else [],

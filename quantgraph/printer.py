@@ -44,7 +44,9 @@ def format_ir(gm: fx.GraphModule) -> list[str]:
         spec = node.meta.get("qg_qspec")
         if spec is not None:
             sym = "sym" if spec.symmetric else "affine"
-            tags.append(f"q{spec.bits} {'s' if spec.signed else 'u'} {sym} {spec.granularity.value} {spec.observer}")
+            tags.append(
+                f"q{spec.bits} {'s' if spec.signed else 'u'} {sym} {spec.granularity.value} {spec.observer}"
+            )
         qp = node.meta.get("qg_qparams")
         if qp is not None and qp.scale.dim() == 0:
             tags.append(f"scale={qp.scale.item():.4g} zp={int(qp.zero_point.item())}")
@@ -59,7 +61,9 @@ def format_onnx(path: Path) -> list[str]:
     try:
         model = onnx.load(str(path))
     except Exception as err:  # protobuf decode errors have several types
-        raise InputError(f"{path} is not a readable ONNX file ({type(err).__name__})", "check the file") from err
+        raise InputError(
+            f"{path} is not a readable ONNX file ({type(err).__name__})", "check the file"
+        ) from err
     g = model.graph
     counts = Counter(n.op_type for n in g.node)
     lines = [
@@ -80,8 +84,13 @@ def _onnx_shape(value) -> str:
 
 
 def inspect_file(
-    path: str | Path, console: Console, *, data_spec: str | None = None, data_root: str | None = None,
-    policy: str | None = None, bits: int | None = None,
+    path: str | Path,
+    console: Console,
+    *,
+    data_spec: str | None = None,
+    data_root: str | None = None,
+    policy: str | None = None,
+    bits: int | None = None,
 ) -> None:
     """Print an ONNX graph, or a model's IR (after ``policy``'s passes when given)."""
     path = Path(path)
@@ -107,7 +116,9 @@ def _ir_lines(path: Path, data_spec: str | None, data_root: str | None, policy: 
     else:
         width = expected_feature_width(model)
         if width is None:
-            raise InputError(f"cannot tell the feature width of {path}", "pass --data to trace on a real graph")
+            raise InputError(
+                f"cannot tell the feature width of {path}", "pass --data to trace on a real graph"
+            )
         data = make_csbm(num_nodes=200, num_features=width, seed=0)
     compiled = qg_compile(model, data, policy=policy or "fp32", bits=bits)
     return format_ir(compiled.graph_module)

@@ -21,7 +21,9 @@ def make_progress(transient: bool = True) -> Progress:
     )
 
 
-def progress_iter(items: Iterable[T], description: str, *, enabled: bool, total: int | None = None) -> Iterator[T]:
+def progress_iter(
+    items: Iterable[T], description: str, *, enabled: bool, total: int | None = None
+) -> Iterator[T]:
     """Iterate ``items``, showing a bar when ``enabled``."""
     if not enabled:
         yield from items

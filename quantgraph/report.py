@@ -17,17 +17,23 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     acc = report.get("accuracy", {})
     size = report.get("size_bytes", {})
     onnx = report.get("onnx", {})
-    title = f"quantgraph · policy {report.get('policy')} · {report.get('bits')} bits · {report.get('dataset')}"
+    title = (
+        f"quantgraph · policy {report.get('policy')} · {report.get('bits')} bits · {report.get('dataset')}"
+    )
     table = Table(title=title, show_lines=False)
     table.add_column("metric")
     table.add_column("FP32", justify="right")
     table.add_column("quantized", justify="right")
-    table.add_row(f"accuracy ({acc.get('split', 'test')}, IR)", _pct(acc.get("fp32")), _pct(acc.get("quantized")))
+    table.add_row(
+        f"accuracy ({acc.get('split', 'test')}, IR)", _pct(acc.get("fp32")), _pct(acc.get("quantized"))
+    )
     if "onnx" in acc:
         table.add_row("accuracy (onnxruntime)", "", _pct(acc.get("onnx")))
     if size:
         ratio = size["fp32"] / size["quantized"] if size.get("quantized") else 0.0
-        table.add_row("model size (bytes)", f"{size['fp32']:,}", f"{size['quantized']:,} ({ratio:.2f}× smaller)")
+        table.add_row(
+            "model size (bytes)", f"{size['fp32']:,}", f"{size['quantized']:,} ({ratio:.2f}× smaller)"
+        )
     if onnx:
         table.add_row("ONNX vs IR max |error|", "", f"{onnx['max_abs_error']:.3g}")
         table.add_row("ONNX vs IR argmax agreement", "", _pct(onnx["argmax_agreement"]))

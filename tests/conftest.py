@@ -43,7 +43,9 @@ def _conv_pair(kind: str, fin: int, hidden: int, fout: int):
     if kind == "gat":
         return GATConv(fin, hidden // 2, heads=2), GATConv(hidden, fout, heads=1)
     if kind == "gin":
-        mlp = torch.nn.Sequential(torch.nn.Linear(fin, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden))
+        mlp = torch.nn.Sequential(
+            torch.nn.Linear(fin, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden)
+        )
         return GINConv(mlp), GINConv(torch.nn.Linear(hidden, fout))
     raise ValueError(kind)
 

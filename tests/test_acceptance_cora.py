@@ -23,7 +23,9 @@ def _trained(arch: str, data):
     torch.manual_seed(0)
     model = build_model(arch, data.num_features, data.num_classes)
     hp = TRAIN_DEFAULTS[arch]
-    train_node_classifier(model, data, epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp["weight_decay"], seed=0)
+    train_node_classifier(
+        model, data, epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp["weight_decay"], seed=0
+    )
     return model
 
 
@@ -39,8 +41,13 @@ def test_minmax_int8_and_int4_on_cora(arch, cora, tmp_path):
         # Sum aggregation over Cora's power-law degrees: per-tensor min/max ranges are set by hub nodes
         # and starve degree-1 nodes (see docs/results.md); percentile ranges recover the accuracy.
         assert acc["fp32"] - acc["onnx"] > 0.01
-        robust = qg_compile(model, cora, policy="minmax", bits=8, options={"calibration": "percentile",
-                                                                            "percentile_tail": 0.01})
+        robust = qg_compile(
+            model,
+            cora,
+            policy="minmax",
+            bits=8,
+            options={"calibration": "percentile", "percentile_tail": 0.01},
+        )
         robust.export_onnx(tmp_path / "p8.onnx", cora)
         assert abs(robust.report["accuracy"]["fp32"] - robust.report["accuracy"]["onnx"]) <= 0.01
     else:

@@ -38,8 +38,10 @@ def test_message_passing_becomes_ir_ops_and_semantics_hold(pyg_model):
     kind, model = pyg_model
     gm, ctx = _canonical(model)
     assert _scatters(gm) == EXPECTED_SCATTERS[kind]
-    assert not any(n.target in (torch.ops.aten.scatter_add.default, torch.ops.aten.index_select.default)
-                   for n in gm.graph.nodes)
+    assert not any(
+        n.target in (torch.ops.aten.scatter_add.default, torch.ops.aten.index_select.default)
+        for n in gm.graph.nodes
+    )
     assert any(n.target == GATHER for n in gm.graph.nodes)
     x, ei = random_graph(31, 97, seed=5)
     torch.testing.assert_close(gm(x, ei)[0], model(x, ei), atol=1e-5, rtol=1e-5)
@@ -71,7 +73,9 @@ def test_gcn_roles_per_layer():
     out = next(n for n in gm.graph.nodes if n.op == "output").all_input_nodes[0]
     assert out.meta["qg_role"] == Role.OUTPUT
     # the degree computation depends on the structure only
-    degree_scatters = [n for n in gm.graph.nodes if n.target == SCATTER and n.meta["qg_role"] == Role.STRUCTURE]
+    degree_scatters = [
+        n for n in gm.graph.nodes if n.target == SCATTER and n.meta["qg_role"] == Role.STRUCTURE
+    ]
     assert len(degree_scatters) == 2
 
 

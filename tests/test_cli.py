@@ -39,8 +39,23 @@ def _error_line(capsys) -> str:
 
 def test_train_compile_eval_inspect(zoo_checkpoint, workdir, capsys):
     out, report = workdir / "gcn.onnx", workdir / "report.json"
-    rc = main(["compile", str(zoo_checkpoint), "--data", SYN, "--policy", "minmax", "--bits", "8",
-               "-o", str(out), "--report", str(report), "--quiet"])
+    rc = main(
+        [
+            "compile",
+            str(zoo_checkpoint),
+            "--data",
+            SYN,
+            "--policy",
+            "minmax",
+            "--bits",
+            "8",
+            "-o",
+            str(out),
+            "--report",
+            str(report),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     rep = json.loads(report.read_text())
     for key in ("policy", "bits", "passes", "per_layer_sqnr"):
@@ -66,7 +81,10 @@ def test_train_compile_eval_inspect(zoo_checkpoint, workdir, capsys):
 def test_int4_and_deterministic_bytes(zoo_checkpoint, workdir):
     a, b = workdir / "a.onnx", workdir / "b.onnx"
     for path in (a, b):
-        assert main(["compile", str(zoo_checkpoint), "--data", SYN, "--bits", "4", "-o", str(path), "--quiet"]) == 0
+        assert (
+            main(["compile", str(zoo_checkpoint), "--data", SYN, "--bits", "4", "-o", str(path), "--quiet"])
+            == 0
+        )
     assert a.read_bytes() == b.read_bytes()
     types = {t.data_type for t in onnx.load(str(a)).graph.initializer}
     assert onnx.TensorProto.INT4 in types
@@ -74,14 +92,40 @@ def test_int4_and_deterministic_bytes(zoo_checkpoint, workdir):
 
 def test_custom_pass_and_pipeline(zoo_checkpoint, workdir):
     report = workdir / "custom.json"
-    rc = main(["compile", str(zoo_checkpoint), "--data", SYN, "-o", str(workdir / "c.onnx"), "--quiet",
-               "--pass", "tests.user_modules:MarkerPass@after=annotate", "--report", str(report)])
+    rc = main(
+        [
+            "compile",
+            str(zoo_checkpoint),
+            "--data",
+            SYN,
+            "-o",
+            str(workdir / "c.onnx"),
+            "--quiet",
+            "--pass",
+            "tests.user_modules:MarkerPass@after=annotate",
+            "--report",
+            str(report),
+        ]
+    )
     assert rc == 0
     rep = json.loads(report.read_text())
     assert rep["passes"].index("marker") == rep["passes"].index("annotate") + 1
     assert rep["marker_saw_annotations"] > 0
-    rc = main(["compile", str(zoo_checkpoint), "--data", SYN, "-o", str(workdir / "p.onnx"), "--quiet",
-               "--pipeline", "canonicalize,tag-roles", "--report", str(report)])
+    rc = main(
+        [
+            "compile",
+            str(zoo_checkpoint),
+            "--data",
+            SYN,
+            "-o",
+            str(workdir / "p.onnx"),
+            "--quiet",
+            "--pipeline",
+            "canonicalize,tag-roles",
+            "--report",
+            str(report),
+        ]
+    )
     assert rc == 0
     assert json.loads(report.read_text())["passes"] == ["canonicalize", "tag-roles"]
 
@@ -97,7 +141,10 @@ def test_user_model_saved_as_pt2_compiles_and_runs(workdir):
     npz = workdir / "g.npz"
     np.savez(npz, x=data.x.numpy(), edge_index=data.edge_index.numpy())
     out, report = workdir / "user.onnx", workdir / "user.json"
-    assert main(["compile", str(path), "--data", str(npz), "-o", str(out), "--report", str(report), "--quiet"]) == 0
+    assert (
+        main(["compile", str(path), "--data", str(npz), "-o", str(out), "--report", str(report), "--quiet"])
+        == 0
+    )
     rep = json.loads(report.read_text())
     assert rep["onnx"]["argmax_agreement"] >= 0.99
     assert rep["message_passing"]["scatters"]["max"] == 1
@@ -113,8 +160,20 @@ def test_trusted_pickle_needs_opt_in(workdir, capsys):
     assert main(["compile", str(path), "--data", str(npz), "-o", str(out), "--quiet"]) != 0
     assert "--trust-pickle" in _error_line(capsys)
     assert not out.exists()
-    rc = main(["compile", str(path), "--data", str(npz), "-o", str(out), "--quiet",
-               "--trust-pickle", "--import", "tests.user_modules"])
+    rc = main(
+        [
+            "compile",
+            str(path),
+            "--data",
+            str(npz),
+            "-o",
+            str(out),
+            "--quiet",
+            "--trust-pickle",
+            "--import",
+            "tests.user_modules",
+        ]
+    )
     assert rc == 0 and out.exists()
 
 
@@ -159,7 +218,11 @@ def _bad_cases(workdir: Path):
     corrupt.write_bytes(b"PK\x03\x04 this is not a torch file")
     yield "missing model", ["compile", str(workdir / "nope.pt"), "--data", SYN], "does not exist"
     yield "corrupt model", ["compile", str(corrupt), "--data", SYN], "corrupt"
-    yield "edge dtype", ["--data", str(_bad_npz(workdir, "dtype", x=x, edge_index=ei.astype(np.float32)))], "dtype"
+    yield (
+        "edge dtype",
+        ["--data", str(_bad_npz(workdir, "dtype", x=x, edge_index=ei.astype(np.float32)))],
+        "dtype",
+    )
     yield "edge shape", ["--data", str(_bad_npz(workdir, "shape", x=x, edge_index=ei[:1]))], "shape"
     neg = ei.copy()
     neg[0, 0] = -1
@@ -174,7 +237,11 @@ def _bad_cases(workdir: Path):
     inf[1, 1] = np.inf
     yield "Inf features", ["--data", str(_bad_npz(workdir, "inf", x=inf, edge_index=ei))], "Inf"
     empty = np.zeros((0, 16), np.float32)
-    yield "empty graph", ["--data", str(_bad_npz(workdir, "empty", x=empty, edge_index=np.zeros((2, 0), np.int64)))], "empty"
+    yield (
+        "empty graph",
+        ["--data", str(_bad_npz(workdir, "empty", x=empty, edge_index=np.zeros((2, 0), np.int64)))],
+        "empty",
+    )
     x8, ei8 = _graph(f=8)
     yield "feature width", ["--data", str(_bad_npz(workdir, "width", x=x8, edge_index=ei8))], "16"
     yield "bits", ["--data", str(_bad_npz(workdir, "ok", x=x, edge_index=ei)), "--bits", "12"], "bits=12"
@@ -204,7 +271,9 @@ def test_unsupported_op_names_op_and_line(workdir, capsys):
     torch.export.save(torch.export.export(model, (data.x, data.edge_index), dynamic_shapes=dims), path)
     npz = _bad_npz(workdir, "u", x=data.x.numpy(), edge_index=data.edge_index.numpy())
     out = workdir / "unsupported.onnx"
-    assert main(["compile", str(path), "--data", str(npz), "-o", str(out), "--policy", "fp32", "--quiet"]) != 0
+    assert (
+        main(["compile", str(path), "--data", str(npz), "-o", str(out), "--policy", "fp32", "--quiet"]) != 0
+    )
     line = _error_line(capsys)
     assert "linalg_det" in line and "torch.linalg.det" in line
     assert not out.exists()

@@ -55,8 +55,11 @@ def _traced(kind="gcn"):
     model = TwoLayer(kind).eval()
     x, ei = random_graph(24, 80)
     traced = trace(model, {"x": x, "edge_index": ei})
-    ctx = CompileContext(input_names=traced.input_names, dim_names=traced.dim_names,
-                         calibration_data=[{"x": x, "edge_index": ei}])
+    ctx = CompileContext(
+        input_names=traced.input_names,
+        dim_names=traced.dim_names,
+        calibration_data=[{"x": x, "edge_index": ei}],
+    )
     return model, traced.graph_module, ctx, (x, ei)
 
 

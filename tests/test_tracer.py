@@ -28,7 +28,9 @@ def test_parameters_are_unlifted_to_get_attr(pyg_model):
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     assert placeholders == ["x", "edge_index"]
     attrs = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
-    assert attrs <= {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    assert attrs <= {name for name, _ in model.named_parameters()} | {
+        name for name, _ in model.named_buffers()
+    }
     assert any(t.endswith("weight") for t in attrs)
 
 
@@ -43,8 +45,11 @@ def test_plain_pytorch_model_traces():
 def test_exported_program_round_trip(tmp_path):
     model = PlainIndexAdd().eval()
     x, ei = random_graph(12, 40)
-    ep = torch.export.export(model, (x, ei), dynamic_shapes={"x": {0: torch.export.Dim("n")},
-                                                             "edge_index": {1: torch.export.Dim("e")}})
+    ep = torch.export.export(
+        model,
+        (x, ei),
+        dynamic_shapes={"x": {0: torch.export.Dim("n")}, "edge_index": {1: torch.export.Dim("e")}},
+    )
     torch.export.save(ep, tmp_path / "m.pt2")
     traced = trace_exported(torch.export.load(tmp_path / "m.pt2"))
     assert traced.input_names == ["x", "edge_index"]

@@ -36,8 +36,10 @@ def verify_onnx(model: onnx.ModelProto, compiled: CompiledModel, data: GraphData
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as err:
-        raise QuantGraphError(f"the exported ONNX model failed the checker: {str(err).splitlines()[0]}",
-                              "report this as a backend bug with the model") from err
+        raise QuantGraphError(
+            f"the exported ONNX model failed the checker: {str(err).splitlines()[0]}",
+            "report this as a backend bug with the model",
+        ) from err
     inputs = data.inputs()
     ort_logits = run_onnx(ort_session(model), inputs)
     ir_logits = compiled.run(inputs)

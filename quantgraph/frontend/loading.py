@@ -20,7 +20,9 @@ def load_model(
     """Load ``path`` safely; pickled modules need ``trust_pickle`` (``--trust-pickle``)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"model file {path} does not exist", "check the path (train one with `quantgraph train`)")
+        raise InputError(
+            f"model file {path} does not exist", "check the path (train one with `quantgraph train`)"
+        )
     if path.suffix == ".pt2":
         return _load_exported(path)
     if trust_pickle:
@@ -46,14 +48,22 @@ def _load_pickled_module(path: Path, imports: Sequence[str]) -> torch.nn.Module:
         try:
             importlib.import_module(name)
         except ImportError as err:
-            raise InputError(f"cannot import '{name}' ({err})", "put the module defining your classes on PYTHONPATH") from err
+            raise InputError(
+                f"cannot import '{name}' ({err})", "put the module defining your classes on PYTHONPATH"
+            ) from err
     try:
         obj = torch.load(path, weights_only=False, map_location="cpu")
     except (zipfile.BadZipFile, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise InputError(f"{path} is corrupt or not a torch file ({type(err).__name__})", "re-save the model") from err
+        raise InputError(
+            f"{path} is corrupt or not a torch file ({type(err).__name__})", "re-save the model"
+        ) from err
     except AttributeError as err:
-        raise InputError(f"{path} needs a class that is not importable ({err})",
-                         "add --import MODULE for the module that defines the model class") from err
+        raise InputError(
+            f"{path} needs a class that is not importable ({err})",
+            "add --import MODULE for the module that defines the model class",
+        ) from err
     if not isinstance(obj, torch.nn.Module):
-        raise InputError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module", "save the whole module")
+        raise InputError(
+            f"{path} holds a {type(obj).__name__}, not a torch.nn.Module", "save the whole module"
+        )
     return obj

@@ -110,7 +110,9 @@ def _set_nested(root: torch.nn.Module, fqn: str, value: Tensor, is_param: bool) 
             mod.add_module(part, torch.nn.Module())
         mod = getattr(mod, part)
     if is_param:
-        mod.register_parameter(leaf, torch.nn.Parameter(value.detach().clone(), requires_grad=value.requires_grad))
+        mod.register_parameter(
+            leaf, torch.nn.Parameter(value.detach().clone(), requires_grad=value.requires_grad)
+        )
     else:
         mod.register_buffer(leaf, value.detach().clone())
 

@@ -14,7 +14,9 @@ class Role(StrEnum):
     BIAS = "bias"  # a parameter added after a linear layer
     LINEAR_OUT = "linear_out"  # output of a linear layer
     GATHER = "gather"  # node rows gathered by source index (an exact copy: no new quantization needed)
-    EDGE_WEIGHT = "edge_weight"  # per-edge scalar multiplying a message (normalisation, attention coefficient)
+    EDGE_WEIGHT = (
+        "edge_weight"  # per-edge scalar multiplying a message (normalisation, attention coefficient)
+    )
     ATTENTION = "attention"  # other per-edge feature-dependent values (attention logits)
     MESSAGE = "message"  # per-edge value that is scattered
     AGGREGATION = "aggregation"  # output of a scatter-reduce

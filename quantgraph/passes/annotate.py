@@ -25,7 +25,9 @@ class AnnotatePass(PassBase):
         if not any("qg_role" in n.meta for n in gm.graph.nodes):
             raise InputError("nodes have no roles", "run the 'tag-roles' pass before 'annotate'")
         if not ctx.qconfig:
-            raise InputError("the policy gave no qconfig (role -> spec)", "use a quantizing policy such as minmax")
+            raise InputError(
+                "the policy gave no qconfig (role -> spec)", "use a quantizing policy such as minmax"
+            )
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         count = 0

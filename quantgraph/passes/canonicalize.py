@@ -19,8 +19,14 @@ from quantgraph.passes.registry import register_pass
 
 aten = torch.ops.aten
 _ZEROS = {aten.new_zeros.default, aten.zeros.default, aten.zeros_like.default}
-_INDEX_WRAPPERS = {aten.expand.default, aten.expand_as.default, aten.view.default, aten.reshape.default,
-                   aten.unsqueeze.default, aten._unsafe_view.default}
+_INDEX_WRAPPERS = {
+    aten.expand.default,
+    aten.expand_as.default,
+    aten.view.default,
+    aten.reshape.default,
+    aten.unsqueeze.default,
+    aten._unsafe_view.default,
+}
 _ONES = {aten.new_ones.default, aten.ones.default, aten.ones_like.default}
 _REDUCE_NAMES = {"sum": "sum", "mean": "mean", "amax": "max"}
 
@@ -68,8 +74,10 @@ def _same_value(a: object, b: object) -> bool:
     if a is b:
         return True
     if isinstance(a, fx.Node) and isinstance(b, fx.Node):
-        return (a.op, a.target) == (b.op, b.target) and len(a.args) == len(b.args) and all(
-            _same_value(x, y) for x, y in zip(a.args, b.args, strict=True)
+        return (
+            (a.op, a.target) == (b.op, b.target)
+            and len(a.args) == len(b.args)
+            and all(_same_value(x, y) for x, y in zip(a.args, b.args, strict=True))
         )
     return a == b
 
@@ -101,7 +109,9 @@ def _match_scatter(node: fx.Node) -> tuple | None:
     if node.target == aten.scatter_add.default:
         base, dim, index, src = node.args
         reduce = "sum"
-    elif node.target == aten.index_add.default and len(node.args) == 4 and not node.kwargs.get("alpha", 1) != 1:
+    elif (
+        node.target == aten.index_add.default and len(node.args) == 4 and not node.kwargs.get("alpha", 1) != 1
+    ):
         base, dim, index, src = node.args
         reduce = "sum"
     elif node.target == aten.scatter_reduce.two:
@@ -132,7 +142,9 @@ def _match_mean(gm: fx.GraphModule, node: fx.Node) -> tuple | None:
         den = den.args[0]
     if not (isinstance(den, fx.Node) and den.target in (aten.clamp.default, aten.clamp_min.default)):
         return None
-    if den.args[1] != 1 or (den.target == aten.clamp.default and len(den.args) > 2 and den.args[2] is not None):
+    if den.args[1] != 1 or (
+        den.target == aten.clamp.default and len(den.args) > 2 and den.args[2] is not None
+    ):
         return None
     count = den.args[0]
     if not (isinstance(count, fx.Node) and count.target == SCATTER and count.args[3] == "sum"):
@@ -169,8 +181,10 @@ class CanonicalizePass(PassBase):
             gm.graph.eliminate_dead_code()
         ctx.report["message_passing"] = {
             "gathers": sum(1 for n in gm.graph.nodes if n.target == GATHER),
-            "scatters": {r: sum(1 for n in gm.graph.nodes if n.target == SCATTER and n.args[3] == r)
-                         for r in ("sum", "mean", "max")},
+            "scatters": {
+                r: sum(1 for n in gm.graph.nodes if n.target == SCATTER and n.args[3] == r)
+                for r in ("sum", "mean", "max")
+            },
         }
         return PassResult(gm, modified)
 

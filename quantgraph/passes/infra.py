@@ -111,7 +111,9 @@ class PassManager:
             try:
                 result = p(gm, ctx)
             except QuantGraphError as err:
-                raise type(err)(f"pass '{p.display_name}' (after '{previous}') failed: {err.problem}", err.fix) from err
+                raise type(err)(
+                    f"pass '{p.display_name}' (after '{previous}') failed: {err.problem}", err.fix
+                ) from err
             except Exception as err:  # a bug or bad state inside the pass: still name it
                 raise PassError(
                     f"pass '{p.display_name}' (after '{previous}') failed: {type(err).__name__}: {err}",

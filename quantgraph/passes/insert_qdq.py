@@ -41,7 +41,9 @@ class InsertQDQPass(PassBase):
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         if any("qg_qspec" in n.meta and "qg_qparams" not in n.meta for n in gm.graph.nodes):
-            raise InputError("annotated nodes have no quantization parameters", "run 'calibrate' before 'insert-qdq'")
+            raise InputError(
+                "annotated nodes have no quantization parameters", "run 'calibrate' before 'insert-qdq'"
+            )
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         targets = [n for n in gm.graph.nodes if "qg_qparams" in n.meta and "qg_qdq" not in n.meta]

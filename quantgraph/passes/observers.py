@@ -58,7 +58,9 @@ class PercentileObserver(Observer):
         tail = dict(self.spec.observer_args).get("tail", 0.001 if self.spec.bits >= 8 else 0.01)
         dims = self._reduce_dims(x)
         if len(dims) != x.dim():
-            raise InputError("the percentile observer supports per-tensor ranges only", "use observer='minmax'")
+            raise InputError(
+                "the percentile observer supports per-tensor ranges only", "use observer='minmax'"
+            )
         flat = x.flatten()
         if flat.numel() > 1 << 24:  # torch.quantile's limit; subsample deterministically
             flat = flat[:: flat.numel() // (1 << 24) + 1]

@@ -59,7 +59,9 @@ def load_object(spec: str) -> object:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise InputError(f"cannot import module '{module_name}' ({err})", "check the name and that it is on PYTHONPATH") from err
+        raise InputError(
+            f"cannot import module '{module_name}' ({err})", "check the name and that it is on PYTHONPATH"
+        ) from err
     try:
         return getattr(module, attr)
     except AttributeError as err:
@@ -73,4 +75,6 @@ def load_pass(spec: str) -> PassBase:
         return obj()
     if isinstance(obj, PassBase):
         return obj
-    raise InputError(f"'{spec}' is not a quantgraph pass", "subclass quantgraph.passes.PassBase and implement call()")
+    raise InputError(
+        f"'{spec}' is not a quantgraph pass", "subclass quantgraph.passes.PassBase and implement call()"
+    )

@@ -23,8 +23,14 @@ _LINEAR = {aten.linear.default, aten.mm.default, aten.matmul.default, aten.addmm
 _MUL = {aten.mul.Tensor}
 # Ops whose output data does not depend on their tensor input's values (only on its shape/dtype).
 _SHAPE_ONLY = {
-    aten.sym_size.int, aten.new_zeros.default, aten.new_ones.default, aten.new_full.default,
-    aten.new_empty.default, aten.zeros_like.default, aten.ones_like.default, aten.full_like.default,
+    aten.sym_size.int,
+    aten.new_zeros.default,
+    aten.new_ones.default,
+    aten.new_full.default,
+    aten.new_empty.default,
+    aten.zeros_like.default,
+    aten.ones_like.default,
+    aten.full_like.default,
     aten.empty_like.default,
 }
 
@@ -133,7 +139,9 @@ class TagRolesPass(PassBase):
         for node, role in roles.items():
             node.meta["qg_role"] = role
             node.meta["qg_layer"] = layers.get(node)
-        ctx.report["roles"] = {r.value: sum(1 for v in roles.values() if v == r) for r in Role if r in roles.values()}
+        ctx.report["roles"] = {
+            r.value: sum(1 for v in roles.values() if v == r) for r in Role if r in roles.values()
+        }
         ctx.report["num_layers"] = max((v for v in layers.values() if v is not None), default=-1) + 1
         return PassResult(gm, True)
 
@@ -190,7 +198,9 @@ class TagRolesPass(PassBase):
                 a, b = operand.meta.get("val"), getattr(other, "meta", {}).get("val")
                 if not isinstance(a, torch.Tensor) or not a.is_floating_point():
                     continue
-                narrower = a.dim() == 1 or (a.shape[-1] == 1 and isinstance(b, torch.Tensor) and b.shape[-1] != 1)
+                narrower = a.dim() == 1 or (
+                    a.shape[-1] == 1 and isinstance(b, torch.Tensor) and b.shape[-1] != 1
+                )
                 if narrower and roles.get(operand) not in (Role.GATHER, Role.MESSAGE):
                     roles[operand] = Role.EDGE_WEIGHT
 
