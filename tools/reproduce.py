@@ -1,0 +1,144 @@
+"""Reproduction table: train zoo models over seeds, compile them with quantization methods, report
+onnxruntime test accuracy as mean ± std, and write docs/results.md + docs/results.json.
+
+Example (the command behind docs/results.md):
+
+    python tools/reproduce.py --datasets cora,citeseer --archs gcn,gat,gin,sage --seeds 10
+
+Checkpoints are selected on validation accuracy, never on test. Each method row is the accuracy of
+the exported ONNX model in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from quantgraph.compiler import compile as qg_compile
+from quantgraph.data import GraphData, load_dataset
+from quantgraph.fileio import atomic_write_bytes, atomic_write_json
+from quantgraph.models import TRAIN_DEFAULTS, build_model
+from quantgraph.training import train_node_classifier
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the table: a name, its bitwidth and how to get ONNX accuracy from a trained model."""
+
+    name: str
+    bits: int
+    run: Callable[[torch.nn.Module, GraphData, Path], float]
+
+
+def _ptq(policy: str, bits: int, calibration: str = "minmax") -> Callable:
+    def run(model: torch.nn.Module, data: GraphData, tmp: Path) -> float:
+        compiled = qg_compile(model, data, policy=policy, bits=bits, options={"calibration": calibration})
+        compiled.export_onnx(tmp / "m.onnx", data)
+        return compiled.report["accuracy"]["onnx"]
+
+    return run
+
+
+METHODS: dict[str, Method] = {
+    "fp32": Method("fp32", 32, _ptq("fp32", 8)),
+    "minmax-int8": Method("minmax-int8", 8, _ptq("minmax", 8)),
+    "minmax-int4": Method("minmax-int4", 4, _ptq("minmax", 4)),
+    "percentile-int8": Method("percentile-int8", 8, _ptq("minmax", 8, "percentile")),
+    "percentile-int4": Method("percentile-int4", 4, _ptq("minmax", 4, "percentile")),
+}
+
+
+def train(arch: str, data: GraphData, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = build_model(arch, data.num_features, data.num_classes)
+    hp = TRAIN_DEFAULTS[arch]
+    train_node_classifier(model, data, epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp["weight_decay"], seed=seed)
+    return model.eval()
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def render_markdown(results: dict, command: str) -> str:
+    lines = [
+        "# Reproduction results",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {results['machine']}; torch {results['torch']}; {results['seconds']:.0f} s in all.",
+        "Test accuracy (%) of the exported ONNX model in onnxruntime, mean ± std over "
+        f"{results['seeds']} seeds (checkpoints selected on validation accuracy).",
+        "",
+        "| dataset | arch | method | bits | accuracy | Δ vs fp32 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        delta = "" if row["method"] == "fp32" else f"{row['delta']:+.2f}"
+        lines.append(
+            f"| {row['dataset']} | {row['arch']} | {row['method']} | {row['bits']} | "
+            f"{row['mean']:.2f} ± {row['std']:.2f} | {delta} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--datasets", default="cora,citeseer")
+    p.add_argument("--archs", default="gcn,gat,gin,sage")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", default="docs/results")
+    args = p.parse_args(argv)
+    methods = [METHODS[m] for m in args.methods.split(",")]
+    start = time.perf_counter()
+    per_cell: dict[tuple[str, str, str], list[float]] = {}
+    for dataset in args.datasets.split(","):
+        data = load_dataset(dataset, args.data_root)
+        for arch in args.archs.split(","):
+            for seed in range(args.seeds):
+                model = train(arch, data, seed)
+                with tempfile.TemporaryDirectory() as tmp:
+                    for method in methods:
+                        acc = method.run(model, data, Path(tmp))
+                        per_cell.setdefault((dataset, arch, method.name), []).append(100 * acc)
+                done = {m.name: round(per_cell[(dataset, arch, m.name)][-1], 1) for m in methods}
+                print(f"{dataset} {arch} seed {seed}: {done}", flush=True)
+    rows = []
+    for (dataset, arch, name), values in per_cell.items():
+        mean, std = mean_std(values)
+        fp32 = per_cell.get((dataset, arch, "fp32"))
+        delta = mean - statistics.fmean(fp32) if fp32 else math.nan
+        rows.append({"dataset": dataset, "arch": arch, "method": name, "bits": METHODS[name].bits,
+                     "mean": mean, "std": std, "delta": delta, "values": values})
+    command = "python tools/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    results = {
+        "command": command,
+        "seeds": args.seeds,
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "torch": torch.__version__,
+        "seconds": time.perf_counter() - start,
+        "rows": rows,
+    }
+    out = Path(args.out)
+    atomic_write_json(out.with_suffix(".json"), results)
+    atomic_write_bytes(out.with_suffix(".md"), render_markdown(results, command).encode())
+    print(render_markdown(results, command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
