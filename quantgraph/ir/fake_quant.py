@@ -1,0 +1,104 @@
+"""Trainable fake quantization for QAT (Degree-Quant style): an ``nn.Module`` the QAT passes insert.
+
+Forward: ``dequantize(quantize(x))`` with the current range (affine, always containing 0). While
+training, the range tracks each batch's percentile (or min/max) range, combined across batches by
+running min/max or by an EMA; rows that a protective mask marks stay FP32 and do not update the
+range. Backward: straight-through; in the "GC" variant (default) the gradient is zeroed where the
+value saturated.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from quantgraph.ir.qspec import QParams, QuantSpec
+
+
+class _RoundSTE(torch.autograd.Function):
+    """Fake-quantize with a straight-through gradient, optionally zeroed outside [lo, hi]."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, zp: Tensor, qmin: int, qmax: int, clip_grad: bool) -> Tensor:
+        q = torch.clamp(torch.round(x / scale) + zp, qmin, qmax)
+        if clip_grad:
+            lo, hi = (qmin - zp) * scale, (qmax - zp) * scale
+            ctx.save_for_backward((x >= lo) & (x <= hi))
+        ctx.clip_grad = clip_grad
+        return (q - zp) * scale
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if ctx.clip_grad:
+            (inside,) = ctx.saved_tensors
+            grad = grad * inside
+        return grad, None, None, None, None, None
+
+
+class FakeQuantize(nn.Module):
+    """Per-tensor affine fake quantizer with percentile/min-max range tracking and mask bypass."""
+
+    def __init__(
+        self,
+        spec: QuantSpec,
+        init: QParams | None = None,
+        *,
+        tail: float = 0.0,
+        momentum: float | None = None,
+        clip_grad: bool = True,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.tail = float(tail)
+        self.momentum = momentum  # None: running min/max; else EMA with this momentum
+        self.clip_grad = clip_grad
+        lo, hi = (torch.zeros(()), torch.zeros(()))
+        if init is not None:  # recover the range the calibration chose
+            lo = ((init.qmin - init.zero_point) * init.scale).float().min().reshape(())
+            hi = ((init.qmax - init.zero_point) * init.scale).float().max().reshape(())
+        self.register_buffer("lo", lo)
+        self.register_buffer("hi", hi)
+        self.register_buffer("initialized", torch.tensor(init is not None))
+
+    def _batch_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        flat = x.detach().flatten().float()
+        if self.tail > 0 and flat.numel() > 1:
+            if flat.numel() > 1 << 24:
+                flat = flat[:: flat.numel() // (1 << 24) + 1]
+            k_lo = max(1, int(self.tail * flat.numel()))
+            k_hi = max(1, flat.numel() - k_lo + 1)
+            return flat.kthvalue(k_lo).values, flat.kthvalue(k_hi).values
+        return flat.min(), flat.max()
+
+    def _observe(self, x: Tensor) -> None:
+        if x.numel() == 0:
+            return
+        lo, hi = self._batch_range(x)
+        if not bool(self.initialized):
+            self.lo.copy_(lo)
+            self.hi.copy_(hi)
+            self.initialized.fill_(True)
+        elif self.momentum is None:
+            self.lo.copy_(torch.minimum(self.lo, lo))
+            self.hi.copy_(torch.maximum(self.hi, hi))
+        else:
+            self.lo.mul_(1 - self.momentum).add_(self.momentum * lo)
+            self.hi.mul_(1 - self.momentum).add_(self.momentum * hi)
+
+    def qparams(self) -> QParams:
+        return QParams.from_range(self.lo.clone(), self.hi.clone(), self.spec)
+
+    def forward(self, x: Tensor, protect: Tensor | None = None) -> Tensor:
+        """Fake-quantize ``x``; in training, rows with ``protect[row]`` True bypass quantization."""
+        protect = protect if self.training else None
+        if self.training:
+            self._observe(x if protect is None else x[~protect])
+        qp = self.qparams()
+        out = _RoundSTE.apply(x, qp.scale, qp.zero_point.float(), self.spec.qmin, self.spec.qmax, self.clip_grad)
+        if protect is None:
+            return out
+        keep = protect.view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(keep, x, out)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.spec.bits}, tail={self.tail}, momentum={self.momentum}, clip_grad={self.clip_grad}"
