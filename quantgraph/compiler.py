@@ -24,7 +24,7 @@ from quantgraph.metrics import accuracy, argmax_agreement, sqnr_db
 from quantgraph.passes import CompileContext, PassBase, PassManager, get_pass
 from quantgraph.policies import get_policy
 
-GRAPH_ONLY_PASSES = ("canonicalize", "tag-roles")
+GRAPH_ONLY_PASSES = ("strip-dropout", "canonicalize", "tag-roles")
 
 
 @dataclass
@@ -138,6 +138,7 @@ def compile(  # noqa: A001 - mirrors the CLI command
     passes: Sequence[PassInsertion] = (),
     calibration: Sequence[GraphData] | None = None,
     options: dict[str, Any] | None = None,
+    task_data: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> CompiledModel:
     """Trace ``model`` on ``data``, run the policy's passes and return the compiled model.
@@ -145,7 +146,9 @@ def compile(  # noqa: A001 - mirrors the CLI command
     ``data`` is the graph used for calibration (and for accuracy when it has labels); ``calibration``
     may give more graphs. ``pipeline`` replaces the policy's pass list; ``passes`` adds user passes.
     ``options``: ``calibration`` ("minmax" or "percentile") and ``percentile_tail`` set the activation
-    range method; policies may read more.
+    range method; QAT policies read ``epochs``, ``lr``, ``weight_decay``, ``seed``, ``p_min``/``p_max``.
+    ``task_data``: labelled data for training passes (default ``{"node": data}``; graph
+    classification: ``{"graphs": {"train": [...], "val": [...]}}``).
     """
     pol = get_policy(policy)
     bits = pol.default_bits if bits is None else bits
@@ -155,7 +158,7 @@ def compile(  # noqa: A001 - mirrors the CLI command
     )
     width = None if isinstance(model, TracedGraph) else expected_feature_width(model)
     validate_graph(data.x, data.edge_index, expected_features=width, name=data.name)
-    traced = _trace(model, data)
+    traced = _trace(model, data, training=bool(opts.get("trace_training")))
     graphs = list(calibration) if calibration else [data]
     ctx = CompileContext(
         input_names=traced.input_names,
@@ -165,6 +168,7 @@ def compile(  # noqa: A001 - mirrors the CLI command
         bits=bits,
         options=opts,
         progress=progress,
+        task_data=dict(task_data) if task_data is not None else {"node": data},
     )
     fp32_module = _graph_only_copy(traced.graph_module)
     manager = PassManager(build_pipeline(policy, pipeline, passes))
@@ -176,13 +180,15 @@ def compile(  # noqa: A001 - mirrors the CLI command
 
 
 def _trace(
-    model: torch.nn.Module | torch.export.ExportedProgram | TracedGraph, data: GraphData
+    model: torch.nn.Module | torch.export.ExportedProgram | TracedGraph,
+    data: GraphData,
+    training: bool = False,
 ) -> TracedGraph:
     if isinstance(model, TracedGraph):
         return TracedGraph(copy.deepcopy(model.graph_module), list(model.input_names), dict(model.dim_names))
     if isinstance(model, torch.export.ExportedProgram):
         return trace_exported(model)
-    return trace(model, data.inputs())
+    return trace(model, data.inputs(), training=training)
 
 
 def _graph_only_copy(gm: fx.GraphModule) -> fx.GraphModule:

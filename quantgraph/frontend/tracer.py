@@ -65,8 +65,14 @@ def _dynamic_shapes(names: list[str], inputs: dict[str, Tensor]) -> dict[str, di
     return shapes
 
 
-def trace(model: torch.nn.Module, inputs: dict[str, Tensor], *, dynamic: bool = True) -> TracedGraph:
-    """Export ``model`` (in eval mode) on example ``inputs`` keyed by forward-argument name."""
+def trace(
+    model: torch.nn.Module, inputs: dict[str, Tensor], *, dynamic: bool = True, training: bool = False
+) -> TracedGraph:
+    """Export ``model`` on example ``inputs`` keyed by forward-argument name.
+
+    ``training=True`` traces train-mode behaviour (dropout) for quantization-aware training; the
+    ``dropout-to-module`` pass then makes it follow the graph module's train/eval mode.
+    """
     names = forward_arg_names(model)
     missing = [n for n in names if n not in inputs]
     if missing:
@@ -74,7 +80,8 @@ def trace(model: torch.nn.Module, inputs: dict[str, Tensor], *, dynamic: bool = 
             f"the model's forward needs {missing} but the data provides {sorted(inputs)}",
             "pass a dataset with these fields or wrap the model so forward takes (x, edge_index)",
         )
-    model = model.eval()
+    was_training = model.training
+    model.train(training)
     args = tuple(inputs[n] for n in names)
     shapes = _dynamic_shapes(names, inputs) if dynamic else None
     try:
@@ -86,6 +93,8 @@ def trace(model: torch.nn.Module, inputs: dict[str, Tensor], *, dynamic: bool = 
             "make forward free of data-dependent Python control flow (see torch.export docs), "
             "or export it yourself and pass the .pt2 file",
         ) from err
+    finally:
+        model.train(was_training)
     return trace_exported(ep, names)
 
 

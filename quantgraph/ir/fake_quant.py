@@ -94,11 +94,15 @@ class FakeQuantize(nn.Module):
         if self.training:
             self._observe(x if protect is None else x[~protect])
         qp = self.qparams()
-        out = _RoundSTE.apply(x, qp.scale, qp.zero_point.float(), self.spec.qmin, self.spec.qmax, self.clip_grad)
+        out = _RoundSTE.apply(
+            x, qp.scale, qp.zero_point.float(), self.spec.qmin, self.spec.qmax, self.clip_grad
+        )
         if protect is None:
             return out
         keep = protect.view(-1, *([1] * (x.dim() - 1)))
         return torch.where(keep, x, out)
 
     def extra_repr(self) -> str:
-        return f"bits={self.spec.bits}, tail={self.tail}, momentum={self.momentum}, clip_grad={self.clip_grad}"
+        return (
+            f"bits={self.spec.bits}, tail={self.tail}, momentum={self.momentum}, clip_grad={self.clip_grad}"
+        )

@@ -84,6 +84,39 @@ def _(q: Tensor, scale: Tensor, zero_point: Tensor, axis: int) -> Tensor:
     return q.new_empty(q.shape, dtype=torch.float32)
 
 
+def _gather_setup(ctx, inputs, output) -> None:
+    src, index = inputs
+    ctx.save_for_backward(index)
+    ctx.num_rows = src.shape[0]
+
+
+def _gather_backward(ctx, grad: Tensor):
+    (index,) = ctx.saved_tensors
+    return scatter(grad, index, ctx.num_rows, "sum"), None
+
+
+def _scatter_setup(ctx, inputs, output) -> None:
+    src, index, _num_nodes, reduce = inputs
+    ctx.reduce = reduce
+    ctx.save_for_backward(index, src, output if reduce == "max" else torch.empty(0))
+
+
+def _scatter_backward(ctx, grad: Tensor):
+    index, src, out = ctx.saved_tensors
+    grad_src = gather(grad, index)
+    if ctx.reduce == "mean":
+        count = torch.zeros(grad.shape[0], dtype=grad.dtype).index_add_(
+            0, index, torch.ones_like(index, dtype=grad.dtype)
+        )
+        grad_src = grad_src / gather(count.clamp(min=1), index).view(-1, *([1] * (src.dim() - 1)))
+    elif ctx.reduce == "max":
+        grad_src = grad_src * (src == gather(out, index)).to(grad.dtype)
+    return grad_src, None, None, None
+
+
+gather.register_autograd(_gather_backward, setup_context=_gather_setup)
+scatter.register_autograd(_scatter_backward, setup_context=_scatter_setup)
+
 GATHER = torch.ops.quantgraph.gather.default
 SCATTER = torch.ops.quantgraph.scatter.default
 QUANTIZE = torch.ops.quantgraph.quantize.default

@@ -1,3 +1,14 @@
 """Import the built-in passes so they register themselves."""
 
-from quantgraph.passes import annotate, calibrate, canonicalize, insert_qdq, tag_roles  # noqa: F401
+from quantgraph.passes import (  # noqa: F401
+    annotate,
+    calibrate,
+    canonicalize,
+    convert_qat,
+    degree_mask,
+    dropout,
+    insert_qdq,
+    prepare_qat,
+    tag_roles,
+    train_qat,
+)

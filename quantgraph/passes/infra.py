@@ -39,6 +39,8 @@ class CompileContext:
     options: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
     report: dict[str, Any] = field(default_factory=dict)  # passes add their findings here
+    #: labelled data for training passes: {"node": GraphData} or {"graphs": {"train": [...], "val": [...]}}
+    task_data: dict[str, Any] = field(default_factory=dict)
 
 
 class PassBase:
@@ -116,13 +118,18 @@ class PassManager:
                 ) from err
             except Exception as err:  # a bug or bad state inside the pass: still name it
                 raise PassError(
-                    f"pass '{p.display_name}' (after '{previous}') failed: {type(err).__name__}: {err}",
+                    f"pass '{p.display_name}' (after '{previous}') failed: {type(err).__name__}: {_first_line(err)}",
                     "check the pass's requirements or report this with the model that triggered it",
                 ) from err
             self.records.append(PassRecord(p.display_name, result.modified, time.perf_counter() - start))
             gm, modified = result.graph_module, modified or result.modified
             previous = p.display_name
         return PassResult(gm, modified)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def call_function_nodes(gm: fx.GraphModule, target: Any | None = None) -> list[fx.Node]:

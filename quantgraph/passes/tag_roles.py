@@ -136,14 +136,37 @@ class TagRolesPass(PassBase):
             if depends_on_features.get(value):
                 roles[value] = Role.OUTPUT
         layers = self._layers(gm)
+        num_nodes = self._num_nodes_symbol(gm)
         for node, role in roles.items():
             node.meta["qg_role"] = role
             node.meta["qg_layer"] = layers.get(node)
+            node.meta["qg_rows"] = self._rows(node, edge_level.get(node, False), num_nodes)
         ctx.report["roles"] = {
             r.value: sum(1 for v in roles.values() if v == r) for r in Role if r in roles.values()
         }
         ctx.report["num_layers"] = max((v for v in layers.values() if v is not None), default=-1) + 1
         return PassResult(gm, True)
+
+    @staticmethod
+    def _num_nodes_symbol(gm: fx.GraphModule) -> str | None:
+        x = next((n for n in gm.graph.nodes if n.op == "placeholder" and n.name == "x"), None)
+        val = x.meta.get("val") if x is not None else None
+        return str(val.shape[0]) if isinstance(val, torch.Tensor) and val.dim() else None
+
+    @staticmethod
+    def _rows(node: fx.Node, edge: bool, num_nodes: str | None) -> str:
+        """What the first dimension of the value indexes: "node", "edge" or "other"."""
+        if edge:
+            return "edge"
+        val = node.meta.get("val")
+        if (
+            isinstance(val, torch.Tensor)
+            and val.dim()
+            and num_nodes is not None
+            and str(val.shape[0]) == num_nodes
+        ):
+            return "node"
+        return "other"
 
     @staticmethod
     def _param_role(node: fx.Node, t: torch.Tensor) -> Role:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from quantgraph.ir.qspec import Granularity, QuantSpec
 from quantgraph.ir.roles import QUANTIZABLE_ROLES, Role
-from quantgraph.policies.base import Policy, register_policy
+from quantgraph.policies.base import Policy, QConfigBuilder, register_policy
 
 GRAPH_PASSES = ("canonicalize", "tag-roles")
 PTQ_PASSES = (*GRAPH_PASSES, "annotate", "calibrate", "insert-qdq")
@@ -33,5 +33,56 @@ MINMAX = register_policy(
         "activations at every role, min/max ranges from the calibration graph",
         pipeline=PTQ_PASSES,
         qconfig=minmax_qconfig,
+    )
+)
+
+QAT_PASSES = (
+    *GRAPH_PASSES,
+    "dropout-to-module",
+    "annotate",
+    "calibrate",
+    "prepare-qat",
+    "train-qat",
+    "convert-qat",
+)
+DEGREE_QUANT_PASSES = (
+    *GRAPH_PASSES,
+    "dropout-to-module",
+    "annotate",
+    "calibrate",
+    "prepare-qat",
+    "degree-mask",
+    "train-qat",
+    "convert-qat",
+)
+
+
+def per_tensor_affine_qconfig(observer: str) -> QConfigBuilder:
+    """Degree-Quant's quantizer: per-tensor affine (range contains 0) at every role, weights included."""
+
+    def build(bits: int) -> dict[Role, QuantSpec]:
+        spec = QuantSpec(bits=bits, signed=True, symmetric=False, observer=observer)
+        return dict.fromkeys(QUANTIZABLE_ROLES, spec)
+
+    return build
+
+
+QAT = register_policy(
+    Policy(
+        name="qat",
+        description="plain quantization-aware training: fake-quant at every role, min/max ranges, plain STE",
+        pipeline=QAT_PASSES,
+        qconfig=per_tensor_affine_qconfig("minmax"),
+        defaults={"trace_training": True, "qat_range": "minmax", "ste": "plain", "epochs": 100, "lr": 0.005},
+    )
+)
+
+DEGREE_QUANT = register_policy(
+    Policy(
+        name="degree-quant",
+        description="Degree-Quant QAT: percentile ranges, saturation-aware STE, degree-based protective masks",
+        pipeline=DEGREE_QUANT_PASSES,
+        qconfig=per_tensor_affine_qconfig("percentile"),
+        defaults={"trace_training": True, "qat_range": "percentile", "ste": "gc", "epochs": 100, "lr": 0.005},
     )
 )

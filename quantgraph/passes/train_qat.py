@@ -1,0 +1,72 @@
+"""Quantization-aware training inside ``compile``: fine-tune the prepared IR on the labelled data.
+
+The checkpoint (weights and fake-quant ranges) with the best validation accuracy is kept; test
+accuracy is never used for selection. Options: ``epochs``, ``lr``, ``weight_decay``, ``seed``.
+"""
+
+from __future__ import annotations
+
+from torch import fx
+
+from quantgraph.errors import InputError
+from quantgraph.passes.infra import CompileContext, PassBase, PassResult
+from quantgraph.passes.prepare_qat import fake_quant_nodes
+from quantgraph.passes.registry import register_pass
+from quantgraph.training import train_graph_classifier, train_node_classifier
+
+NO_LABELS_FIX = (
+    "QAT needs labels with train/validation splits; use --policy minmax for post-training quantization"
+)
+
+
+@register_pass
+class TrainQATPass(PassBase):
+    """Fine-tune the fake-quantized graph (full batch for nodes, mini-batches for graph classification)."""
+
+    name = "train-qat"
+    description = "quantization-aware fine-tuning with best-validation checkpoint selection"
+
+    def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
+        if not fake_quant_nodes(gm):
+            raise InputError("the graph has no FakeQuantize modules", "run 'prepare-qat' before 'train-qat'")
+        task = ctx.task_data
+        if task.get("graphs") is None and task.get("node") is None:
+            raise InputError("no labelled training data was given", NO_LABELS_FIX)
+        data = task.get("node")
+        if data is not None and (data.y is None or data.train_mask is None or data.val_mask is None):
+            raise InputError(f"dataset {data.name} has no labels or no train/validation masks", NO_LABELS_FIX)
+
+    def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
+        opts = ctx.options
+        hp = {
+            "epochs": int(opts.get("epochs", 100)),
+            "lr": float(opts.get("lr", 0.005)),
+            "weight_decay": float(opts.get("weight_decay", 5e-4)),
+            "seed": int(opts.get("seed", 0)),
+            "progress": ctx.progress,
+        }
+        graphs = ctx.task_data.get("graphs")
+        if graphs is not None:
+            train, val = graphs["train"], graphs["val"]
+            result = train_graph_classifier(
+                gm,
+                train,
+                val,
+                (),
+                forward=lambda x, ei, b: gm(x, ei, b)[0],
+                batch_size=int(opts.get("batch_size", 32)),
+                **hp,
+            )
+        else:
+            result = train_node_classifier(
+                gm, ctx.task_data["node"], forward=lambda x, ei: gm(x, ei)[0], **hp
+            )
+        gm.eval()
+        ctx.report["qat"] = {
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "val_acc": result.val_acc,
+            "seconds": round(result.seconds, 2),
+            **{k: v for k, v in hp.items() if k != "progress"},
+        }
+        return PassResult(gm, True)
