@@ -14,6 +14,7 @@ from rich.console import Console
 from quantgraph.errors import InputError, QuantGraphError
 
 BACKENDS = ("onnx-qdq",)
+QAT_OPTIONS = ("epochs", "lr", "weight_decay", "seed", "p_min", "p_max", "batch_size")
 
 
 def _console(args: argparse.Namespace) -> Console:
@@ -43,18 +44,22 @@ def _parse_pass_option(spec: str):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from quantgraph.data import load_dataset
+    import torch
+
+    from quantgraph.data import collate
+    from quantgraph.data.task import load_task
     from quantgraph.models import TRAIN_DEFAULTS, build_model, save_checkpoint, task_of
-    from quantgraph.training import train_node_classifier
+    from quantgraph.training import train_graph_classifier, train_node_classifier
 
     console = _console(args)
-    if task_of(args.arch) != "node":
+    task = load_task(args.data, args.data_root)
+    if task_of(args.arch) != task.kind:
         raise InputError(
-            f"`quantgraph train` trains node classifiers; '{args.arch}' is graph-level",
-            "choose --arch gcn, gat, gin or sage",
+            f"--arch {args.arch} is a {task_of(args.arch)}-level model but {args.data} is a {task.kind}-level dataset",
+            "use gin_graph with a graph-classification .npz, and gcn/gat/gin/sage with node datasets",
         )
-    data = load_dataset(args.data, args.data_root)
-    if not data.has_labels or not data.has_splits:
+    data = task.data
+    if task.kind == "node" and (not data.has_labels or not data.has_splits):
         raise InputError(
             f"dataset {data.name} has no labels or train/val/test masks", "train on a labelled dataset"
         )
@@ -63,19 +68,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
     config = {"hidden": args.hidden} if args.hidden else {}
-    import torch
-
     torch.manual_seed(args.seed)
-    model = build_model(args.arch, data.num_features, data.num_classes, **config)
-    result = train_node_classifier(
-        model,
-        data,
-        epochs=hp["epochs"],
-        lr=hp["lr"],
-        weight_decay=hp["weight_decay"],
-        seed=args.seed,
-        progress=not args.quiet,
-    )
+    common = {
+        "epochs": hp["epochs"],
+        "lr": hp["lr"],
+        "weight_decay": hp["weight_decay"],
+        "seed": args.seed,
+        "progress": not args.quiet,
+    }
+    if task.kind == "graph":
+        classes = max(int(g.y.max()) for g in task.graphs["train"]) + 1
+        model = build_model(args.arch, data.num_features, classes, **config)
+        result = train_graph_classifier(
+            model,
+            task.graphs["train"],
+            task.graphs["val"],
+            task.graphs["test"],
+            collate=collate,
+            batch_size=hp.get("batch_size", 32),
+            **common,
+        )
+    else:
+        model = build_model(args.arch, data.num_features, data.num_classes, **config)
+        result = train_node_classifier(model, data, **common)
     metrics = {
         "train_acc": result.train_acc,
         "val_acc": result.val_acc,
@@ -92,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from quantgraph.compiler import compile as qg_compile
-    from quantgraph.data import load_dataset
+    from quantgraph.data.task import load_task
     from quantgraph.fileio import atomic_write_json
     from quantgraph.frontend import load_model
     from quantgraph.report import render_report
@@ -103,19 +118,22 @@ def cmd_compile(args: argparse.Namespace) -> int:
     insertions = [_parse_pass_option(s) for s in args.passes or []]
     pipeline = [p.strip() for p in args.pipeline.split(",") if p.strip()] if args.pipeline else None
     model = load_model(args.model, trust_pickle=args.trust_pickle, imports=args.imports or [])
-    data = load_dataset(args.data, args.data_root)
-    options = {"calibration": args.calibration, "percentile_tail": args.percentile_tail}
+    task = load_task(args.data, args.data_root)
+    options = {k: v for k, v in vars(args).items() if k in QAT_OPTIONS and v is not None}
+    options.update({"calibration": args.calibration, "percentile_tail": args.percentile_tail})
     compiled = qg_compile(
         model,
-        data,
+        task.data,
         policy=args.policy,
         bits=args.bits,
         pipeline=pipeline,
         passes=insertions,
         options=options,
+        calibration=task.calibration(),
+        task_data=task.task_data(),
         progress=not args.quiet,
     )
-    compiled.export_onnx(args.output, data)
+    compiled.export_onnx(args.output, task.data)
     report = compiled.public_report()
     report["output"] = str(args.output)
     if args.report:
@@ -127,7 +145,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from quantgraph.backends.verify import ort_session, run_onnx
-    from quantgraph.data import load_dataset
+    from quantgraph.data.task import load_task
     from quantgraph.metrics import accuracy
 
     path = Path(args.model)
@@ -142,9 +160,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{path} is not a loadable ONNX model ({str(err).splitlines()[0][:120]})",
             "re-export it with `quantgraph compile`",
         ) from err
-    data = load_dataset(args.data, args.data_root)
+    task = load_task(args.data, args.data_root)
+    data = task.data
     logits = run_onnx(session, data.inputs())
-    mask = getattr(data, f"{args.split}_mask") if args.split != "all" else None
+    mask = getattr(data, f"{args.split}_mask") if args.split != "all" and task.kind == "node" else None
     acc = accuracy(logits, data.y, mask)
     if acc is None:
         raise InputError(f"dataset {data.name} has no labels", "evaluate on a labelled dataset")
@@ -224,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a zoo model in FP32 (checkpoint chosen on validation)")
-    p.add_argument("--arch", required=True, choices=["gcn", "gat", "gin", "sage"])
+    p.add_argument("--arch", required=True, choices=["gcn", "gat", "gin", "sage", "gin_graph"])
     _add_data_args(p)
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
@@ -257,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="onnx-qdq", choices=BACKENDS)
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--report", help="write the report JSON here")
+    qat = p.add_argument_group("quantization-aware training (qat, degree-quant)")
+    qat.add_argument("--epochs", type=int, help="fine-tuning epochs (default 100)")
+    qat.add_argument("--lr", type=float, help="learning rate (default 0.005)")
+    qat.add_argument("--weight-decay", type=float, help="weight decay (default 5e-4)")
+    qat.add_argument("--seed", type=int, help="training seed (default 0)")
+    qat.add_argument(
+        "--batch-size", type=int, help="graphs per mini-batch for graph classification (default 32)"
+    )
+    qat.add_argument("--p-min", type=float, help="degree-quant: lowest protection probability")
+    qat.add_argument("--p-max", type=float, help="degree-quant: highest protection probability")
     p.add_argument(
         "--pass",
         dest="passes",
