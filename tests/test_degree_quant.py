@@ -1,0 +1,251 @@
+"""Degree-Quant: protective masks, percentile ranges, STE variants, and the compiled result."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from quantgraph.cli import main
+from quantgraph.compiler import compile as qg_compile
+from quantgraph.data import collate, load_graph_classification, make_csbm
+from quantgraph.errors import InputError
+from quantgraph.frontend import trace
+from quantgraph.ir.fake_quant import FakeQuantize
+from quantgraph.ir.ops import GATHER, SCATTER
+from quantgraph.ir.qspec import QuantSpec
+from quantgraph.models import build_model
+from quantgraph.passes import CompileContext, PassManager, get_pass
+from quantgraph.passes.canonicalize import _same_value
+from quantgraph.passes.degree_mask import ProtectiveMask, protection_probability
+from quantgraph.passes.prepare_qat import fake_quant_nodes
+from quantgraph.policies import get_policy
+from quantgraph.training import train_node_classifier
+
+from .conftest import data_root
+
+
+def test_protection_probability_follows_degree_cdf():
+    # in-degrees: node0=3, node1=1, node2=1, node3=0
+    edge_index = torch.tensor([[1, 2, 3, 0, 0], [0, 0, 0, 1, 2]])
+    p = protection_probability(edge_index, 4, p_min=0.1, p_max=0.5)
+    cdf = torch.tensor([4 / 4, 3 / 4, 3 / 4, 1 / 4])  # fraction of nodes with in-degree <= own
+    torch.testing.assert_close(p, 0.1 + 0.4 * cdf)
+
+
+def test_mask_is_fresh_bernoulli_in_training_and_off_in_eval():
+    torch.manual_seed(0)
+    n = 400
+    edge_index = torch.stack([torch.arange(n).repeat_interleave(2) % n, torch.randint(0, 40, (2 * n,))])
+    mask = ProtectiveMask(0.0, 0.8).train()
+    x = torch.zeros(n, 1)
+    draws = torch.stack([mask(x, edge_index) for _ in range(300)]).float()
+    assert not torch.equal(draws[0], draws[1])  # a new mask every forward pass
+    expected = protection_probability(edge_index, n, 0.0, 0.8)
+    assert (draws.mean(0) - expected).abs().max() < 0.12
+    assert not mask.eval()(x, edge_index).any()
+
+
+def test_masked_rows_bypass_quantization_in_training_only():
+    fq = FakeQuantize(QuantSpec(bits=4)).train()
+    x = torch.linspace(-1, 1, 40).reshape(10, 4)
+    protect = torch.zeros(10, dtype=torch.bool)
+    protect[[2, 7]] = True
+    out = fq(x, protect)
+    torch.testing.assert_close(out[protect], x[protect])
+    assert not torch.allclose(out[~protect], x[~protect])
+    fq.eval()
+    evaluated = fq(x, protect)
+    assert not torch.allclose(evaluated[protect], x[protect])  # everything is quantized at evaluation
+
+
+def test_protected_values_do_not_update_ranges():
+    fq = FakeQuantize(QuantSpec(bits=8)).train()
+    x = torch.rand(10, 3)
+    x[4] = 100.0
+    protect = torch.zeros(10, dtype=torch.bool)
+    protect[4] = True
+    fq(x, protect)
+    assert fq.hi.item() <= 1.0
+    fq(x)  # unprotected: the outlier now widens the range
+    assert fq.hi.item() == 100.0
+
+
+def test_percentile_ranges_running_minmax_and_ema():
+    torch.manual_seed(0)
+    x = torch.randn(100_000)
+    x[0] = 50.0
+    fq = FakeQuantize(QuantSpec(bits=8), tail=0.001).train()
+    fq(x)
+    assert 2.5 < fq.hi.item() < 4.0 and -4.0 < fq.lo.item() < -2.5  # tails cut, the outlier ignored
+    fq(x * 2)
+    assert fq.hi.item() > 5.0  # running max across batches
+    ema = FakeQuantize(QuantSpec(bits=8), momentum=0.01).train()
+    ema(torch.ones(10))
+    ema(torch.full((10,), 2.0))
+    assert ema.hi.item() == pytest.approx(1.01)
+
+
+def test_gradient_is_zero_where_saturated_in_gc_variant():
+    x = torch.tensor([-10.0, -0.5, 0.0, 0.5, 10.0], requires_grad=True)
+    gc = FakeQuantize(QuantSpec(bits=4), clip_grad=True)
+    gc.lo.fill_(-1.0)
+    gc.hi.fill_(1.0)
+    gc.initialized.fill_(True)
+    gc.eval()(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+    x.grad = None
+    plain = FakeQuantize(QuantSpec(bits=4), clip_grad=False)
+    plain.load_state_dict(gc.state_dict())
+    plain.eval()(x).sum().backward()
+    assert x.grad.tolist() == [1.0] * 5
+
+
+@pytest.fixture(scope="module")
+def small_gcn():
+    data = make_csbm(num_nodes=300, num_features=16, seed=7)
+    torch.manual_seed(0)
+    model = build_model("gcn", 16, data.num_classes)
+    train_node_classifier(model, data, epochs=30, seed=0)
+    return model, data
+
+
+def _prepared(model, data, bits=4):
+    traced = trace(model, data.inputs(), training=True)
+    policy = get_policy("degree-quant")
+    ctx = CompileContext(
+        input_names=traced.input_names,
+        dim_names=traced.dim_names,
+        calibration_data=[data.inputs()],
+        qconfig=policy.build_qconfig(bits),
+        bits=bits,
+        options=dict(policy.defaults),
+    )
+    names = [n for n in policy.pipeline if n not in ("train-qat", "convert-qat")]
+    gm = PassManager([get_pass(n) for n in names])(traced.graph_module, ctx).graph_module
+    return gm, ctx
+
+
+def test_masks_are_wired_by_node_and_by_source_node(small_gcn):
+    model, data = small_gcn
+    gm, ctx = _prepared(model, data)
+    fqs = fake_quant_nodes(gm)
+    mask = next(n for n in gm.graph.nodes if n.target == "qg_degree_mask")
+    node_level = [f for f in fqs if f.meta["qg_rows"] == "node"]
+    edge_level = [f for f in fqs if f.meta["qg_rows"] == "edge"]
+    assert node_level and edge_level
+    assert all(len(f.args) == 2 and f.args[1] is mask for f in node_level)
+    scatter_targets = {n.args[1] for n in gm.graph.nodes if n.target == SCATTER}
+    feature_gathers = {
+        n.args[1]
+        for n in gm.graph.nodes
+        if n.target == GATHER and n.meta.get("qg_role") is not None and n.meta["qg_role"].value == "gather"
+    }
+    for f in edge_level:
+        gathered = f.args[1]
+        assert gathered.target == GATHER and gathered.args[0] is mask
+        idx = gathered.args[1]
+        assert any(_same_value(idx, g) for g in feature_gathers)  # the source index of the messages
+        assert not any(_same_value(idx, t) for t in scatter_targets)
+    assert ctx.report["degree_mask"] == {
+        "p_min": 0.1,
+        "p_max": 0.2,
+        "masked_quantizers": len(node_level + edge_level),
+    }
+
+
+def test_compiled_degree_quant_has_no_trace_of_masking(small_gcn, tmp_path):
+    model, data = small_gcn
+    compiled = qg_compile(model, data, policy="degree-quant", bits=4, options={"epochs": 5})
+    gm = compiled.graph_module
+    assert not any(n.op == "call_module" for n in gm.graph.nodes)
+    assert not any(isinstance(m, (FakeQuantize, ProtectiveMask, torch.nn.Dropout)) for m in gm.modules())
+    report = compiled.export_onnx(tmp_path / "dq.onnx", data)
+    assert report["argmax_agreement"] == 1.0
+    proto = onnx.load(str(tmp_path / "dq.onnx"))
+    ops = {n.op_type for n in proto.graph.node}
+    assert not ops & {"RandomUniform", "RandomUniformLike", "Bernoulli", "Dropout", "RandomNormalLike"}
+    names = [n.name for n in proto.graph.node] + [t.name for t in proto.graph.initializer]
+    assert "QuantizeLinear" in ops and not any(
+        "degree_mask" in n or "qg_fq" in n or "dropout" in n for n in names
+    )
+    assert compiled.report["passes"][-3:] == ["degree-mask", "train-qat", "convert-qat"]
+    assert compiled.report["qat"]["epochs_run"] == 5
+
+
+def test_qat_needs_labels(small_gcn):
+    model, data = small_gcn
+    unlabelled = make_csbm(num_nodes=100, num_features=16, seed=1)
+    unlabelled.y = None
+    with pytest.raises(InputError, match="--policy minmax"):
+        qg_compile(model, unlabelled, policy="degree-quant", bits=8)
+
+
+def test_cli_degree_quant_onnx_matches_report(tmp_path):
+    ckpt, out, rep = tmp_path / "m.pt", tmp_path / "m.onnx", tmp_path / "r.json"
+    syn = "synthetic:nodes=300,seed=2"
+    assert main(["train", "--arch", "gcn", "--data", syn, "--epochs", "20", "--quiet", "-o", str(ckpt)]) == 0
+    rc = main(
+        [
+            "compile",
+            str(ckpt),
+            "--data",
+            syn,
+            "--policy",
+            "degree-quant",
+            "--bits",
+            "4",
+            "--epochs",
+            "5",
+            "-o",
+            str(out),
+            "--report",
+            str(rep),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    report = json.loads(rep.read_text())
+    assert report["accuracy"]["onnx"] == pytest.approx(report["accuracy"]["quantized"], abs=1e-6)
+    assert report["bits"] == 4 and report["policy"] == "degree-quant"
+
+
+def test_graph_level_gin_exports_for_unseen_graph_sizes(tmp_path):
+    root = data_root()
+    path = root / "graph_classification" / "hard_small.npz" if root else None
+    if path is None or not path.exists():
+        pytest.skip("shared graph-classification data not found")
+    splits = load_graph_classification(path)
+    torch.manual_seed(0)
+    model = build_model("gin_graph", 5, 3)
+    test = collate(splits["test"])
+    task = {"graphs": {"train": splits["train"][:64], "val": splits["val"]}}
+    from quantgraph.backends.verify import ort_session, run_onnx
+
+    for bits in (8, 4):
+        compiled = qg_compile(
+            model,
+            test,
+            policy="degree-quant",
+            bits=bits,
+            calibration=[collate(splits["train"])],
+            task_data=task,
+            options={"epochs": 2},
+        )
+        compiled.export_onnx(tmp_path / f"g{bits}.onnx", test)
+        proto = onnx.load(str(tmp_path / f"g{bits}.onnx"))
+        dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+        assert dims[0] == "num_nodes"
+        session = ort_session(proto)
+        sizes = set()
+        for graph in splits["test"][:6] + [collate(splits["test"][:3])]:
+            batch = collate([graph]) if graph.batch is None else graph
+            ort = run_onnx(session, batch.inputs())
+            ir = compiled.run(batch)
+            assert ort.shape == ir.shape == (int(batch.batch.max()) + 1, 3)
+            np.testing.assert_allclose(ort.numpy(), ir.numpy(), atol=1e-4)
+            sizes.add(batch.num_nodes)
+        assert len(sizes) > 3
