@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 from quantgraph.compiler import compile as qg_compile
-from quantgraph.data import GraphData, load_dataset
+from quantgraph.data import collate
+from quantgraph.data.task import Task, load_task
 from quantgraph.fileio import atomic_write_bytes, atomic_write_json
 from quantgraph.models import TRAIN_DEFAULTS, build_model
-from quantgraph.training import train_node_classifier
+from quantgraph.training import train_graph_classifier, train_node_classifier
 
 
 @dataclass(frozen=True)
@@ -38,32 +39,59 @@ class Method:
 
     name: str
     bits: int
-    run: Callable[[torch.nn.Module, GraphData, Path], float]
+    run: Callable[[torch.nn.Module, Task, Path, int], float]
 
 
-def _ptq(policy: str, bits: int, calibration: str = "minmax") -> Callable:
-    def run(model: torch.nn.Module, data: GraphData, tmp: Path) -> float:
-        compiled = qg_compile(model, data, policy=policy, bits=bits, options={"calibration": calibration})
-        compiled.export_onnx(tmp / "m.onnx", data)
+def _compiled(policy: str, bits: int, **options) -> Callable:
+    def run(model: torch.nn.Module, task: Task, tmp: Path, seed: int) -> float:
+        compiled = qg_compile(
+            model,
+            task.data,
+            policy=policy,
+            bits=bits,
+            options={**options, "seed": seed},
+            calibration=task.calibration(),
+            task_data=task.task_data(),
+        )
+        compiled.export_onnx(tmp / "m.onnx", task.data)
         return compiled.report["accuracy"]["onnx"]
 
     return run
 
 
 METHODS: dict[str, Method] = {
-    "fp32": Method("fp32", 32, _ptq("fp32", 8)),
-    "minmax-int8": Method("minmax-int8", 8, _ptq("minmax", 8)),
-    "minmax-int4": Method("minmax-int4", 4, _ptq("minmax", 4)),
-    "percentile-int8": Method("percentile-int8", 8, _ptq("minmax", 8, "percentile")),
-    "percentile-int4": Method("percentile-int4", 4, _ptq("minmax", 4, "percentile")),
+    "fp32": Method("fp32", 32, _compiled("fp32", 8)),
+    "minmax-int8": Method("minmax-int8", 8, _compiled("minmax", 8)),
+    "minmax-int4": Method("minmax-int4", 4, _compiled("minmax", 4)),
+    "percentile-int8": Method("percentile-int8", 8, _compiled("minmax", 8, calibration="percentile")),
+    "percentile-int4": Method("percentile-int4", 4, _compiled("minmax", 4, calibration="percentile")),
+    "qat-int8": Method("qat-int8", 8, _compiled("qat", 8)),
+    "qat-int4": Method("qat-int4", 4, _compiled("qat", 4)),
+    "degree-quant-int8": Method("degree-quant-int8", 8, _compiled("degree-quant", 8)),
+    "degree-quant-int4": Method("degree-quant-int4", 4, _compiled("degree-quant", 4)),
 }
 
 
-def train(arch: str, data: GraphData, seed: int) -> torch.nn.Module:
+def train(arch: str, task: Task, seed: int) -> torch.nn.Module:
+    """FP32 training with validation-based checkpoint selection."""
     torch.manual_seed(seed)
-    model = build_model(arch, data.num_features, data.num_classes)
     hp = TRAIN_DEFAULTS[arch]
-    train_node_classifier(model, data, epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp["weight_decay"], seed=seed)
+    common = {"epochs": hp["epochs"], "lr": hp["lr"], "weight_decay": hp["weight_decay"], "seed": seed}
+    if task.kind == "graph":
+        graphs = task.graphs
+        model = build_model(arch, task.data.num_features, max(int(g.y.max()) for g in graphs["train"]) + 1)
+        train_graph_classifier(
+            model,
+            graphs["train"],
+            graphs["val"],
+            graphs["test"],
+            collate=collate,
+            batch_size=hp.get("batch_size", 32),
+            **common,
+        )
+    else:
+        model = build_model(arch, task.data.num_features, task.data.num_classes)
+        train_node_classifier(model, task.data, **common)
     return model.eval()
 
 
@@ -102,18 +130,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="docs/results")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     methods = [METHODS[m] for m in args.methods.split(",")]
     start = time.perf_counter()
     per_cell: dict[tuple[str, str, str], list[float]] = {}
     for dataset in args.datasets.split(","):
-        data = load_dataset(dataset, args.data_root)
+        task = load_task(dataset, args.data_root)
+        dataset = Path(dataset).stem
         for arch in args.archs.split(","):
             for seed in range(args.seeds):
-                model = train(arch, data, seed)
+                model = train(arch, task, seed)
                 with tempfile.TemporaryDirectory() as tmp:
                     for method in methods:
-                        acc = method.run(model, data, Path(tmp))
+                        acc = method.run(model, task, Path(tmp), seed)
                         per_cell.setdefault((dataset, arch, method.name), []).append(100 * acc)
                 done = {m.name: round(per_cell[(dataset, arch, m.name)][-1], 1) for m in methods}
                 print(f"{dataset} {arch} seed {seed}: {done}", flush=True)
@@ -122,8 +154,18 @@ def main(argv: list[str] | None = None) -> int:
         mean, std = mean_std(values)
         fp32 = per_cell.get((dataset, arch, "fp32"))
         delta = mean - statistics.fmean(fp32) if fp32 else math.nan
-        rows.append({"dataset": dataset, "arch": arch, "method": name, "bits": METHODS[name].bits,
-                     "mean": mean, "std": std, "delta": delta, "values": values})
+        rows.append(
+            {
+                "dataset": dataset,
+                "arch": arch,
+                "method": name,
+                "bits": METHODS[name].bits,
+                "mean": mean,
+                "std": std,
+                "delta": delta,
+                "values": values,
+            }
+        )
     command = "python tools/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = {
         "command": command,
