@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from torch import fx
 
-from quantgraph.errors import InputError
 from quantgraph.passes.dropout import StripDropoutPass
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
 from quantgraph.passes.insert_qdq import insert_qdq_after
-from quantgraph.passes.prepare_qat import fake_quant_nodes
+from quantgraph.passes.prepare_qat import fake_quant_nodes, require_fake_quant
 from quantgraph.passes.registry import register_pass
 
 
@@ -21,10 +20,7 @@ class ConvertQATPass(PassBase):
     description = "freeze fake-quant ranges into quantize/dequantize; drop masks and dropout"
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
-        if not fake_quant_nodes(gm):
-            raise InputError(
-                "the graph has no FakeQuantize modules", "run 'prepare-qat' before 'convert-qat'"
-            )
+        require_fake_quant(gm, self.name)
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         for fq in fake_quant_nodes(gm):

@@ -14,7 +14,7 @@ from quantgraph.errors import InputError
 from quantgraph.ir.ops import GATHER, SCATTER
 from quantgraph.passes.canonicalize import _same_value
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
-from quantgraph.passes.prepare_qat import fake_quant_nodes
+from quantgraph.passes.prepare_qat import fake_quant_nodes, require_fake_quant
 from quantgraph.passes.registry import register_pass
 
 #: Degree-Quant's defaults: (p_min, p_max) by bitwidth.
@@ -92,10 +92,7 @@ class DegreeMaskPass(PassBase):
     description = "Degree-Quant protective masks: degree-CDF Bernoulli bypass of quantization in training"
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
-        if not fake_quant_nodes(gm):
-            raise InputError(
-                "the graph has no FakeQuantize modules", "run 'prepare-qat' before 'degree-mask'"
-            )
+        require_fake_quant(gm, self.name)
         if "edge_index" not in ctx.input_names or "x" not in ctx.input_names:
             raise InputError(
                 "protective masks need inputs named x and edge_index", "name the forward arguments so"

@@ -18,6 +18,12 @@ def fake_quant_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     ]
 
 
+def require_fake_quant(gm: fx.GraphModule, pass_name: str) -> None:
+    """Precondition shared by the passes that work on prepared (fake-quantized) graphs."""
+    if not fake_quant_nodes(gm):
+        raise InputError("the graph has no FakeQuantize modules", f"run 'prepare-qat' before '{pass_name}'")
+
+
 def default_tail(bits: int) -> float:
     """Degree-Quant's percentile tails: 0.001 per side at INT8, 0.01 below."""
     return 0.001 if bits >= 8 else 0.01

@@ -10,7 +10,7 @@ from torch import fx
 
 from quantgraph.errors import InputError
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
-from quantgraph.passes.prepare_qat import fake_quant_nodes
+from quantgraph.passes.prepare_qat import require_fake_quant
 from quantgraph.passes.registry import register_pass
 from quantgraph.training import train_graph_classifier, train_node_classifier
 
@@ -27,8 +27,7 @@ class TrainQATPass(PassBase):
     description = "quantization-aware fine-tuning with best-validation checkpoint selection"
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
-        if not fake_quant_nodes(gm):
-            raise InputError("the graph has no FakeQuantize modules", "run 'prepare-qat' before 'train-qat'")
+        require_fake_quant(gm, self.name)
         task = ctx.task_data
         if task.get("graphs") is None and task.get("node") is None:
             raise InputError("no labelled training data was given", NO_LABELS_FIX)
