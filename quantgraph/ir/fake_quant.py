@@ -15,6 +15,15 @@ from torch import Tensor, nn
 from quantgraph.ir.qspec import QParams, QuantSpec
 
 
+#: Percentiles are estimated on at most this many values (a deterministic strided sample).
+PERCENTILE_SAMPLE = 1 << 20
+
+
+def strided_sample(flat: Tensor, limit: int = PERCENTILE_SAMPLE) -> Tensor:
+    """Every k-th value so that at most ``limit`` remain (deterministic; keeps percentile estimates cheap)."""
+    return flat if flat.numel() <= limit else flat[:: -(-flat.numel() // limit)]
+
+
 class _RoundSTE(torch.autograd.Function):
     """Fake-quantize with a straight-through gradient, optionally zeroed outside [lo, hi]."""
 
@@ -63,8 +72,7 @@ class FakeQuantize(nn.Module):
     def _batch_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
         flat = x.detach().flatten().float()
         if self.tail > 0 and flat.numel() > 1:
-            if flat.numel() > 1 << 24:
-                flat = flat[:: flat.numel() // (1 << 24) + 1]
+            flat = strided_sample(flat)
             k_lo = max(1, int(self.tail * flat.numel()))
             k_hi = max(1, flat.numel() - k_lo + 1)
             return flat.kthvalue(k_lo).values, flat.kthvalue(k_hi).values

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from quantgraph.errors import InputError
+from quantgraph.ir.fake_quant import strided_sample
 from quantgraph.ir.qspec import Granularity, QParams, QuantSpec
 
 
@@ -61,9 +62,7 @@ class PercentileObserver(Observer):
             raise InputError(
                 "the percentile observer supports per-tensor ranges only", "use observer='minmax'"
             )
-        flat = x.flatten()
-        if flat.numel() > 1 << 24:  # torch.quantile's limit; subsample deterministically
-            flat = flat[:: flat.numel() // (1 << 24) + 1]
+        flat = strided_sample(x.flatten())
         q = torch.tensor([tail, 1.0 - tail])
         lo, hi = torch.quantile(flat, q)
         return lo, hi
