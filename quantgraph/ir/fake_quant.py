@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 from quantgraph.ir.qspec import QParams, QuantSpec
 
-
 #: Percentiles are estimated on at most this many values (a deterministic strided sample).
 PERCENTILE_SAMPLE = 1 << 20
 
