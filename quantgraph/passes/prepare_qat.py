@@ -33,7 +33,8 @@ def default_tail(bits: int) -> float:
 class PrepareQATPass(PassBase):
     """Insert ``FakeQuantize`` after every annotated node (ranges start from calibration when present).
 
-    Options (``ctx.options``): ``qat_range`` ("percentile" or "minmax"), ``percentile_tail``,
+    Each quantizer tracks percentile ranges when its spec's observer is "percentile", else min/max.
+    Options (``ctx.options``): ``percentile_tail``,
     ``ema_momentum`` (None: running min/max), ``ste`` ("gc": zero gradient where saturated; "plain").
     """
 
@@ -53,8 +54,8 @@ class PrepareQATPass(PassBase):
         last_placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
         for node in targets:
             spec = node.meta["qg_qspec"]
-            percentile = opts.get("qat_range", "percentile") == "percentile"
-            tail = opts.get("percentile_tail") or default_tail(spec.bits) if percentile else 0.0
+            percentile = spec.observer == "percentile"
+            tail = (opts.get("percentile_tail") or default_tail(spec.bits)) if percentile else 0.0
             module = FakeQuantize(
                 spec,
                 node.meta.get("qg_qparams"),
