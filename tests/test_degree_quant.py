@@ -17,6 +17,7 @@ from quantgraph.frontend import trace
 from quantgraph.ir.fake_quant import FakeQuantize
 from quantgraph.ir.ops import GATHER, SCATTER
 from quantgraph.ir.qspec import QuantSpec
+from quantgraph.ir.roles import Role
 from quantgraph.models import build_model
 from quantgraph.passes import CompileContext, PassManager, get_pass
 from quantgraph.passes.canonicalize import _same_value
@@ -249,3 +250,19 @@ def test_graph_level_gin_exports_for_unseen_graph_sizes(tmp_path):
             np.testing.assert_allclose(ort.numpy(), ir.numpy(), atol=1e-4)
             sizes.add(batch.num_nodes)
         assert len(sizes) > 3
+
+
+def test_sparse_inputs_keep_their_range(small_gcn):
+    """A 1% percentile tail of a 99%-zeros bag-of-words input is [0, 0]; inputs use min/max instead."""
+    qconfig = get_policy("degree-quant").build_qconfig(4)
+    assert qconfig[Role.INPUT].observer == "minmax" and qconfig[Role.MESSAGE].observer == "percentile"
+    model, data = small_gcn
+    gm, _ = _prepared(model, data)
+    by_source = {f.meta["qg_source"]: gm.get_submodule(f.target) for f in fake_quant_nodes(gm)}
+    assert by_source["x"].tail == 0.0
+    assert any(m.tail == 0.01 for name, m in by_source.items() if name != "x")
+    sparse = torch.zeros(1000, 100)
+    sparse.view(-1)[::150] = 1.0  # 0.7% nonzero
+    cut = FakeQuantize(QuantSpec(bits=4), tail=0.01).train()
+    cut(sparse)
+    assert cut.hi.item() == 0.0  # what a percentile range would do to such inputs
