@@ -241,13 +241,15 @@ def test_graph_level_gin_exports_for_unseen_graph_sizes(tmp_path):
         dims = [d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
         assert dims[0] == "num_nodes"
         session = ort_session(proto)
+        # float rounding may flip a tie: allow one step of the output quantizer, no more
+        step = next(q["scale"] for q in compiled.report["quantization"].values() if q["role"] == "output")
         sizes = set()
         for graph in splits["test"][:6] + [collate(splits["test"][:3])]:
             batch = collate([graph]) if graph.batch is None else graph
             ort = run_onnx(session, batch.inputs())
             ir = compiled.run(batch)
             assert ort.shape == ir.shape == (int(batch.batch.max()) + 1, 3)
-            np.testing.assert_allclose(ort.numpy(), ir.numpy(), atol=1e-4)
+            assert np.abs(ort.numpy() - ir.numpy()).max() <= step * 1.001 + 1e-6
             sizes.add(batch.num_nodes)
         assert len(sizes) > 3
 
