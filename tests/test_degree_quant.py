@@ -268,3 +268,12 @@ def test_sparse_inputs_keep_their_range(small_gcn):
     cut = FakeQuantize(QuantSpec(bits=4), tail=0.01).train()
     cut(sparse)
     assert cut.hi.item() == 0.0  # what a percentile range would do to such inputs
+
+
+def test_non_finite_values_do_not_poison_ranges():
+    fq = FakeQuantize(QuantSpec(bits=4)).train()
+    fq(torch.tensor([-1.0, 2.0]))
+    fq(torch.tensor([float("inf"), float("nan"), 0.5]))
+    fq(torch.tensor([float("nan")]))
+    assert (fq.lo.item(), fq.hi.item()) == (-1.0, 2.0)
+    assert torch.isfinite(fq.qparams().scale) and fq.qparams().zero_point.abs() <= 8

@@ -70,17 +70,22 @@ class FakeQuantize(nn.Module):
 
     def _batch_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
         flat = x.detach().flatten().float()
+        flat = flat[torch.isfinite(flat)]  # a diverging step (e.g. x / 0) must not poison the range
         if self.tail > 0 and flat.numel() > 1:
             flat = strided_sample(flat)
             k_lo = max(1, int(self.tail * flat.numel()))
             k_hi = max(1, flat.numel() - k_lo + 1)
             return flat.kthvalue(k_lo).values, flat.kthvalue(k_hi).values
+        if flat.numel() == 0:
+            return flat, flat
         return flat.min(), flat.max()
 
     def _observe(self, x: Tensor) -> None:
         if x.numel() == 0:
             return
         lo, hi = self._batch_range(x)
+        if lo.numel() == 0 or not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            return
         if not bool(self.initialized):
             self.lo.copy_(lo)
             self.hi.copy_(hi)
