@@ -12,8 +12,10 @@ the exported ONNX model in onnxruntime.
 from __future__ import annotations
 
 import argparse
+import ast
 import math
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -31,6 +33,8 @@ from quantgraph.data.task import Task, load_task
 from quantgraph.fileio import atomic_write_bytes, atomic_write_json
 from quantgraph.models import TRAIN_DEFAULTS, build_model
 from quantgraph.training import train_graph_classifier, train_node_classifier
+
+SEED_LINE = re.compile(r"^(?P<dataset>\S+) (?P<arch>\S+) seed (?P<seed>\d+): (?P<accs>\{.*\})$")
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,40 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def parse_logs(paths: list[str]) -> dict[tuple[str, str, str], list[float]]:
+    """Per-seed accuracies from the lines this tool prints ("<dataset> <arch> seed <k>: {...}")."""
+    cells: dict[tuple[str, str, str], list[float]] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            match = SEED_LINE.match(line)
+            if match:
+                for method, acc in ast.literal_eval(match["accs"]).items():
+                    cells.setdefault((match["dataset"], match["arch"], method), []).append(float(acc))
+    return cells
+
+
+def table_rows(per_cell: dict[tuple[str, str, str], list[float]]) -> list[dict]:
+    rows = []
+    for (dataset, arch, name), values in per_cell.items():
+        mean, std = mean_std(values)
+        fp32 = per_cell.get((dataset, arch, "fp32"))
+        delta = mean - statistics.fmean(fp32) if fp32 else math.nan
+        rows.append(
+            {
+                "dataset": dataset,
+                "arch": arch,
+                "method": name,
+                "bits": METHODS[name].bits,
+                "mean": mean,
+                "std": std,
+                "delta": delta,
+                "values": values,
+                "seeds": len(values),
+            }
+        )
+    return rows
+
+
 def render_markdown(results: dict, command: str) -> str:
     lines = [
         "# Reproduction results",
@@ -109,14 +147,14 @@ def render_markdown(results: dict, command: str) -> str:
         "Test accuracy (%) of the exported ONNX model in onnxruntime, mean ± std over "
         f"{results['seeds']} seeds (checkpoints selected on validation accuracy).",
         "",
-        "| dataset | arch | method | bits | accuracy | Δ vs fp32 |",
-        "|---|---|---|---|---|---|",
+        "| dataset | arch | method | bits | accuracy | Δ vs fp32 | seeds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         delta = "" if row["method"] == "fp32" else f"{row['delta']:+.2f}"
         lines.append(
             f"| {row['dataset']} | {row['arch']} | {row['method']} | {row['bits']} | "
-            f"{row['mean']:.2f} ± {row['std']:.2f} | {delta} |"
+            f"{row['mean']:.2f} ± {row['std']:.2f} | {delta} | {row['seeds']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -131,7 +169,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="docs/results")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--from-logs", nargs="+", help="only rebuild the table from the printed per-seed lines")
     args = p.parse_args(argv)
+    command = "python tools/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.from_logs:
+        results = {
+            "command": command,
+            "seeds": "per row",
+            "machine": "see the logs' runs",
+            "torch": torch.__version__,
+            "seconds": 0.0,
+            "rows": table_rows(parse_logs(args.from_logs)),
+        }
+        _write(Path(args.out), results, command)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = [METHODS[m] for m in args.methods.split(",")]
@@ -175,11 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - start,
         "rows": rows,
     }
-    out = Path(args.out)
+    _write(Path(args.out), results, command)
+    return 0
+
+
+def _write(out: Path, results: dict, command: str) -> None:
     atomic_write_json(out.with_suffix(".json"), results)
     atomic_write_bytes(out.with_suffix(".md"), render_markdown(results, command).encode())
     print(render_markdown(results, command))
-    return 0
 
 
 if __name__ == "__main__":
