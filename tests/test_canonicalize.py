@@ -86,3 +86,21 @@ def test_sage_mean_and_gat_attention_roles():
     gat, _ = _canonical(TwoLayer("gat").eval())
     roles = _roles_by_layer(gat)
     assert roles.get(("attention", 0), 0) >= 1 and roles.get(("edge_weight", 0)) == 1
+
+
+class _Copies(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 4)
+
+    def forward(self, x, edge_index):
+        h = torch.nn.functional.dropout(x.clone(), p=0.0, training=self.training).detach()
+        return self.lin(h)
+
+
+def test_identity_ops_are_removed():
+    gm, _ = _canonical(_Copies().train())
+    targets = {n.target for n in gm.graph.nodes}
+    assert not targets & {torch.ops.aten.clone.default, torch.ops.aten.detach.default}
+    linear = next(n for n in gm.graph.nodes if n.target == torch.ops.aten.linear.default)
+    assert linear.args[0].name == "x"

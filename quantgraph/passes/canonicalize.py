@@ -6,6 +6,8 @@ Recognised forms (as torch.export lowers PyG and plain-PyTorch GNNs):
 * scatter-sum: ``scatter_add(zeros, 0, expand(idx), src)``, ``index_add(zeros, 0, idx, src)`` and
   ``scatter_reduce(zeros, 0, expand(idx), src, "sum"|"mean"|"amax", include_self=False)``;
 * scatter-mean: ``scatter_sum(src, idx) / clamp(scatter_sum(ones, idx), min=1)`` (PyG's mean aggregation).
+
+Identity ops (``clone``, ``alias``, ``detach``, eval-mode ``dropout``) are removed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ _INDEX_WRAPPERS = {
 }
 _ONES = {aten.new_ones.default, aten.ones.default, aten.ones_like.default}
 _REDUCE_NAMES = {"sum": "sum", "mean": "mean", "amax": "max"}
+#: Ops that return their input unchanged in a functional graph (eval-mode dropout included).
+_IDENTITIES = {aten.clone.default, aten.alias.default, aten.detach.default, aten.lift_fresh_copy.default}
+
+
+def _is_identity(node: fx.Node) -> bool:
+    if node.target in _IDENTITIES and not node.kwargs.get("memory_format"):
+        return True
+    return node.target == aten.dropout.default and not node.args[2]
 
 
 def _rank(node: fx.Node) -> int | None:
@@ -167,7 +177,11 @@ class CanonicalizePass(PassBase):
         for node in list(gm.graph.nodes):
             if node.op != "call_function":
                 continue
-            if (m := _match_gather(node)) is not None:
+            if _is_identity(node):  # copies carry no computation and need no quantizer of their own
+                node.replace_all_uses_with(node.args[0])
+                gm.graph.erase_node(node)
+                modified = True
+            elif (m := _match_gather(node)) is not None:
                 _replace(gm, node, GATHER, m)
                 modified = True
             elif (m := _match_scatter(node)) is not None:
