@@ -200,24 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                         per_cell.setdefault((dataset, arch, method.name), []).append(100 * acc)
                 done = {m.name: round(per_cell[(dataset, arch, m.name)][-1], 1) for m in methods}
                 print(f"{dataset} {arch} seed {seed}: {done}", flush=True)
-    rows = []
-    for (dataset, arch, name), values in per_cell.items():
-        mean, std = mean_std(values)
-        fp32 = per_cell.get((dataset, arch, "fp32"))
-        delta = mean - statistics.fmean(fp32) if fp32 else math.nan
-        rows.append(
-            {
-                "dataset": dataset,
-                "arch": arch,
-                "method": name,
-                "bits": METHODS[name].bits,
-                "mean": mean,
-                "std": std,
-                "delta": delta,
-                "values": values,
-            }
-        )
-    command = "python tools/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    rows = table_rows(per_cell)
     results = {
         "command": command,
         "seeds": args.seeds,

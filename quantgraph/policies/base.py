@@ -32,7 +32,10 @@ class Policy:
     def build_qconfig(
         self, bits: int, calibration: str | None = None, tail: float | None = None
     ) -> dict[Role, QuantSpec]:
-        """Role -> spec at ``bits``; ``calibration`` overrides the activation range method."""
+        """Role -> spec at ``bits``; ``calibration`` overrides the range method of activations.
+
+        Input features keep min/max: a percentile cut zeroes sparse bag-of-words inputs.
+        """
         check_bits(bits)
         qconfig = self.qconfig(bits) if self.qconfig is not None else {}
         if calibration is None:
@@ -42,8 +45,9 @@ class Policy:
                 f"unknown calibration method '{calibration}'", f"use one of {', '.join(CALIBRATION_METHODS)}"
             )
         args = (("tail", float(tail)),) if calibration == "percentile" and tail is not None else ()
+        fixed = (Role.WEIGHT, Role.INPUT)  # weights and input data keep their full min/max range
         return {
-            role: spec if role == Role.WEIGHT else replace(spec, observer=calibration, observer_args=args)
+            role: spec if role in fixed else replace(spec, observer=calibration, observer_args=args)
             for role, spec in qconfig.items()
         }
 
