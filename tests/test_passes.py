@@ -165,3 +165,14 @@ def test_annotate_requires_roles():
     ctx.qconfig = get_policy("minmax").build_qconfig(8)
     with pytest.raises(InputError, match="run the 'tag-roles' pass"):
         get_pass("annotate")(gm, ctx)
+
+
+def test_percentile_calibration_keeps_weights_and_inputs_on_minmax():
+    from quantgraph.ir.roles import Role
+
+    qconfig = get_policy("minmax").build_qconfig(4, "percentile", 0.01)
+    assert qconfig[Role.WEIGHT].observer == "minmax" and qconfig[Role.INPUT].observer == "minmax"
+    assert qconfig[Role.AGGREGATION].observer == "percentile"
+    assert dict(qconfig[Role.AGGREGATION].observer_args) == {"tail": 0.01}
+    with pytest.raises(InputError, match="unknown calibration method"):
+        get_policy("minmax").build_qconfig(8, "entropy")
