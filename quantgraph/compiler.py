@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, fx
 
@@ -283,7 +282,3 @@ def _report(
     for key, value in ctx.report.items():
         report.setdefault(key, value)
     return report
-
-
-def _to_numpy(t: Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy()

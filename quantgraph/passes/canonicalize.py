@@ -141,7 +141,7 @@ def _match_scatter(node: fx.Node) -> tuple | None:
     return (src, idx, rows, reduce)
 
 
-def _match_mean(gm: fx.GraphModule, node: fx.Node) -> tuple | None:
+def _match_mean(node: fx.Node) -> tuple | None:
     """div(scatter_sum(src, idx), clamp(scatter_sum(ones, idx), min=1)) -> scatter mean."""
     if node.target != aten.div.Tensor:
         return None
@@ -188,7 +188,7 @@ class CanonicalizePass(PassBase):
                 _replace(gm, node, SCATTER, m)
                 modified = True
         for node in list(gm.graph.nodes):
-            if node.op == "call_function" and (m := _match_mean(gm, node)) is not None:
+            if node.op == "call_function" and (m := _match_mean(node)) is not None:
                 _replace(gm, node, SCATTER, m)
                 modified = True
         if modified:
