@@ -43,17 +43,27 @@ class Method:
 
     name: str
     bits: int
-    run: Callable[[torch.nn.Module, Task, Path, int], float]
+    run: Callable[[torch.nn.Module, Task, Path, int, str], float]
+
+
+#: Fine-tuning settings that differ per architecture, chosen on validation accuracy (never test) at seed 0
+#: on Cora: GIN at INT8 keeps closer to its FP32 weights with lr 0.001 (degree-quant val 75.4 vs 73.0 at
+#: the default 0.005); at INT4 the default is better (val 70.6 vs 67.6 at 0.001).
+FINE_TUNE_OVERRIDES: dict[tuple[str, str, int], dict[str, float]] = {
+    ("gin", "qat", 8): {"lr": 0.001},
+    ("gin", "degree-quant", 8): {"lr": 0.001},
+}
 
 
 def _compiled(policy: str, bits: int, **options) -> Callable:
-    def run(model: torch.nn.Module, task: Task, tmp: Path, seed: int) -> float:
+    def run(model: torch.nn.Module, task: Task, tmp: Path, seed: int, arch: str) -> float:
+        override = FINE_TUNE_OVERRIDES.get((arch, policy, bits), {})
         compiled = qg_compile(
             model,
             task.data,
             policy=policy,
             bits=bits,
-            options={**options, "seed": seed},
+            options={**options, **override, "seed": seed},
             calibration=task.calibration(),
             task_data=task.task_data(),
         )
@@ -166,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archs", default="gcn,gat,gin,sage")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. seeds-1")
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="docs/results")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -192,11 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         task = load_task(dataset, args.data_root)
         dataset = Path(dataset).stem
         for arch in args.archs.split(","):
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.seeds):
                 model = train(arch, task, seed)
                 with tempfile.TemporaryDirectory() as tmp:
                     for method in methods:
-                        acc = method.run(model, task, Path(tmp), seed)
+                        acc = method.run(model, task, Path(tmp), seed, arch)
                         per_cell.setdefault((dataset, arch, method.name), []).append(100 * acc)
                 done = {m.name: round(per_cell[(dataset, arch, m.name)][-1], 1) for m in methods}
                 print(f"{dataset} {arch} seed {seed}: {done}", flush=True)
