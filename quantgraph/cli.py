@@ -13,8 +13,15 @@ from rich.console import Console
 
 from quantgraph.errors import InputError, QuantGraphError
 
-BACKENDS = ("onnx-qdq",)
+BACKENDS = ("onnx-qdq", "onnx-int")
 QAT_OPTIONS = ("epochs", "lr", "weight_decay", "seed", "p_min", "p_max", "batch_size")
+#: mixq search flags: argparse dest -> compile option
+MIXQ_OPTIONS = {
+    "lambda_": "lambda",
+    "target_bits": "target_bits",
+    "bit_candidates": "bit_candidates",
+    "search_epochs": "search_epochs",
+}
 
 
 def _console(args: argparse.Namespace) -> Console:
@@ -121,6 +128,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     task = load_task(args.data, args.data_root)
     options = {k: v for k, v in vars(args).items() if k in QAT_OPTIONS and v is not None}
     options.update({"calibration": args.calibration, "percentile_tail": args.percentile_tail})
+    if args.int_overflow:
+        options["int_overflow"] = args.int_overflow
+    options.update(
+        {opt: getattr(args, dest) for dest, opt in MIXQ_OPTIONS.items() if getattr(args, dest) is not None}
+    )
     compiled = qg_compile(
         model,
         task.data,
@@ -132,6 +144,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         calibration=task.calibration(),
         task_data=task.task_data(),
         progress=not args.quiet,
+        backend=args.backend,
     )
     compiled.export_onnx(args.output, task.data)
     report = compiled.public_report()
@@ -273,7 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fraction cut per side (default 0.001 at 8 bits, 0.01 below)",
     )
-    p.add_argument("--backend", default="onnx-qdq", choices=BACKENDS)
+    p.add_argument(
+        "--backend",
+        default="onnx-qdq",
+        choices=BACKENDS,
+        help="onnx-qdq: Q/DQ around float ops; onnx-int: integer linear layers and aggregations",
+    )
+    p.add_argument(
+        "--int-overflow",
+        choices=["error", "float"],
+        help="onnx-int: when an int32 accumulator could overflow, fail (default) or keep that op in float",
+    )
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--report", help="write the report JSON here")
     qat = p.add_argument_group("quantization-aware training (qat, degree-quant)")
@@ -286,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     qat.add_argument("--p-min", type=float, help="degree-quant: lowest protection probability")
     qat.add_argument("--p-max", type=float, help="degree-quant: highest protection probability")
+    mixq = p.add_argument_group("mixed precision (mixq)")
+    mixq.add_argument(
+        "--lambda", dest="lambda_", type=float, help="weight of the BitOPs penalty (default 0.1)"
+    )
+    mixq.add_argument("--target-bits", type=float, help="fit the chosen bits to this mean bitwidth (at most)")
+    mixq.add_argument("--bit-candidates", help="comma-separated candidate bitwidths (default 2,4,8)")
+    mixq.add_argument("--search-epochs", type=int, help="epochs of the bitwidth search (default 40)")
     p.add_argument(
         "--pass",
         dest="passes",

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx
 
+from quantgraph.bitops import count_bitops
 from quantgraph.data import GraphData, validate_graph
 from quantgraph.errors import InputError
 from quantgraph.frontend import TracedGraph, trace, trace_exported
@@ -24,6 +25,11 @@ from quantgraph.passes import CompileContext, PassBase, PassManager, get_pass
 from quantgraph.policies import get_policy
 
 GRAPH_ONLY_PASSES = ("strip-dropout", "canonicalize", "tag-roles")
+#: Passes each backend appends to the policy's pipeline (unless the pipeline already has them).
+BACKEND_PASSES: dict[str, tuple[str, ...]] = {
+    "onnx-qdq": (),
+    "onnx-int": ("quantize-bias", "fold-scales"),
+}
 
 
 @dataclass
@@ -44,10 +50,18 @@ class CompiledModel:
     input_names: list[str]
     dim_names: dict[str, str]
     report: dict[str, Any] = field(default_factory=dict)
+    backend: str = "onnx-qdq"
 
     def run(self, inputs: dict[str, Tensor] | GraphData) -> Tensor:
         """Logits of the quantized IR (the fake-quant reference semantics)."""
         return _run(self.graph_module, self.input_names, _as_inputs(inputs))
+
+    def integer_values(self, inputs: dict[str, Tensor] | GraphData) -> dict[str, Tensor]:
+        """The integers at every quantize/requantize of the IR, keyed by the quantized node."""
+        from quantgraph.ir.reference import integer_values
+
+        values = _as_inputs(inputs)
+        return integer_values(self.graph_module, [values[n] for n in self.input_names])
 
     def run_fp32(self, inputs: dict[str, Tensor] | GraphData) -> Tensor:
         return _run(self.fp32_module, self.input_names, _as_inputs(inputs))
@@ -56,7 +70,8 @@ class CompiledModel:
         from quantgraph.backends.onnx_export import export_onnx
 
         gm = self.graph_module if quantized else self.fp32_module
-        return export_onnx(gm, input_names=self.input_names, dim_names=self.dim_names)
+        integer = quantized and self.backend == "onnx-int"
+        return export_onnx(gm, input_names=self.input_names, dim_names=self.dim_names, integer=integer)
 
     def export_onnx(self, path: str | Path, data: GraphData | None = None) -> dict[str, Any]:
         """Export, verify in onnxruntime against the IR reference, write ``path``; returns the ONNX report."""
@@ -139,6 +154,7 @@ def compile(  # noqa: A001 - mirrors the CLI command
     options: dict[str, Any] | None = None,
     task_data: dict[str, Any] | None = None,
     progress: bool = False,
+    backend: str = "onnx-qdq",
 ) -> CompiledModel:
     """Trace ``model`` on ``data``, run the policy's passes and return the compiled model.
 
@@ -148,7 +164,11 @@ def compile(  # noqa: A001 - mirrors the CLI command
     range method; QAT policies read ``epochs``, ``lr``, ``weight_decay``, ``seed``, ``p_min``/``p_max``.
     ``task_data``: labelled data for training passes (default ``{"node": data}``; graph
     classification: ``{"graphs": {"train": [...], "val": [...]}}``).
+    ``backend``: "onnx-qdq" (Q/DQ around float ops) or "onnx-int" (adds ``quantize-bias`` and
+    ``fold-scales``: integer linear layers and aggregations; ``options["int_overflow"]``).
     """
+    if backend not in BACKEND_PASSES:
+        raise InputError(f"unknown backend '{backend}'", f"use one of {', '.join(BACKEND_PASSES)}")
     pol = get_policy(policy)
     bits = pol.default_bits if bits is None else bits
     opts = {**pol.defaults, **(options or {})}
@@ -170,9 +190,17 @@ def compile(  # noqa: A001 - mirrors the CLI command
         task_data=dict(task_data) if task_data is not None else {"node": data},
     )
     fp32_module = _graph_only_copy(traced.graph_module)
-    manager = PassManager(build_pipeline(policy, pipeline, passes))
+    pass_list = build_pipeline(policy, pipeline, passes)
+    if BACKEND_PASSES[backend] and not pol.quantizes:
+        raise InputError(f"backend {backend} needs a quantizing policy", "use --policy minmax, degree-quant or mixq")
+    for name in BACKEND_PASSES[backend]:
+        if not any(p.display_name == name for p in pass_list):
+            pass_list.append(get_pass(name))
+    manager = PassManager(pass_list)
     result = manager(traced.graph_module, ctx)
-    compiled = CompiledModel(result.graph_module, fp32_module, traced.input_names, traced.dim_names)
+    compiled = CompiledModel(
+        result.graph_module, fp32_module, traced.input_names, traced.dim_names, backend=backend
+    )
     compiled.report = _report(compiled, ctx, manager, pol.name, bits if pol.quantizes else 32, data)
     compiled.report["calibration"] = opts.get("calibration") or "minmax"
     return compiled
@@ -279,6 +307,9 @@ def _report(
         "per_layer_sqnr": per_layer_sqnr(compiled, inputs) if annotated else [],
         "_data": data,
     }
+    if annotated:
+        counted = ctx.report.get("_qdq_module", compiled.graph_module)  # integer IR: count its Q/DQ form
+        report["bitops"] = count_bitops(counted, compiled.input_names, ctx.calibration_data[0])
     for key, value in ctx.report.items():
         report.setdefault(key, value)
     return report

@@ -29,6 +29,7 @@ def sqnr_db(reference: Tensor, approx: Tensor) -> float:
     signal = torch.sum(reference**2).item()
     if noise == 0:
         return math.inf
-    if signal == 0:
+    ratio = signal / noise
+    if not ratio > 0:  # no signal (or it underflowed against the noise)
         return -math.inf
-    return 10.0 * math.log10(signal / noise)
+    return 10.0 * math.log10(ratio)

@@ -38,6 +38,15 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         table.add_row("ONNX vs IR max |error|", "", f"{onnx['max_abs_error']:.3g}")
         table.add_row("ONNX vs IR argmax agreement", "", _pct(onnx["argmax_agreement"]))
     table.add_row("quantization points", "", str(report.get("quantization_points", 0)))
+    integer = report.get("integer")
+    if integer:
+        folded = len(integer["folded"])
+        table.add_row("integer requantize points", "", f"{folded} of {folded + len(integer['kept_float'])}")
+        table.add_row("max int32 accumulator bound", "", f"{integer['max_accumulator_bound']:,} (≤ 2,147,483,647)")
+        table.add_row("integers equal float64 reference", "", str(integer["reference_check"]["equal"]))
+    if "integer_tensors" in onnx:
+        check = onnx["integer_tensors"]
+        table.add_row("onnxruntime integers equal IR", "", f"{check['equal']} ({check['compared']} tensors)")
     for row in report.get("per_layer_sqnr", []):
         sqnr = "∞" if row["sqnr_db"] is None else f"{row['sqnr_db']:.1f} dB"
         table.add_row(f"SQNR layer {row['layer']} ({row['role']})", "", sqnr)

@@ -189,6 +189,7 @@ class OnnxBuilder:
         self._cast_cache: dict[tuple[str, int], str] = {}
         self._qcast_cache: dict[str, str] = {}
         self._const_count = 0
+        self.integer_storage = False  # integer backend: 2- to 4-bit values are stored in int8/uint8
 
     # ------------------------------------------------------------------ names and bookkeeping
     def reserve(self, name: str) -> str:

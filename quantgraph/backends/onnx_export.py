@@ -30,7 +30,7 @@ from onnx import TensorProto, helper
 from torch import fx
 
 import quantgraph
-from quantgraph.backends import onnx_qdq  # noqa: F401  (registers the Q/DQ lowerings)
+from quantgraph.backends import onnx_int, onnx_qdq  # noqa: F401  (register the Q/DQ and integer lowerings)
 from quantgraph.backends.onnx_builder import (
     AttrRef,
     Lazy,
@@ -162,11 +162,13 @@ def export_onnx(
     model_name: str = "quantgraph",
     example_inputs: Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | None = None,
     check: bool = True,
+    integer: bool = False,
 ) -> onnx.ModelProto:
     """Lower ``graph_module`` to an ONNX model (see the module docstring for the conventions).
 
     ``example_inputs`` (one tensor per graph input, or a dict by input name) is only needed for placeholders without
-    ``node.meta["val"]``; ``check`` runs ``onnx.checker.check_model(full_check=True)``.
+    ``node.meta["val"]``; ``check`` runs ``onnx.checker.check_model(full_check=True)``; ``integer``
+    stores every quantized tensor in 8-bit types (the integer backend's Gather/MatMulInteger need them).
     """
     if not 21 <= opset <= onnx.defs.onnx_opset_version():
         raise InputError(
@@ -187,6 +189,7 @@ def export_onnx(
         raise InputError(f"{len(results)} distinct output names are needed, got {names}", "fix output_names")
 
     ctx = OnnxBuilder(graph_module)
+    ctx.integer_storage = integer
     for name in [*input_names, *names]:
         ctx.reserve(name)
     inputs = []

@@ -27,6 +27,7 @@ from quantgraph.backends.onnx_builder import (
     Args,
     Lazy,
     OnnxBuilder,
+    QValue,
     is_float,
     onnx_type,
     unsupported,
@@ -399,7 +400,29 @@ register("add.Tensor", "add.Scalar")(_arith("Add"))
 register("sub.Tensor", "sub.Scalar")(_arith("Sub"))
 register("mul.Tensor", "mul.Scalar")(_arith("Mul"))
 register("div.Tensor", "div.Scalar")(_arith("Div", true_div=True))
-register("pow.Tensor_Scalar", "pow.Tensor_Tensor")(_arith("Pow"))
+register("pow.Tensor_Tensor")(_arith("Pow"))
+_POW_GENERAL = _arith("Pow")
+
+
+@register("pow.Tensor_Scalar")
+def _pow_tensor_scalar(ctx: OnnxBuilder, node: fx.Node) -> str:
+    """PyTorch's CPU kernel special-cases these exponents; the same ops give bit-identical floats
+    (GCN's ``deg ** -0.5`` must match exactly for its quantized edge weights to match)."""
+    a = Args(node)
+    exponent = a.exponent
+    x = ctx.t(a.self)
+    if not is_float(ctx.dtype(x)) or exponent not in (0.5, -0.5, 2, -2, -1):
+        return _POW_GENERAL(ctx, node)
+    one = ctx.scalar(1, ctx.dtype(x))
+    if exponent in (0.5, -0.5):
+        root = ctx.op("Sqrt", [x])
+        return root if exponent == 0.5 else ctx.op("Div", [one, root])
+    if exponent == -1:
+        return ctx.op("Div", [one, x])
+    square = ctx.op("Mul", [x, x])
+    return square if exponent == 2 else ctx.op("Div", [one, square])
+
+
 register("maximum", "fmax")(_arith("Max"))
 register("minimum", "fmin")(_arith("Min"))
 
@@ -1275,7 +1298,13 @@ def _getitem(ctx: OnnxBuilder, node: fx.Node) -> Any:
 
 # ---------------------------------------------------------------------------------------------- quantgraph IR ops
 @register(qg_ops.GATHER)
-def _qg_gather(ctx: OnnxBuilder, node: fx.Node) -> str:
+def _qg_gather(ctx: OnnxBuilder, node: fx.Node) -> str | QValue:
+    stored = ctx.env.get(node.args[0])
+    if isinstance(stored, QValue):  # gather quantized rows in their 8-bit type; cast only where needed
+        index = ctx.t(node.args[1])
+        rank = stored.rank - 1 + ctx.rank(index)
+        gathered = ctx.op("Gather", [stored.name, index], dtype=stored.dtype, rank=rank, axis=0)
+        return QValue(gathered, stored.dtype, rank)
     src, index = ctx.t(node.args[0]), ctx.t(node.args[1])
     return ctx.op("Gather", [src, index], rank=ctx.rank(src) - 1 + ctx.rank(index), axis=0)
 

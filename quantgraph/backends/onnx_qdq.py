@@ -35,6 +35,7 @@ QTYPES: tuple[tuple[int, int, int], ...] = (
     (TensorProto.INT8, -128, 127),
     (TensorProto.UINT8, 0, 255),
 )
+BYTE_OF = {TensorProto.INT4: TensorProto.INT8, TensorProto.UINT4: TensorProto.UINT8}
 _PER_GROUP_FIX = (
     "the QDQ backend needs per-tensor or per-channel parameters stored as constants (get_attr); "
     "use per-tensor/per-channel quantization specs, or the native backend for per-group quantization"
@@ -139,6 +140,8 @@ def _quantize(ctx: OnnxBuilder, node: fx.Node) -> QValue:
         raise unsupported(
             node, f"integer range [{lo}, {hi}] fits no ONNX INT4/UINT4/INT8/UINT8 type", "use at most 8 bits"
         )
+    if ctx.integer_storage and chosen[0] in BYTE_OF:
+        chosen = next(t for t in QTYPES if t[0] == BYTE_OF[chosen[0]])
     qtype, tmin, tmax = chosen
     axis = int(axis or 0)
 

@@ -7,8 +7,10 @@ from quantgraph.passes import (  # noqa: F401
     convert_qat,
     degree_mask,
     dropout,
+    fold_scales,
     insert_qdq,
     prepare_qat,
+    quantize_bias,
     tag_roles,
     train_qat,
 )
