@@ -301,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the report JSON here")
     qat = p.add_argument_group("quantization-aware training (qat, degree-quant)")
     qat.add_argument("--epochs", type=int, help="fine-tuning epochs (default 100)")
-    qat.add_argument("--lr", type=float, help="learning rate (default 0.005)")
-    qat.add_argument("--weight-decay", type=float, help="weight decay (default 5e-4)")
+    qat.add_argument("--lr", type=float, help="learning rate (default 0.005; graph tasks 0.001)")
+    qat.add_argument("--weight-decay", type=float, help="weight decay (default 5e-4; graph tasks 0)")
     qat.add_argument("--seed", type=int, help="training seed (default 0)")
     qat.add_argument(
         "--batch-size", type=int, help="graphs per mini-batch for graph classification (default 32)"

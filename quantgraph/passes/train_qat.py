@@ -2,6 +2,10 @@
 
 The checkpoint (weights and fake-quant ranges) with the best validation accuracy is kept; test
 accuracy is never used for selection. Options: ``epochs``, ``lr``, ``weight_decay``, ``seed``.
+
+Defaults depend on the task. Node classification: lr 0.005, weight decay 5e-4 (Degree-Quant's). Graph
+classification: lr 0.001 without weight decay; the node defaults wreck a graph-level GIN trained at lr
+0.002 without weight decay (hard_small degree-quant INT8: validation 72.4% against 89.7%).
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from quantgraph.passes.infra import CompileContext, PassBase, PassResult
 from quantgraph.passes.prepare_qat import require_fake_quant
 from quantgraph.passes.registry import register_pass
 from quantgraph.training import train_graph_classifier, train_node_classifier
+
+NODE_TASK_DEFAULTS = {"lr": 0.005, "weight_decay": 5e-4}
+GRAPH_TASK_DEFAULTS = {"lr": 0.001, "weight_decay": 0.0}
 
 NO_LABELS_FIX = (
     "QAT needs labels with train/validation splits; use --policy minmax for post-training quantization"
@@ -37,10 +44,13 @@ class TrainQATPass(PassBase):
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         opts = ctx.options
+        defaults = GRAPH_TASK_DEFAULTS if ctx.task_data.get("graphs") is not None else NODE_TASK_DEFAULTS
         hp = {
             "epochs": int(opts.get("epochs", 100)),
-            "lr": float(opts.get("lr", 0.005)),
-            "weight_decay": float(opts.get("weight_decay", 5e-4)),
+            "lr": float(opts.get("lr") or defaults["lr"]),
+            "weight_decay": float(
+                opts["weight_decay"] if opts.get("weight_decay") is not None else defaults["weight_decay"]
+            ),
             "seed": int(opts.get("seed", 0)),
             "progress": ctx.progress,
         }

@@ -79,7 +79,7 @@ QAT = register_policy(
         description="plain quantization-aware training: fake-quant at every role, min/max ranges, plain STE",
         pipeline=QAT_PASSES,
         qconfig=per_tensor_affine_qconfig("minmax"),
-        defaults={"trace_training": True, "ste": "plain", "epochs": 100, "lr": 0.005},
+        defaults={"trace_training": True, "ste": "plain", "epochs": 100},
     )
 )
 
@@ -89,6 +89,6 @@ DEGREE_QUANT = register_policy(
         description="Degree-Quant QAT: percentile ranges, saturation-aware STE, degree-based protective masks",
         pipeline=DEGREE_QUANT_PASSES,
         qconfig=per_tensor_affine_qconfig("percentile"),
-        defaults={"trace_training": True, "ste": "gc", "epochs": 100, "lr": 0.005},
+        defaults={"trace_training": True, "ste": "gc", "epochs": 100},
     )
 )
