@@ -32,7 +32,7 @@ from quantgraph.ir.roles import Role
 
 aten = torch.ops.aten
 FP32_BITS = 32
-#: (weight argument index, activation argument index) of each counted linear op
+#: (activation argument index, weight argument index) of each counted linear op
 _LINEAR_ARGS = {
     aten.linear.default: (0, 1),
     aten.mm.default: (0, 1),
@@ -145,7 +145,7 @@ def _message_operands(src: fx.Node, gm: fx.GraphModule) -> tuple[tuple[Any, Any]
 
 
 def mac_terms(gm: fx.GraphModule, shapes: dict[str, torch.Size]) -> list[MacTerm]:
-    """The linear and aggregation terms of ``gm`` with MAC counts from ``shapes`` (see :func:`node_shapes`)."""
+    """The linear and aggregation terms of ``gm``, MACs counted on ``shapes`` (:func:`node_shapes`)."""
     terms: list[MacTerm] = []
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.name not in shapes:

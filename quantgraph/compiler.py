@@ -192,7 +192,9 @@ def compile(  # noqa: A001 - mirrors the CLI command
     fp32_module = _graph_only_copy(traced.graph_module)
     pass_list = build_pipeline(policy, pipeline, passes)
     if BACKEND_PASSES[backend] and not pol.quantizes:
-        raise InputError(f"backend {backend} needs a quantizing policy", "use --policy minmax, degree-quant or mixq")
+        raise InputError(
+            f"backend {backend} needs a quantizing policy", "use --policy minmax, degree-quant or mixq"
+        )
     for name in BACKEND_PASSES[backend]:
         if not any(p.display_name == name for p in pass_list):
             pass_list.append(get_pass(name))

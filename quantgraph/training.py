@@ -44,6 +44,7 @@ __all__ = [
 
 NodeForward = Callable[[Tensor, Tensor], Tensor]
 GraphForward = Callable[[Tensor, Tensor, Tensor], Tensor]
+Penalty = Callable[[], Tensor]
 
 
 class NodeData(Protocol):
@@ -202,11 +203,15 @@ def train_node_classifier(
     progress: bool = False,
     patience: int | None = None,
     forward: NodeForward | None = None,
+    penalty: Penalty | None = None,
+    restore_best: bool = True,
 ) -> TrainResult:
     """Full-batch node classification: Adam, cross-entropy on ``train_mask``, best-validation selection.
 
     ``patience``: stop after this many epochs without a new best (None: run all ``epochs``).
     ``forward``: computes logits from ``(x, edge_index)`` instead of ``model``; see the module docs.
+    ``penalty``: a differentiable term added to the loss at every step (e.g. a bit-cost regulariser).
+    ``restore_best``: False keeps the last epoch's state (e.g. for a search whose goal is not accuracy).
     Returns a :class:`TrainResult`; the model is left in eval mode holding the best epoch's weights.
     """
     _check_node_data(data)
@@ -226,6 +231,8 @@ def train_node_classifier(
             optimizer.zero_grad()
             logits = fwd(x, edge_index)
             loss = F.cross_entropy(logits[train_mask], y[train_mask])
+            if penalty is not None:
+                loss = loss + penalty()
             loss.backward()
             optimizer.step()
 
@@ -246,7 +253,8 @@ def train_node_classifier(
             if patience is not None and epoch - best_epoch >= patience:
                 break
 
-    model.load_state_dict(best_state)
+    if restore_best:
+        model.load_state_dict(best_state)
     scores = evaluate(model, data, forward=forward)
     return TrainResult(
         best_epoch=best_epoch,
@@ -344,12 +352,15 @@ def train_graph_classifier(
     progress: bool = False,
     patience: int | None = None,
     forward: GraphForward | None = None,
+    penalty: Penalty | None = None,
+    restore_best: bool = True,
 ) -> TrainResult:
     """Mini-batch graph classification with Adam and best-validation selection.
 
     ``collate(list_of_graphs)`` must return an object with ``x``, ``edge_index``, ``batch`` and ``y`` (one
     label per graph); the default :func:`collate_graphs` works for any graph objects with ``x``,
     ``edge_index`` and ``y``. Training graphs are reshuffled every epoch (from the seeded global RNG).
+    ``penalty`` (added to every batch's loss) and ``restore_best`` work as in :func:`train_node_classifier`.
     """
     _check_hparams(epochs, lr, patience)
     if len(train_graphs) == 0 or len(val_graphs) == 0:
@@ -381,6 +392,8 @@ def train_graph_classifier(
                 b = collate(chunk)
                 optimizer.zero_grad()
                 loss = F.cross_entropy(fwd(b.x, b.edge_index, b.batch), b.y)
+                if penalty is not None:
+                    loss = loss + penalty()
                 loss.backward()
                 optimizer.step()
                 loss_sum += loss.item() * b.y.numel()
@@ -402,7 +415,8 @@ def train_graph_classifier(
             if patience is not None and epoch - best_epoch >= patience:
                 break
 
-    model.load_state_dict(best_state)
+    if restore_best:
+        model.load_state_dict(best_state)
     train_acc, _ = score(train_graphs)
     val_acc, val_loss = score(val_graphs)
     test_acc, _ = score(test_graphs)

@@ -94,6 +94,36 @@ METHODS: dict[str, Method] = {
 }
 
 
+def _mixq(lam: float) -> Callable:
+    """MixQ at one lambda: accuracy plus the chosen average bits and BitOPs reduction (logged per seed)."""
+
+    def run(model: torch.nn.Module, task: Task, tmp: Path, seed: int, arch: str) -> dict[str, float]:
+        compiled = qg_compile(
+            model,
+            task.data,
+            policy="mixq",
+            options={"lambda": lam, "seed": seed},
+            calibration=task.calibration(),
+            task_data=task.task_data(),
+            backend="onnx-int",
+        )
+        compiled.export_onnx(tmp / "m.onnx", task.data)
+        return {
+            "acc": compiled.report["accuracy"]["onnx"],
+            "bits": compiled.report["mixq"]["average_bits"],
+            "bitops_x": compiled.report["bitops"]["reduction"],
+        }
+
+    return run
+
+
+def method(name: str) -> Method:
+    """A method by name; ``mixq-l<lambda>`` (e.g. ``mixq-l0.1``) is MixQ at that lambda, integer backend."""
+    if name.startswith("mixq-l"):
+        return Method(name, 0, _mixq(float(name[len("mixq-l") :])))
+    return METHODS[name]
+
+
 def train(arch: str, task: Task, seed: int) -> torch.nn.Module:
     """FP32 training with validation-based checkpoint selection."""
     torch.manual_seed(seed)
@@ -133,9 +163,20 @@ def parse_logs(paths: list[str]) -> dict[tuple[str, str, str], list[float]]:
     return cells
 
 
+def _mean_or_none(values: list[float] | None) -> float | None:
+    return round(statistics.fmean(values), 2) if values else None
+
+
+def _bits(per_cell: dict, dataset: str, arch: str, name: str) -> float:
+    measured = per_cell.get((dataset, arch, f"{name} bits"))
+    return round(statistics.fmean(measured), 2) if measured else method(name).bits
+
+
 def table_rows(per_cell: dict[tuple[str, str, str], list[float]]) -> list[dict]:
     rows = []
     for (dataset, arch, name), values in per_cell.items():
+        if " " in name:  # "<method> bits" / "<method> bitops_x": extra figures of a method, not a row
+            continue
         mean, std = mean_std(values)
         fp32 = per_cell.get((dataset, arch, "fp32"))
         delta = mean - statistics.fmean(fp32) if fp32 else math.nan
@@ -144,7 +185,8 @@ def table_rows(per_cell: dict[tuple[str, str, str], list[float]]) -> list[dict]:
                 "dataset": dataset,
                 "arch": arch,
                 "method": name,
-                "bits": METHODS[name].bits,
+                "bits": _bits(per_cell, dataset, arch, name),
+                "bitops_reduction": _mean_or_none(per_cell.get((dataset, arch, f"{name} bitops_x"))),
                 "mean": mean,
                 "std": std,
                 "delta": delta,
@@ -153,6 +195,11 @@ def table_rows(per_cell: dict[tuple[str, str, str], list[float]]) -> list[dict]:
             }
         )
     return rows
+
+
+def _method_label(row: dict) -> str:
+    reduction = row.get("bitops_reduction")
+    return row["method"] + (f" (BitOPs ÷{reduction:.1f})" if reduction else "")
 
 
 def render_markdown(results: dict, command: str) -> str:
@@ -171,7 +218,7 @@ def render_markdown(results: dict, command: str) -> str:
     for row in results["rows"]:
         delta = "" if row["method"] == "fp32" else f"{row['delta']:+.2f}"
         lines.append(
-            f"| {row['dataset']} | {row['arch']} | {row['method']} | {row['bits']} | "
+            f"| {row['dataset']} | {row['arch']} | {_method_label(row)} | {row['bits']} | "
             f"{row['mean']:.2f} ± {row['std']:.2f} | {delta} | {row['seeds']} |"
         )
     return "\n".join(lines) + "\n"
@@ -204,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    methods = [METHODS[m] for m in args.methods.split(",")]
+    methods = [method(m) for m in args.methods.split(",")]
     start = time.perf_counter()
     per_cell: dict[tuple[str, str, str], list[float]] = {}
     for dataset in args.datasets.split(","):
@@ -214,10 +261,14 @@ def main(argv: list[str] | None = None) -> int:
             for seed in range(args.first_seed, args.seeds):
                 model = train(arch, task, seed)
                 with tempfile.TemporaryDirectory() as tmp:
-                    for method in methods:
-                        acc = method.run(model, task, Path(tmp), seed, arch)
-                        per_cell.setdefault((dataset, arch, method.name), []).append(100 * acc)
-                done = {m.name: round(per_cell[(dataset, arch, m.name)][-1], 1) for m in methods}
+                    done: dict[str, float] = {}
+                    for m in methods:
+                        result = m.run(model, task, Path(tmp), seed, arch)
+                        extras = result if isinstance(result, dict) else {"acc": result}
+                        done[m.name] = round(100 * extras.pop("acc"), 1)
+                        done.update({f"{m.name} {k}": round(v, 3) for k, v in extras.items()})
+                for key, value in done.items():
+                    per_cell.setdefault((dataset, arch, key), []).append(value)
                 print(f"{dataset} {arch} seed {seed}: {done}", flush=True)
     rows = table_rows(per_cell)
     results = {

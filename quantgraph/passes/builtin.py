@@ -11,6 +11,7 @@ from quantgraph.passes import (  # noqa: F401
     insert_qdq,
     prepare_qat,
     quantize_bias,
+    search_bits,
     tag_roles,
     train_qat,
 )

@@ -92,3 +92,36 @@ DEGREE_QUANT = register_policy(
         defaults={"trace_training": True, "ste": "gc", "epochs": 100},
     )
 )
+
+MIXQ_PASSES = (
+    *GRAPH_PASSES,
+    "dropout-to-module",
+    "annotate",
+    "calibrate",
+    "prepare-qat",
+    "search-bits",
+    "train-qat",
+    "convert-qat",
+)
+
+
+def mixq_qconfig(bits: int) -> dict[Role, QuantSpec]:
+    """MixQ's quantization points: per-tensor affine at every role but MESSAGE, ``bits`` before the search.
+
+    Messages are not quantized on their own: a message is the product of a quantized gathered feature and
+    a quantized edge weight, so the aggregation can run on integers. Input features keep min/max ranges.
+    """
+    qconfig = per_tensor_affine_qconfig("percentile")(bits)
+    del qconfig[Role.MESSAGE]
+    return qconfig
+
+
+MIXQ = register_policy(
+    Policy(
+        name="mixq",
+        description="MixQ mixed precision: a learned bitwidth per quantization point (BitOPs penalty), then QAT",
+        pipeline=MIXQ_PASSES,
+        qconfig=mixq_qconfig,
+        defaults={"trace_training": True, "ste": "gc", "epochs": 100},
+    )
+)
