@@ -164,6 +164,7 @@ def compile(  # noqa: A001 - mirrors the CLI command
     range method; QAT policies read ``epochs``, ``lr``, ``weight_decay``, ``seed``, ``p_min``/``p_max``.
     ``task_data``: labelled data for training passes (default ``{"node": data}``; graph
     classification: ``{"graphs": {"train": [...], "val": [...]}}``).
+    Passes run under ``torch.manual_seed(options["seed"])`` (default 0), so a compile is repeatable.
     ``backend``: "onnx-qdq" (Q/DQ around float ops) or "onnx-int" (adds ``quantize-bias`` and
     ``fold-scales``: integer linear layers and aggregations; ``options["int_overflow"]``).
     """
@@ -199,7 +200,9 @@ def compile(  # noqa: A001 - mirrors the CLI command
         if not any(p.display_name == name for p in pass_list):
             pass_list.append(get_pass(name))
     manager = PassManager(pass_list)
-    result = manager(traced.graph_module, ctx)
+    with torch.random.fork_rng():  # seeded, without touching the caller's generator
+        torch.manual_seed(int(opts.get("seed") or 0))
+        result = manager(traced.graph_module, ctx)
     compiled = CompiledModel(
         result.graph_module, fp32_module, traced.input_names, traced.dim_names, backend=backend
     )

@@ -42,7 +42,9 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     if integer:
         folded = len(integer["folded"])
         table.add_row("integer requantize points", "", f"{folded} of {folded + len(integer['kept_float'])}")
-        table.add_row("max int32 accumulator bound", "", f"{integer['max_accumulator_bound']:,} (≤ 2,147,483,647)")
+        table.add_row(
+            "max int32 accumulator bound", "", f"{integer['max_accumulator_bound']:,} (≤ 2,147,483,647)"
+        )
         table.add_row("integers equal float64 reference", "", str(integer["reference_check"]["equal"]))
     if "integer_tensors" in onnx:
         check = onnx["integer_tensors"]

@@ -277,3 +277,16 @@ def test_non_finite_values_do_not_poison_ranges():
     fq(torch.tensor([float("nan")]))
     assert (fq.lo.item(), fq.hi.item()) == (-1.0, 2.0)
     assert torch.isfinite(fq.qparams().scale) and fq.qparams().zero_point.abs() <= 8
+
+
+def test_degree_quant_compile_is_repeatable(small_gcn):
+    """Calibration runs with dropout active; compile seeds it, so the same call gives the same bytes."""
+    model, data = small_gcn
+    torch.manual_seed(123)  # the caller's generator state must not matter, nor be changed
+    before = torch.random.get_rng_state()
+    runs = [
+        qg_compile(model, data, policy="degree-quant", bits=4, options={"epochs": 3, "seed": 1}).to_onnx()
+        for _ in range(2)
+    ]
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert runs[0].SerializeToString(deterministic=True) == runs[1].SerializeToString(deterministic=True)
