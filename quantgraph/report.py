@@ -12,14 +12,17 @@ def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f}%"
 
 
+def _bits_label(report: dict[str, Any]) -> str:
+    mixq = report.get("mixq")
+    return f"mixed bits (mean {mixq['average_bits']:.2f})" if mixq else f"{report.get('bits')} bits"
+
+
 def render_report(report: dict[str, Any], console: Console) -> None:
     """Print FP32 vs quantized accuracy, ONNX checks, sizes and per-layer SQNR."""
     acc = report.get("accuracy", {})
     size = report.get("size_bytes", {})
     onnx = report.get("onnx", {})
-    title = (
-        f"quantgraph · policy {report.get('policy')} · {report.get('bits')} bits · {report.get('dataset')}"
-    )
+    title = f"quantgraph · policy {report.get('policy')} · {_bits_label(report)} · {report.get('dataset')}"
     table = Table(title=title, show_lines=False)
     table.add_column("metric")
     table.add_column("FP32", justify="right")
@@ -38,6 +41,18 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         table.add_row("ONNX vs IR max |error|", "", f"{onnx['max_abs_error']:.3g}")
         table.add_row("ONNX vs IR argmax agreement", "", _pct(onnx["argmax_agreement"]))
     table.add_row("quantization points", "", str(report.get("quantization_points", 0)))
+    mixq = report.get("mixq")
+    if mixq:
+        table.add_row("average bits (mixq, mean over points)", "32", f"{mixq['average_bits']:.2f}")
+        for point in mixq["points"]:
+            table.add_row(f"  bits {point['node']} ({point['role']})", "", str(point["bits"]))
+    bitops = report.get("bitops")
+    if bitops:
+        table.add_row(
+            "BitOPs (linear + aggregation)",
+            f"{bitops['fp32_bitops']:.3g}",
+            f"{bitops['bitops']:.3g} (÷{bitops['reduction']:.1f})",
+        )
     integer = report.get("integer")
     if integer:
         folded = len(integer["folded"])
