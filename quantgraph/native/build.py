@@ -1,0 +1,233 @@
+"""JIT build of ``kernels.c``: compiled once per source, flags, compiler and CPU, cached, loaded with ctypes.
+
+The shared library lives in ``$QUANTGRAPH_CACHE/native`` (default ``~/.cache/quantgraph/native``) as
+``<hash>.so``; it is written to a temporary file and renamed, so concurrent builds never see a partial file.
+Flags are tried from fastest to most portable: ``-O3 -march=native -fopenmp``, then without ``-march=native``,
+then without OpenMP, then plain ``-O3``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantgraph.errors import InputError
+
+SOURCE = Path(__file__).with_name("kernels.c")
+ABI_VERSION = 1
+BASE_FLAGS = ["-std=c99", "-O3", "-shared", "-fPIC"]
+FLAG_SETS = [
+    ["-march=native", "-fopenmp"],
+    ["-fopenmp"],
+    ["-march=native"],
+    [],
+]
+NO_COMPILER = ("no C compiler found", "install gcc (apt install build-essential) or set CC")
+
+_lock = threading.Lock()
+_loaded: NativeLib | None = None
+
+
+@dataclass(frozen=True)
+class NativeLib:
+    """A loaded kernels library and what it was built with."""
+
+    lib: ctypes.CDLL
+    path: Path
+    flags: tuple[str, ...]
+    openmp: bool
+    vnni: bool
+    default_threads: int
+
+
+def find_compiler() -> list[str] | None:
+    """The C compiler command: ``$CC`` (may carry arguments), else ``cc``, ``gcc`` or ``clang`` on PATH."""
+    env = os.environ.get("CC", "").strip()
+    if env:
+        argv = shlex.split(env)
+        exe = shutil.which(argv[0])
+        return [exe, *argv[1:]] if exe else None
+    for name in ("cc", "gcc", "clang"):
+        exe = shutil.which(name)
+        if exe:
+            return [exe]
+    return None
+
+
+def cache_dir() -> Path:
+    """Folder of the compiled libraries."""
+    root = os.environ.get("QUANTGRAPH_CACHE")
+    if root:
+        return Path(root).expanduser() / "native"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "quantgraph" / "native"
+
+
+def _cpu_signature() -> str:
+    """CPU model and feature flags, so a cached ``-march=native`` build is never loaded on another CPU."""
+    parts = [platform.machine()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key = line.split(":", 1)[0].strip()
+                if key in ("model name", "flags", "Features", "CPU implementer", "CPU part"):
+                    parts.append(line.strip())
+                if line.strip() == "":
+                    break  # the first processor is enough
+    except OSError:
+        parts.append(platform.processor())
+    return "\n".join(parts)
+
+
+def _compiler_version(cc: list[str]) -> str:
+    try:
+        res = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=30)
+        return res.stdout.splitlines()[0] if res.stdout else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def library_key(cc: list[str]) -> str:
+    """Hash of source, compiler, flags and CPU: the cached library's file name."""
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(cc).encode(), _compiler_version(cc).encode()):
+        h.update(part)
+        h.update(b"\0")
+    h.update(repr((BASE_FLAGS, FLAG_SETS)).encode())
+    h.update(_cpu_signature().encode())
+    return h.hexdigest()[:24]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _compile(cc: list[str], out_dir: Path, key: str) -> tuple[Path, list[str]]:
+    """Compile with the first flag set that works; returns the final path and the extra flags used."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{key}.so"
+    errors: list[str] = []
+    for extra in FLAG_SETS:
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".so.tmp", dir=out_dir)
+        os.close(fd)
+        cmd = [*cc, *BASE_FLAGS, *extra, "-o", tmp, str(SOURCE), "-lm"]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as exc:
+            res = None
+            errors.append(f"{type(exc).__name__}: {exc}")
+        if res is not None and res.returncode == 0:
+            _write_atomic(out_dir / f"{key}.flags", (" ".join(extra) + "\n").encode())
+            os.replace(tmp, target)  # last: a library on disk always has its flags file
+            return target, extra
+        if res is not None:
+            lines = [ln for ln in (res.stderr or res.stdout).splitlines() if "error" in ln] or [""]
+            errors.append(lines[0].strip())
+        Path(tmp).unlink(missing_ok=True)
+    raise InputError(
+        f"could not compile {SOURCE.name} with {cc[0]} ({errors[-1] or 'unknown error'})",
+        "install a working gcc (apt install build-essential) or point CC at one",
+    )
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    """Declare the C signatures."""
+    c = ctypes
+    i64, i32, vp, dp = c.c_int64, c.c_int32, c.c_void_p, c.c_void_p
+    spmm = [i64, i64, i64, vp, vp, c.c_int, vp, i64, i32, vp, c.c_int, i32, vp, i64, c.c_int]
+    for name in ("csr_spmm_i8", "csr_spmm_i4", "csr_spmm_i2"):
+        fn = getattr(lib, name)
+        fn.argtypes = spmm
+        fn.restype = c.c_int
+    lib.csr_spmm_requant.argtypes = [
+        c.c_int,
+        *spmm[:12],
+        dp,
+        c.c_int,
+        vp,
+        c.c_int,
+        i32,
+        i32,
+        c.c_int,
+        vp,
+        i64,
+    ]
+    lib.csr_spmm_requant.argtypes += [c.c_int]
+    lib.csr_spmm_requant.restype = c.c_int
+    lib.requantize_i32.argtypes = [
+        vp,
+        i64,
+        i64,
+        i64,
+        dp,
+        c.c_int,
+        vp,
+        c.c_int,
+        i32,
+        i32,
+        c.c_int,
+        vp,
+        c.c_int,
+    ]
+    lib.requantize_i32.argtypes += [i64, c.c_int]
+    lib.requantize_i32.restype = c.c_int
+    lib.gemm_i8_packed_size.argtypes = [i64, i64]
+    lib.gemm_i8_packed_size.restype = i64
+    lib.gemm_i8_pack.argtypes = [vp, i64, i64, c.c_int, i64, vp, vp]
+    lib.gemm_i8_pack.restype = c.c_int
+    lib.gemm_i8.argtypes = [vp, i64, i64, i64, i32, vp, vp, i64, vp, c.c_int, vp, vp, i64, c.c_int]
+    lib.gemm_i8.restype = c.c_int
+    lib.qg_info.argtypes = [vp]
+    lib.qg_info.restype = None
+
+
+def load() -> NativeLib:
+    """Build (first use) and load the kernels; raises InputError when no compiler is available."""
+    global _loaded
+    with _lock:
+        if _loaded is not None:
+            return _loaded
+        cc = find_compiler()
+        if cc is None:
+            raise InputError(*NO_COMPILER)
+        key = library_key(cc)
+        out_dir = cache_dir()
+        path = out_dir / f"{key}.so"
+        flags_file = out_dir / f"{key}.flags"
+        if path.exists() and flags_file.exists():
+            extra = flags_file.read_text(encoding="utf-8").split()
+        else:
+            path, extra = _compile(cc, out_dir, key)
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as exc:
+            raise InputError(
+                f"could not load the compiled kernels {path} ({exc})", f"delete {out_dir} and retry"
+            ) from exc
+        _bind(lib)
+        info = (ctypes.c_int32 * 4)()
+        lib.qg_info(info)
+        if info[0] != ABI_VERSION:
+            raise InputError(
+                f"compiled kernels {path} have ABI {info[0]}, expected {ABI_VERSION}",
+                f"delete {out_dir} and retry",
+            )
+        _loaded = NativeLib(lib, path, (*BASE_FLAGS, *extra), bool(info[1]), bool(info[2]), int(info[3]))
+        return _loaded
+
+
+def available() -> bool:
+    """True when a C compiler is on hand (the kernels can be built)."""
+    return find_compiler() is not None

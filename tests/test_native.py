@@ -1,0 +1,293 @@
+"""Native integer kernels: bit-exact against int64 NumPy/torch references (skipped without a C compiler)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from quantgraph.errors import InputError
+from quantgraph.ir.int_ops import LINEAR_INT, REQUANTIZE
+from quantgraph.native import build
+from quantgraph.native import kernels as nk
+
+if not build.available():
+    pytest.skip(
+        "no C compiler found (install gcc or set CC) to build the native kernels", allow_module_level=True
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def lib() -> build.NativeLib:
+    """Build (or load from the cache) once per module."""
+    return build.load()
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def _graph(rng: np.random.Generator, n: int, e: int, hub: bool = True) -> np.ndarray:
+    """Random edge_index [2, E]: node 0 is a hub (a third of the edges target it), the top rows stay empty."""
+    src = rng.integers(0, n, e)
+    dst = rng.integers(0, max(1, n - n // 4), e)  # the last quarter of the nodes has no in-edges
+    if hub and e:
+        dst[rng.random(e) < 0.33] = 0
+    return np.stack([src, dst])
+
+
+def _values(rng: np.random.Generator, shape: tuple[int, ...], bits: int) -> np.ndarray:
+    return rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), shape).astype(np.int8)
+
+
+def _reference(
+    edge_index: np.ndarray, n: int, q: np.ndarray, zx: int, w: np.ndarray | None, zw: int
+) -> np.ndarray:
+    """int64 torch scatter-add of (w - zw) * (q[src] - zx) at dst, in edge_index order."""
+    src, dst = torch.from_numpy(edge_index[0]), torch.from_numpy(edge_index[1])
+    msg = torch.from_numpy(q).to(torch.int64)[src] - zx
+    if w is not None:
+        msg = msg * (torch.from_numpy(w).to(torch.int64) - zw)[:, None]
+    out = torch.zeros((n, q.shape[1]), dtype=torch.int64).index_add_(0, dst, msg)
+    return out.numpy()
+
+
+CASES = [(1, 0, 5), (7, 30, 1), (50, 400, 37), (300, 3000, 130), (257, 2500, 64)]
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("weights", [None, "int8", "int16"])
+def test_spmm_matches_int64_reference(bits: int, weights: str | None) -> None:
+    rng = _rng(bits * 10 + (0 if weights is None else len(weights)))
+    for k, (n, e, f) in enumerate(CASES):
+        ei = _graph(rng, n, e)
+        q = _values(rng, (n, f), bits)
+        zx = int(rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1)))
+        w, zw = None, 0
+        if weights == "int8":
+            w, zw = rng.integers(-128, 128, e).astype(np.int8), int(rng.integers(-5, 5))
+        elif weights == "int16":
+            w, zw = rng.integers(-(2**15), 2**15, e).astype(np.int16), 7
+        index_dtype = np.int32 if k % 2 else np.int64
+        csr = nk.CSR.from_edge_index(ei, n, w, index_dtype=index_dtype)
+        got = nk.spmm(csr, nk.pack(q, bits), bits, zx, weight_zero_point=zw, num_features=f)
+        assert got.dtype == np.int32 and got.shape == (n, f)
+        np.testing.assert_array_equal(got, _reference(ei, n, q, zx, w, zw), err_msg=f"case {(n, e, f)}")
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_spmm_rows_around_the_partial_sum_flush(bits: int) -> None:
+    """Rows at, just past and far past the narrow partial sums' capacity, extreme values and weights."""
+    n, f = 3, 5
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    q = np.array([[lo] * f, [hi] * f, [0] * f], dtype=np.int8)
+    flush = {8: 256, 4: 17, 2: 85}[bits]
+    for deg in (flush, flush + 1, 2 * flush + 3, 40000):
+        ei = np.stack([np.arange(deg) % 2, np.zeros(deg, dtype=np.int64)])
+        csr = nk.CSR.from_edge_index(ei, n)
+        for zx in (0, hi):
+            got = nk.spmm(csr, nk.pack(q, bits), bits, zx, num_features=f)
+            np.testing.assert_array_equal(got, _reference(ei, n, q, zx, None, 0), err_msg=f"degree {deg}")
+        w = np.full(deg, -128, dtype=np.int8)  # the largest |w - zw| the weight type allows
+        for zw in (0, 127):
+            got = nk.spmm(csr, nk.pack(q, bits), bits, lo, w, weight_zero_point=zw, num_features=f)
+            np.testing.assert_array_equal(
+                got, _reference(ei, n, q, lo, w, zw), err_msg=f"weighted, degree {deg}"
+            )
+
+
+def test_spmm_threads_and_strided_rows_agree() -> None:
+    rng = _rng(1)
+    n, e, f = 400, 6000, 70
+    ei = _graph(rng, n, e)
+    q = _values(rng, (n, f), 8)
+    csr = nk.CSR.from_edge_index(ei, n, rng.integers(-100, 100, e).astype(np.int8))
+    one = nk.spmm(csr, q, 8, 3, threads=1)
+    two = nk.spmm(csr, q, 8, 3, threads=2)
+    np.testing.assert_array_equal(one, two)
+    padded = np.zeros((n, 128), dtype=np.int8)  # rows of 128 bytes holding 70 features
+    padded[:, :f] = q
+    np.testing.assert_array_equal(nk.spmm(csr, padded, 8, 3, num_features=f), one)
+
+
+def test_csr_from_edge_index_sorts_by_target_and_permutes_weights() -> None:
+    ei = np.array([[0, 2, 1, 3, 0], [2, 0, 2, 0, 1]])
+    w = np.array([10, 20, 30, 40, 50], dtype=np.int8)
+    csr = nk.CSR.from_edge_index(torch.from_numpy(ei), 4, torch.from_numpy(w))
+    np.testing.assert_array_equal(csr.indptr, [0, 2, 3, 5, 5])
+    np.testing.assert_array_equal(csr.indices, [2, 3, 0, 0, 1])  # stable within a row
+    np.testing.assert_array_equal(csr.edge_weights, [20, 40, 50, 10, 30])
+    assert csr.indices.dtype == np.int32 and csr.num_rows == 4 and csr.num_edges == 5
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_pack_unpack_roundtrip(bits: int) -> None:
+    rng = _rng(bits)
+    for f in (1, 3, 5, 16, 33, 130):
+        q = _values(rng, (9, f), bits)
+        packed = nk.pack(q, bits)
+        assert packed.shape == (9, nk.row_bytes(f, bits)) and packed.ctypes.data % 64 == 0
+        np.testing.assert_array_equal(nk.unpack(packed, bits, f), q)
+
+
+def test_pack_layout_is_little_end_first() -> None:
+    np.testing.assert_array_equal(nk.pack(np.array([[1, -2, 7]]), 4), [[0xE1, 0x07]])
+    np.testing.assert_array_equal(nk.pack(np.array([[1, -1, -2, 0, 1]]), 2), [[0x2D, 0x01]])
+
+
+def _torch_requantize(
+    acc: np.ndarray, m: np.ndarray, z: np.ndarray, qmin: int, qmax: int, axis: int
+) -> np.ndarray:
+    t = REQUANTIZE(
+        torch.from_numpy(acc),
+        torch.from_numpy(np.asarray(m, dtype=np.float64)),
+        torch.from_numpy(np.asarray(z, dtype=np.int32)),
+        torch.tensor(qmin),
+        torch.tensor(qmax),
+        axis,
+    )
+    return t.numpy()
+
+
+def test_requantize_matches_int_ops_bit_for_bit() -> None:
+    rng = _rng(2)
+    rows, cols = 64, 45
+    acc = rng.integers(-(2**20), 2**20, (rows, cols)).astype(np.int32)
+    acc[:4] = np.arange(-90, 90, 4)[:cols]  # with m = 0.5 or 0.25 below: exact ties x.5
+    acc[0, :3] = [2**31 - 1, -(2**31), 0]
+    cases = [
+        (np.array(0.5), np.array(3), None),
+        (np.array(0.25), np.array(-7), None),
+        (np.array(2.0**-9 * 1.234567), np.array(0), None),
+        (
+            1.0 / rng.integers(1, 40, rows).astype(np.float64),
+            rng.integers(-20, 20, rows),
+            0,
+        ),  # per row (mean)
+        (rng.random(cols) * 2.0**-8, rng.integers(-20, 20, cols), 1),  # per column
+        (np.full(rows, 0.5), np.array(1), 0),
+    ]
+    for m, z, axis in cases:
+        for qmin, qmax, dtype in ((-128, 127, np.int8), (-8, 7, np.int8), (-(2**31), 2**31 - 1, np.int32)):
+            ref = _torch_requantize(acc, m, z, qmin, qmax, 0 if axis is None else axis)
+            got = nk.requantize(acc, m, z, qmin, qmax, axis=axis, out_dtype=dtype)
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got.astype(np.int32), ref, err_msg=f"m={m}, z={z}, axis={axis}")
+        relu = nk.requantize(acc, m, z, -128, 127, axis=axis, relu=True)
+        zb = np.asarray(z).reshape((-1, 1) if axis == 0 else (1, -1)) if np.ndim(z) else z
+        ref = np.maximum(_torch_requantize(acc, m, z, -128, 127, 0 if axis is None else axis), zb)
+        np.testing.assert_array_equal(relu.astype(np.int32), ref)
+
+
+def test_requantize_ties_round_half_to_even() -> None:
+    acc = np.array([-5, -3, -1, 1, 3, 5, 7], dtype=np.int32)
+    np.testing.assert_array_equal(nk.requantize(acc, 0.5, 0, -128, 127), [-2, -2, 0, 0, 2, 2, 4])
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_spmm_requantize_fuses_mean(bits: int) -> None:
+    rng = _rng(3)
+    n, e, f = 200, 2500, 40
+    ei = _graph(rng, n, e)
+    q = _values(rng, (n, f), bits)
+    csr = nk.CSR.from_edge_index(ei, n, rng.integers(-128, 128, e).astype(np.int8))
+    deg = np.maximum(np.diff(csr.indptr), 1).astype(np.float64)
+    m = 0.37 / deg
+    acc = nk.spmm(csr, nk.pack(q, bits), bits, 1, num_features=f)
+    fused = nk.spmm_requantize(csr, nk.pack(q, bits), bits, 1, m, 5, axis=0, num_features=f)
+    np.testing.assert_array_equal(fused, nk.requantize(acc, m, 5, -128, 127, axis=0))
+    relu = nk.spmm_requantize(csr, nk.pack(q, bits), bits, 1, 0.01, -3, relu=True, num_features=f, threads=2)
+    np.testing.assert_array_equal(relu, np.maximum(nk.requantize(acc, 0.01, -3, -128, 127), -3))
+
+
+GEMM_SHAPES = [(1, 1, 1), (37, 13, 19), (70, 130, 70), (5, 64, 16), (33, 3, 65)]
+
+
+@pytest.mark.parametrize("layout", ["kn", "nk"])
+def test_gemm_i8_matches_int64_matmul(layout: str) -> None:
+    rng = _rng(4)
+    for m, k, n in GEMM_SHAPES:
+        a = _values(rng, (m, k), 8)
+        b = _values(rng, (k, n), 8)
+        a[0, 0], b[0, 0] = -128, -128
+        za = int(rng.integers(-128, 128))
+        zb = rng.integers(-128, 128, n).astype(np.int32)
+        bias = rng.integers(-(2**20), 2**20, n).astype(np.int32)
+        ref = (a.astype(np.int64) - za) @ (b.astype(np.int64) - zb[None, :]) + bias
+        given = b if layout == "kn" else np.ascontiguousarray(b.T)
+        got = nk.gemm_i8(a, given, za, zb, bias, layout=layout)
+        np.testing.assert_array_equal(got, ref, err_msg=f"shape {(m, k, n)}")
+        packed = nk.pack_weight(given, layout)
+        np.testing.assert_array_equal(
+            nk.gemm_i8(a, packed, za, 3, threads=2), (a.astype(np.int64) - za) @ (b.astype(np.int64) - 3)
+        )
+
+
+def test_gemm_i8_matches_linear_int() -> None:
+    rng = _rng(5)
+    x, w = _values(rng, (50, 24), 8), _values(rng, (24, 10), 8)
+    bias = rng.integers(-1000, 1000, 10).astype(np.int32)
+    ref = LINEAR_INT(
+        torch.from_numpy(x), torch.tensor(4), torch.from_numpy(w), torch.tensor(-2), torch.from_numpy(bias)
+    ).numpy()
+    np.testing.assert_array_equal(nk.gemm_i8(x, w, 4, -2, bias), ref)
+
+
+def test_bad_inputs_raise_one_line_input_errors() -> None:
+    csr = nk.CSR.from_edge_index(np.array([[0, 1], [1, 0]]), 2)
+    q = np.zeros((2, 4), dtype=np.int8)
+    bad = [
+        lambda: nk.spmm(csr, q.astype(np.int16), 8, 0),
+        lambda: nk.spmm(csr, np.zeros((4, 4), dtype=np.int8)[::2], 8, 0),
+        lambda: nk.spmm(csr, np.zeros((3, 4), dtype=np.int8), 8, 0),
+        lambda: nk.spmm(csr, q, 3, 0),
+        lambda: nk.spmm(csr, q, 4, 0, num_features=9),
+        lambda: nk.spmm(csr, q, 8, 0, edge_weights=np.ones(3, dtype=np.int8)),
+        lambda: nk.CSR.from_edge_index(np.array([[0, 5], [1, 0]]), 2),
+        lambda: nk.CSR(np.array([0, 1, 2]), np.array([0, 7], dtype=np.int32), 2),
+        lambda: nk.CSR(np.array([0, 2, 1]), np.array([0, 1], dtype=np.int32), 2),
+        lambda: nk.requantize(np.zeros((2, 3), dtype=np.int64), 0.5, 0, -128, 127),
+        lambda: nk.requantize(np.zeros((2, 3), dtype=np.int32), np.ones(4), 0, -128, 127),
+        lambda: nk.requantize(np.zeros((2, 3), dtype=np.int32), 0.5, 0, -300, 127),
+        lambda: nk.gemm_i8(np.zeros((2, 3), dtype=np.int8), np.zeros((4, 2), dtype=np.int8)),
+        lambda: nk.pack(np.array([[8]]), 4),
+    ]
+    for fn in bad:
+        with pytest.raises(InputError) as info:
+            fn()
+        assert "\n" not in str(info.value)
+
+
+def test_missing_compiler_is_a_clear_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(build, "_loaded", None)
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(InputError, match="no C compiler found. install gcc"):
+        build.load()
+
+
+def test_library_is_cached_by_hash(lib: build.NativeLib) -> None:
+    assert lib.path.parent == build.cache_dir() and lib.path.suffix == ".so"
+    assert lib.path.stem == build.library_key(build.find_compiler())
+    assert "-O3" in lib.flags and build.load() is lib
+
+
+def test_portable_build_without_vnni_or_openmp_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain-C fallbacks (scalar GEMM, no OpenMP) give the same integers."""
+    monkeypatch.setattr(build, "_loaded", None)
+    monkeypatch.setattr(build, "FLAG_SETS", [[]])
+    portable = build.load()
+    assert not portable.vnni and not portable.openmp and portable.flags[-1] == "-fPIC"
+    rng = _rng(6)
+    a, b = _values(rng, (33, 13), 8), _values(rng, (13, 21), 8)
+    zb = rng.integers(-128, 128, 21).astype(np.int32)
+    ref = (a.astype(np.int64) + 5) @ (b.astype(np.int64) - zb) + 9
+    np.testing.assert_array_equal(nk.gemm_i8(a, b, -5, zb, np.full(21, 9, dtype=np.int32)), ref)
+    ei = _graph(rng, 60, 500)
+    q = _values(rng, (60, 19), 4)
+    csr = nk.CSR.from_edge_index(ei, 60)
+    acc = nk.spmm(csr, nk.pack(q, 4), 4, -1, num_features=19, threads=2)
+    np.testing.assert_array_equal(acc, _reference(ei, 60, q, -1, None, 0))
+    np.testing.assert_array_equal(
+        nk.requantize(acc, 0.5, 2, -128, 127),
+        _torch_requantize(acc, np.array(0.5), np.array(2), -128, 127, 0),
+    )
