@@ -47,7 +47,7 @@ from quantgraph.ir.mixed_fake_quant import DEFAULT_CANDIDATES, MixedPrecisionFak
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
 from quantgraph.passes.prepare_qat import default_tail, fake_quant_nodes, require_fake_quant
 from quantgraph.passes.registry import register_pass
-from quantgraph.passes.train_qat import GRAPH_TASK_DEFAULTS, NO_LABELS_FIX, NODE_TASK_DEFAULTS
+from quantgraph.passes.train_qat import GRAPH_TASK_DEFAULTS, NODE_TASK_DEFAULTS, require_labelled_task
 from quantgraph.training import collate_graphs, train_graph_classifier, train_node_classifier
 
 DEFAULTS: dict[str, Any] = {
@@ -179,12 +179,7 @@ class SearchBitsPass(PassBase):
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         require_fake_quant(gm, self.name)
-        task = ctx.task_data
-        if task.get("graphs") is None and task.get("node") is None:
-            raise InputError("no labelled training data was given", NO_LABELS_FIX)
-        data = task.get("node")
-        if data is not None and (data.y is None or data.train_mask is None or data.val_mask is None):
-            raise InputError(f"dataset {data.name} has no labels or no train/validation masks", NO_LABELS_FIX)
+        require_labelled_task(ctx)
         if not ctx.calibration_data:
             raise InputError("no calibration graph was given", "pass --data with a graph to count BitOPs on")
 

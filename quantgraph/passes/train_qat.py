@@ -26,6 +26,16 @@ NO_LABELS_FIX = (
 )
 
 
+def require_labelled_task(ctx: CompileContext) -> None:
+    """Training passes need labels with train/validation splits (node masks, or graph splits)."""
+    task = ctx.task_data
+    if task.get("graphs") is None and task.get("node") is None:
+        raise InputError("no labelled training data was given", NO_LABELS_FIX)
+    data = task.get("node")
+    if data is not None and (data.y is None or data.train_mask is None or data.val_mask is None):
+        raise InputError(f"dataset {data.name} has no labels or no train/validation masks", NO_LABELS_FIX)
+
+
 @register_pass
 class TrainQATPass(PassBase):
     """Fine-tune the fake-quantized graph (full batch for nodes, mini-batches for graph classification)."""
@@ -35,12 +45,7 @@ class TrainQATPass(PassBase):
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         require_fake_quant(gm, self.name)
-        task = ctx.task_data
-        if task.get("graphs") is None and task.get("node") is None:
-            raise InputError("no labelled training data was given", NO_LABELS_FIX)
-        data = task.get("node")
-        if data is not None and (data.y is None or data.train_mask is None or data.val_mask is None):
-            raise InputError(f"dataset {data.name} has no labels or no train/validation masks", NO_LABELS_FIX)
+        require_labelled_task(ctx)
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         opts = ctx.options
