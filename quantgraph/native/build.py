@@ -163,8 +163,8 @@ def _bind(lib: ctypes.CDLL) -> None:
         c.c_int,
         vp,
         i64,
+        c.c_int,
     ]
-    lib.csr_spmm_requant.argtypes += [c.c_int]
     lib.csr_spmm_requant.restype = c.c_int
     lib.requantize_i32.argtypes = [
         vp,
@@ -180,8 +180,9 @@ def _bind(lib: ctypes.CDLL) -> None:
         c.c_int,
         vp,
         c.c_int,
+        i64,
+        c.c_int,
     ]
-    lib.requantize_i32.argtypes += [i64, c.c_int]
     lib.requantize_i32.restype = c.c_int
     lib.gemm_i8_packed_size.argtypes = [i64, i64]
     lib.gemm_i8_packed_size.restype = i64
