@@ -1,10 +1,12 @@
-"""The ``quantgraph`` command line: train, compile, eval, inspect, demo, passes."""
+"""The ``quantgraph`` command line: train, compile, eval, run, inspect, demo, passes."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +15,7 @@ from rich.console import Console
 
 from quantgraph.errors import InputError, QuantGraphError
 
-BACKENDS = ("onnx-qdq", "onnx-int")
+BACKENDS = ("onnx-qdq", "onnx-int", "native")
 QAT_OPTIONS = ("epochs", "lr", "weight_decay", "seed", "p_min", "p_max", "batch_size")
 #: mixq search flags: argparse dest -> compile option
 MIXQ_OPTIONS = {
@@ -130,6 +132,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     options.update({"calibration": args.calibration, "percentile_tail": args.percentile_tail})
     if args.int_overflow:
         options["int_overflow"] = args.int_overflow
+    if args.skip_roles:
+        options["skip_roles"] = [r.strip() for spec in args.skip_roles for r in spec.split(",") if r.strip()]
     options.update(
         {opt: getattr(args, dest) for dest, opt in MIXQ_OPTIONS.items() if getattr(args, dest) is not None}
     )
@@ -146,7 +150,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         backend=args.backend,
     )
-    compiled.export_onnx(args.output, task.data)
+    compiled.export(args.output, task.data)
     report = compiled.public_report()
     report["output"] = str(args.output)
     if args.report:
@@ -181,6 +185,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if acc is None:
         raise InputError(f"dataset {data.name} has no labels", "evaluate on a labelled dataset")
     _console(args).print(f"{path.name} on {data.name} ({args.split}): accuracy {100 * acc:.2f}%")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from quantgraph.data.task import load_task
+    from quantgraph.fileio import atomic_write_bytes
+    from quantgraph.metrics import accuracy
+    from quantgraph.native.runtime import NativeModel
+
+    model = NativeModel.load(args.model, threads=args.threads)
+    task = load_task(args.data, args.data_root)
+    data = task.data
+    inputs = data.inputs()
+    prepared = model.prepare(inputs)
+    start = time.perf_counter()
+    logits = model.run(inputs, prepared)
+    seconds = time.perf_counter() - start
+    console = _console(args)
+    name = Path(args.model).name
+    console.print(
+        f"{name} on {data.name}: graph prepared in {prepared.seconds:.3f} s, inference {seconds:.3f} s"
+    )
+    mask = getattr(data, f"{args.split}_mask") if args.split != "all" and task.kind == "node" else None
+    acc = accuracy(logits, data.y, mask)
+    if acc is not None:
+        console.print(f"{name} on {data.name} ({args.split}): accuracy {100 * acc:.2f}%")
+    if args.output:
+        buf = io.BytesIO()
+        np.save(buf, logits.numpy(), allow_pickle=False)
+        atomic_write_bytes(args.output, buf.getvalue())
+        console.print(f"wrote logits {tuple(logits.shape)} to {args.output}")
     return 0
 
 
@@ -290,12 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         default="onnx-qdq",
         choices=BACKENDS,
-        help="onnx-qdq: Q/DQ around float ops; onnx-int: integer linear layers and aggregations",
+        help="onnx-qdq: Q/DQ around float ops; onnx-int: integer linear layers and aggregations; "
+        "native: the integer model for quantgraph's own kernels (a .qgn file, run with `quantgraph run`)",
+    )
+    p.add_argument(
+        "--skip-role",
+        dest="skip_roles",
+        action="append",
+        help="leave values of this role unquantized (repeatable or comma-separated, e.g. message)",
     )
     p.add_argument(
         "--int-overflow",
         choices=["error", "float"],
-        help="onnx-int: when an int32 accumulator could overflow, fail (default) or keep that op in float",
+        help="integer backends: when an int32 accumulator could overflow, fail (default) or keep that op in float",
     )
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--report", help="write the report JSON here")
@@ -336,6 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("run", help="run a native model (.qgn) with the integer kernels")
+    p.add_argument("model", help="a .qgn file from `quantgraph compile --backend native`")
+    _add_data_args(p)
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all cores)")
+    p.add_argument("-o", "--output", help="write the logits here (.npy)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("inspect", help="print the IR (with quantization annotations) or an ONNX graph")
     p.add_argument("file")

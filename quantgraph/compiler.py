@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx
 
+import quantgraph
 from quantgraph.bitops import count_bitops
 from quantgraph.data import GraphData, validate_graph
 from quantgraph.errors import InputError
@@ -23,13 +24,16 @@ from quantgraph.ir.ops import DEQUANTIZE
 from quantgraph.metrics import accuracy, argmax_agreement, sqnr_db
 from quantgraph.passes import CompileContext, PassBase, PassManager, get_pass
 from quantgraph.policies import get_policy
+from quantgraph.policies.base import without_roles
 
 GRAPH_ONLY_PASSES = ("strip-dropout", "canonicalize", "tag-roles")
 #: Passes each backend appends to the policy's pipeline (unless the pipeline already has them).
 BACKEND_PASSES: dict[str, tuple[str, ...]] = {
     "onnx-qdq": (),
     "onnx-int": ("quantize-bias", "fold-scales"),
+    "native": ("quantize-bias", "fold-scales"),
 }
+INTEGER_BACKENDS = ("onnx-int", "native")
 
 
 @dataclass
@@ -70,7 +74,7 @@ class CompiledModel:
         from quantgraph.backends.onnx_export import export_onnx
 
         gm = self.graph_module if quantized else self.fp32_module
-        integer = quantized and self.backend == "onnx-int"
+        integer = quantized and self.backend in INTEGER_BACKENDS
         return export_onnx(gm, input_names=self.input_names, dim_names=self.dim_names, integer=integer)
 
     def export_onnx(self, path: str | Path, data: GraphData | None = None) -> dict[str, Any]:
@@ -90,6 +94,51 @@ class CompiledModel:
         }
         save_onnx(model, path)
         return onnx_report
+
+    def to_native(self, data: GraphData | None = None, threads: int | None = None):
+        """The native program of the integer IR (``backend="native"``), as a runnable ``NativeModel``."""
+        from quantgraph.backends.native_lower import lower_to_native
+        from quantgraph.native.runtime import NativeModel
+
+        if self.backend != "native":
+            raise InputError(
+                f"this model was compiled for {self.backend}", "compile it with backend='native'"
+            )
+        data = data if data is not None else self.report.get("_data")
+        meta = {
+            "quantgraph_version": quantgraph.__version__,
+            "policy": self.report.get("policy"),
+            "bits": self.report.get("bits"),
+            "dim_names": dict(self.dim_names),
+        }
+        proven = {
+            a["node"]: a["max_in_degree"]
+            for a in self.report.get("integer", {}).get("accumulators", [])
+            if a.get("kind") == "aggregation"
+        }
+        program = lower_to_native(self.graph_module, self.input_names, data.inputs(), meta, proven)
+        return NativeModel(program, threads)
+
+    def export_native(self, path: str | Path, data: GraphData | None = None) -> dict[str, Any]:
+        """Lower to a native program, check it against the IR on ``data``, write ``path`` (``.qgn``)."""
+        from quantgraph.backends.verify_native import verify_native
+
+        data = data if data is not None else self.report.get("_data")
+        model = self.to_native(data)
+        native_report = verify_native(model, self, data)
+        self.report.setdefault("accuracy", {})["native"] = native_report.pop("accuracy")
+        self.report["native"] = native_report
+        self.report["size_bytes"] = {
+            "fp32": len(self.to_onnx(quantized=False).SerializeToString()),
+            "quantized": model.save(path),
+        }
+        return native_report
+
+    def export(self, path: str | Path, data: GraphData | None = None) -> dict[str, Any]:
+        """Write the backend's artifact: ONNX for ``onnx-qdq``/``onnx-int``, ``.qgn`` for ``native``."""
+        if self.backend == "native":
+            return self.export_native(path, data)
+        return self.export_onnx(path, data)
 
     def public_report(self) -> dict[str, Any]:
         return {k: v for k, v in self.report.items() if not k.startswith("_")}
@@ -161,12 +210,13 @@ def compile(  # noqa: A001 - mirrors the CLI command
     ``data`` is the graph used for calibration (and for accuracy when it has labels); ``calibration``
     may give more graphs. ``pipeline`` replaces the policy's pass list; ``passes`` adds user passes.
     ``options``: ``calibration`` ("minmax" or "percentile") and ``percentile_tail`` set the activation
-    range method; QAT policies read ``epochs``, ``lr``, ``weight_decay``, ``seed``, ``p_min``/``p_max``.
+    range method; ``skip_roles`` (role names) removes the policy's quantizers at those roles; QAT policies read ``epochs``, ``lr``, ``weight_decay``, ``seed``, ``p_min``/``p_max``.
     ``task_data``: labelled data for training passes (default ``{"node": data}``; graph
     classification: ``{"graphs": {"train": [...], "val": [...]}}``).
     Passes run under ``torch.manual_seed(options["seed"])`` (default 0), so a compile is repeatable.
-    ``backend``: "onnx-qdq" (Q/DQ around float ops) or "onnx-int" (adds ``quantize-bias`` and
-    ``fold-scales``: integer linear layers and aggregations; ``options["int_overflow"]``).
+    ``backend``: "onnx-qdq" (Q/DQ around float ops), "onnx-int" (adds ``quantize-bias`` and
+    ``fold-scales``: integer linear layers and aggregations; ``options["int_overflow"]``) or "native" (the
+    same integer IR, for the native kernels: ``CompiledModel.to_native`` / ``export_native``).
     """
     if backend not in BACKEND_PASSES:
         raise InputError(f"unknown backend '{backend}'", f"use one of {', '.join(BACKEND_PASSES)}")
@@ -176,6 +226,7 @@ def compile(  # noqa: A001 - mirrors the CLI command
     qconfig = (
         pol.build_qconfig(bits, opts.get("calibration"), opts.get("percentile_tail")) if pol.quantizes else {}
     )
+    qconfig = without_roles(qconfig, opts.get("skip_roles"))
     width = None if isinstance(model, TracedGraph) else expected_feature_width(model)
     validate_graph(data.x, data.edge_index, expected_features=width, name=data.name)
     traced = _trace(model, data, training=bool(opts.get("trace_training")))

@@ -32,6 +32,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     )
     if "onnx" in acc:
         table.add_row("accuracy (onnxruntime)", "", _pct(acc.get("onnx")))
+    if "native" in acc:
+        table.add_row("accuracy (native kernels)", "", _pct(acc.get("native")))
     if size:
         ratio = size["fp32"] / size["quantized"] if size.get("quantized") else 0.0
         table.add_row(
@@ -64,6 +66,13 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     if "integer_tensors" in onnx:
         check = onnx["integer_tensors"]
         table.add_row("onnxruntime integers equal IR", "", f"{check['equal']} ({check['compared']} tensors)")
+    native = report.get("native")
+    if native:
+        check = native["integer_tensors"]
+        table.add_row("native integers equal IR", "", f"{check['equal']} ({check['compared']} tensors)")
+        table.add_row("native vs IR max |error|", "", f"{native['max_abs_error']:.3g}")
+        steps = native["feature_steps"]
+        table.add_row("native kernel steps / ATen steps", "", f"{steps['native']} / {steps['aten']}")
     for row in report.get("per_layer_sqnr", []):
         sqnr = "∞" if row["sqnr_db"] is None else f"{row['sqnr_db']:.1f} dB"
         table.add_row(f"SQNR layer {row['layer']} ({row['role']})", "", sqnr)

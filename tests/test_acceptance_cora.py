@@ -1,4 +1,5 @@
-"""Acceptance on Cora: each zoo architecture compiled with minmax INT8 stays close to FP32 in onnxruntime.
+"""Acceptance on Cora: each zoo architecture compiled with minmax INT8 stays close to FP32 in onnxruntime,
+and the native backend reproduces the fake-quant model's accuracy exactly.
 
 Trains each model once (seed 0, per-arch defaults) — about a minute on 2 cores in all.
 """
@@ -52,6 +53,11 @@ def test_minmax_int8_and_int4_on_cora(arch, cora, tmp_path):
         assert abs(robust.report["accuracy"]["fp32"] - robust.report["accuracy"]["onnx"]) <= 0.01
     else:
         assert abs(acc["fp32"] - acc["onnx"]) <= 0.01
+    native = qg_compile(model, cora, policy="minmax", bits=8, backend="native")
+    native_report = native.export_native(tmp_path / "m8.qgn", cora)
+    # the native kernels compute the fake-quant model's integers exactly, so the accuracy is the same
+    assert native_report["integer_tensors"]["equal"] and native_report["max_abs_error"] == 0.0
+    assert native.report["accuracy"]["native"] == native.report["accuracy"]["quantized"]
     four = qg_compile(model, cora, policy="minmax", bits=4)
     four_report = four.export_onnx(tmp_path / "m4.onnx", cora)
     assert four_report["argmax_agreement"] >= 0.99

@@ -221,6 +221,7 @@ class IntFormBuilder:
             new = self._call(SCATTER, (ints, index, num_nodes, "max"), node, node)
             return IntForm(new, src.scale, src.bound)
         new = self._call(SCATTER, (ints, index, num_nodes, "sum"), node, node)
+        new.meta["qg_accumulator"] = node.name  # the key of its AccumulatorBound
         degree = self.in_degree(node)
         bound = src.bound * degree
         self.accumulators.append(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
 from typing import Any
@@ -50,6 +50,18 @@ class Policy:
             role: spec if role in fixed else replace(spec, observer=calibration, observer_args=args)
             for role, spec in qconfig.items()
         }
+
+
+def without_roles(qconfig: dict[Role, QuantSpec], names: Sequence[str] | None) -> dict[Role, QuantSpec]:
+    """``qconfig`` with no quantizer at the named roles (like NNCF's ignored scope, by role)."""
+    skipped = set()
+    for name in names or ():
+        try:
+            skipped.add(Role(name))
+        except ValueError:
+            valid = ", ".join(r.value for r in Role if r in qconfig) or "none"
+            raise InputError(f"unknown role '{name}' to skip", f"use one of {valid}") from None
+    return {role: spec for role, spec in qconfig.items() if role not in skipped}
 
 
 _POLICIES: dict[str, Policy] = {}

@@ -1,0 +1,148 @@
+"""The ``.qgn`` artifact of ``--backend native``: a zip of NumPy arrays and a JSON program, no pickle.
+
+Layout (every member stored in sorted order with a fixed timestamp, so the same program gives the same bytes):
+
+* ``program.json``: ``{"format": "quantgraph-native", "version": 1, "inputs": [...], "outputs": [...],
+  "steps": [...], "meta": {...}}``.
+* ``arrays/<name>.npy``: the constants, written with ``np.save(allow_pickle=False)``.
+
+A step is ``{"op", "args", "kwargs", "out", "stage", "source"}``:
+
+* ``op``: ``aten.<name>.<overload>`` or ``quantgraph.<name>.<overload>`` (an op of that library, resolved by
+  name), ``operator.<name>`` (integer arithmetic on sizes), or ``native.<kernel>`` (see ``runtime``).
+* ``args``/``kwargs``: JSON values where ``{"value": n}`` is an input or an earlier step's output,
+  ``{"array": n}`` a constant, ``{"dtype": "float32"}`` a tensor dtype and ``{"float": "inf"}`` a non-finite
+  float; lists nest.
+* ``stage``: ``graph`` (depends only on the graph structure and sizes: run once per graph) or ``feature``.
+* ``source``: the IR node whose value the step computes (integer checks are keyed by it), or ``null``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantgraph.errors import InputError
+from quantgraph.fileio import atomic_write_bytes
+
+FORMAT = "quantgraph-native"
+VERSION = 1
+STAGES = ("graph", "feature")
+_PROGRAM = "program.json"
+_ARRAYS = "arrays/"
+_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass
+class Step:
+    """One operation of a native program."""
+
+    op: str
+    args: list[Any]
+    out: str
+    stage: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+
+@dataclass
+class Program:
+    """A native program: inputs, steps in execution order, outputs, constants and metadata."""
+
+    inputs: list[str]
+    outputs: list[str]
+    steps: list[Step]
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "steps": [asdict(s) for s in self.steps],
+            "meta": self.meta,
+        }
+
+
+def _member(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def program_bytes(program: Program) -> bytes:
+    """The ``.qgn`` bytes of ``program`` (deterministic)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        text = json.dumps(program.to_json(), indent=1, sort_keys=True)
+        zf.writestr(_member(_PROGRAM), text.encode())
+        for name in sorted(program.arrays):
+            arr = np.ascontiguousarray(program.arrays[name])
+            if arr.dtype.hasobject:
+                raise InputError(f"constant {name} holds Python objects", "store numeric arrays only")
+            npy = io.BytesIO()
+            np.save(npy, arr, allow_pickle=False)
+            zf.writestr(_member(f"{_ARRAYS}{name}.npy"), npy.getvalue())
+    return buf.getvalue()
+
+
+def save_program(program: Program, path: str | Path) -> int:
+    """Write ``program`` to ``path`` atomically; returns the number of bytes written."""
+    payload = program_bytes(program)
+    atomic_write_bytes(path, payload)
+    return len(payload)
+
+
+def load_program(path: str | Path) -> Program:
+    """Read a ``.qgn`` file (arrays are loaded with ``allow_pickle=False``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(
+            f"native model {path} does not exist", "create one with `quantgraph compile --backend native`"
+        )
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if _PROGRAM not in names:
+                raise InputError(
+                    f"{path} is not a quantgraph native model (no {_PROGRAM})",
+                    "pass a .qgn file from `quantgraph compile --backend native`",
+                )
+            doc = json.loads(zf.read(_PROGRAM))
+            arrays = {
+                n[len(_ARRAYS) : -len(".npy")]: np.load(io.BytesIO(zf.read(n)), allow_pickle=False)
+                for n in sorted(names)
+                if n.startswith(_ARRAYS) and n.endswith(".npy")
+            }
+    except (zipfile.BadZipFile, json.JSONDecodeError, ValueError, OSError) as err:
+        raise InputError(
+            f"{path} is not a quantgraph native model ({str(err).splitlines()[0][:100]})",
+            "re-create it with `quantgraph compile --backend native`",
+        ) from err
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise InputError(f"{path} is not a quantgraph native model", "pass a .qgn file written by quantgraph")
+    if doc.get("version") != VERSION:
+        raise InputError(
+            f"{path} has native format version {doc.get('version')}, this quantgraph reads {VERSION}",
+            "re-compile the model with this version of quantgraph",
+        )
+    try:
+        steps = [Step(**s) for s in doc["steps"]]
+        program = Program(list(doc["inputs"]), list(doc["outputs"]), steps, arrays, dict(doc.get("meta", {})))
+    except (KeyError, TypeError) as err:
+        raise InputError(
+            f"{path} has a malformed program ({err})", "re-create it with `quantgraph compile`"
+        ) from err
+    for step in program.steps:
+        if step.stage not in STAGES:
+            raise InputError(f"{path}: step {step.out} has stage {step.stage!r}", "re-create the model")
+    return program

@@ -1,0 +1,351 @@
+"""Run a native program (``.qgn``): integer kernels for the hot ops, PyTorch's ATen ops for the rest.
+
+>>> model = NativeModel.load("gcn.qgn")
+>>> graph = model.prepare({"edge_index": edge_index, "x": x})   # graph stage: once per graph
+>>> logits = model.run({"x": x, "edge_index": edge_index}, graph)
+
+* ``native.csr`` (graph stage) builds an aggregation's CSR with its integer edge weights.
+* ``native.aggregate``: ``spmm``/``spmm_requantize`` on int8 or packed 4/2-bit features (with the per-edge
+  message quantizer when the program has one); ``native.linear``: ``gemm_i8`` on a weight packed once at load,
+  plus ``requantize``; ``native.requantize``: ``requantize``. Their outputs are int8 (the IR's int32 values,
+  stored narrow) and are widened to int32 where an ATen op reads them, so every op sees the IR's dtypes.
+* Every other step is the ATen (or ``quantgraph``) op it names, resolved by name from PyTorch's op registry;
+  no code is loaded from the file. Unknown ops are refused when the program is loaded.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import quantgraph.ir.int_ops  # noqa: F401  (registers quantgraph::linear_int / requantize)
+import quantgraph.ir.ops  # noqa: F401  (registers quantgraph::gather / scatter / quantize / dequantize)
+from quantgraph.errors import InputError
+from quantgraph.native import kernels
+from quantgraph.native.artifact import Program, Step, load_program, save_program
+
+OPERATORS: dict[str, Callable[..., Any]] = {
+    "add": operator.add,
+    "sub": operator.sub,
+    "mul": operator.mul,
+    "floordiv": operator.floordiv,
+}
+NATIVE_OPS = ("native.csr", "native.aggregate", "native.linear", "native.requantize", "input.size")
+LIBRARIES = ("aten", "quantgraph")
+INT32_MAX = 2**31 - 1
+
+
+def resolve_op(op: str) -> Callable[..., Any] | None:
+    """The callable of a generic step's op name, or None for the native ones."""
+    if op in NATIVE_OPS:
+        return None
+    library, _, rest = op.partition(".")
+    if library == "operator" and rest in OPERATORS:
+        return OPERATORS[rest]
+    name, _, overload = rest.rpartition(".")
+    if library in LIBRARIES and name:
+        try:
+            return getattr(getattr(getattr(torch.ops, library), name), overload)
+        except (AttributeError, RuntimeError):
+            pass
+    raise InputError(
+        f"the native model uses op {op!r}, which this runtime does not know",
+        "re-compile the model with this version of quantgraph",
+    )
+
+
+@dataclass
+class PreparedGraph:
+    """The graph stage's values for one graph (CSRs, quantized edge weights, sizes)."""
+
+    values: dict[str, Any]
+    shapes: dict[str, tuple[int, ...]]
+    seconds: float = 0.0
+
+
+@dataclass
+class StepTime:
+    """Time spent in one step of the last profiled run."""
+
+    op: str
+    out: str
+    seconds: float
+
+
+@dataclass
+class NativeModel:
+    """A loaded native program, ready to prepare graphs and run them."""
+
+    program: Program
+    threads: int | None = None
+    profile: list[StepTime] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._ops = {s.out: resolve_op(s.op) for s in self.program.steps}
+        self._tensors = {k: torch.from_numpy(np.array(v)) for k, v in self.program.arrays.items()}
+        self._narrow: set[str] = {  # int8 outputs of native steps whose IR value is int32
+            s.out
+            for s in self.program.steps
+            if s.op == "native.requantize" or (s.op.startswith("native.") and s.kwargs.get("requant"))
+        }
+        self._weights = {
+            s.out: kernels.pack_weight(self.array(s.kwargs["weight"]).astype(np.int8))
+            for s in self.program.steps
+            if s.op == "native.linear"
+        }
+        self.feature_inputs = [
+            n for n in self.program.meta.get("feature_inputs", []) if n in self.program.inputs
+        ]
+
+    # ---------------------------------------------------------------------------------------------- files
+    @classmethod
+    def load(cls, path: str | Path, threads: int | None = None) -> NativeModel:
+        return cls(load_program(path), threads)
+
+    def save(self, path: str | Path) -> int:
+        return save_program(self.program, path)
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.program.inputs)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.program.meta
+
+    # ---------------------------------------------------------------------------------------------- running
+    def prepare(self, inputs: Mapping[str, Any]) -> PreparedGraph:
+        """Run the graph stage on a graph's structure inputs (feature inputs give only their shapes)."""
+        start = time.perf_counter()
+        shapes = {n: tuple(np.shape(self._input(inputs, n))) for n in self.feature_inputs}
+        values: dict[str, Any] = {
+            n: torch.as_tensor(self._input(inputs, n)) for n in self.program.inputs if n not in shapes
+        }
+        for step in self._steps("graph"):
+            if step.op == "input.size":
+                name, axis = step.args
+                values[step.out] = int(shapes[name][axis])
+            else:
+                values[step.out] = self._execute(step, values)
+        return PreparedGraph(values, shapes, time.perf_counter() - start)
+
+    def run_all(
+        self,
+        inputs: Mapping[str, Any],
+        prepared: PreparedGraph | None = None,
+        capture: dict[str, Tensor] | None = None,
+        profile: bool = False,
+    ) -> list[Any]:
+        """All outputs; ``capture`` (a dict) receives the integers of every quantize/requantize step."""
+        if prepared is None:
+            prepared = self.prepare(inputs)
+        values = dict(prepared.values)
+        for name in self.feature_inputs:
+            x = torch.as_tensor(self._input(inputs, name))
+            if tuple(x.shape) != prepared.shapes[name]:
+                raise InputError(
+                    f"input {name} has shape {tuple(x.shape)}, the graph was prepared for {prepared.shapes[name]}",
+                    "prepare the graph again for these inputs",
+                )
+            values[name] = x
+        self.profile = []
+        for step in self._steps("feature"):
+            start = time.perf_counter() if profile else 0.0
+            values[step.out] = self._execute(step, values)
+            if profile:
+                self.profile.append(StepTime(step.op, step.out, time.perf_counter() - start))
+            if capture is not None and step.source is not None:
+                capture[step.source] = self._widen(step.out, values[step.out])
+        if capture is not None:
+            for step in self._steps("graph"):
+                if step.source is not None:
+                    capture[step.source] = values[step.out]
+        return [values[n] for n in self.program.outputs]
+
+    def run(self, inputs: Mapping[str, Any], prepared: PreparedGraph | None = None) -> Tensor:
+        """The first output (the logits)."""
+        return self.run_all(inputs, prepared)[0]
+
+    def integer_values(
+        self, inputs: Mapping[str, Any], prepared: PreparedGraph | None = None
+    ) -> dict[str, Tensor]:
+        """Integers of every materialised quantize/requantize, keyed like ``CompiledModel.integer_values``."""
+        captured: dict[str, Tensor] = {}
+        self.run_all(inputs, prepared, capture=captured)
+        return captured
+
+    # ---------------------------------------------------------------------------------------------- internals
+    def _steps(self, stage: str) -> list[Step]:
+        return [s for s in self.program.steps if s.stage == stage]
+
+    @staticmethod
+    def _input(inputs: Mapping[str, Any], name: str) -> Any:
+        if name not in inputs:
+            raise InputError(
+                f"missing input {name!r}", f"pass {name} (the model's inputs: x, edge_index, ...)"
+            )
+        return inputs[name]
+
+    def array(self, ref: Any) -> np.ndarray:
+        return self.program.arrays[ref["array"]]
+
+    def _widen(self, name: str, value: Any) -> Any:
+        return value.to(torch.int32) if name in self._narrow and isinstance(value, Tensor) else value
+
+    def _decode(self, arg: Any, values: dict[str, Any]) -> Any:
+        if isinstance(arg, dict):
+            if "value" in arg:
+                return self._widen(arg["value"], values[arg["value"]])
+            if "array" in arg:
+                return self._tensors[arg["array"]]
+            if "dtype" in arg:
+                return getattr(torch, arg["dtype"])
+            if "float" in arg:
+                return float(arg["float"])
+            raise InputError(f"malformed argument {arg}", "re-create the native model")
+        if isinstance(arg, list):
+            return [self._decode(a, values) for a in arg]
+        return arg
+
+    def _numpy(self, arg: Any, values: dict[str, Any]) -> np.ndarray:
+        """A value or constant as NumPy, without widening native outputs."""
+        if isinstance(arg, dict) and "value" in arg:
+            value = values[arg["value"]]
+        else:
+            value = self._decode(arg, values)
+        return value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+
+    def _execute(self, step: Step, values: dict[str, Any]) -> Any:
+        fn = self._ops[step.out]
+        if fn is not None:
+            args = [self._decode(a, values) for a in step.args]
+            kwargs = {k: self._decode(v, values) for k, v in step.kwargs.items()}
+            return fn(*args, **kwargs)
+        native = {
+            "native.csr": self._csr,
+            "native.aggregate": self._aggregate,
+            "native.linear": self._linear,
+            "native.requantize": self._requantize,
+        }[step.op]
+        return native(step, values)
+
+    def _csr(self, step: Step, values: dict[str, Any]) -> kernels.CSR:
+        src_arg, dst_arg, rows_arg, weight_arg = step.args
+        src, dst = self._numpy(src_arg, values), self._numpy(dst_arg, values)
+        rows = int(self._decode(rows_arg, values))
+        weights = None
+        if weight_arg is not None:
+            w = self._numpy(weight_arg, values).reshape(-1)
+            if w.size and (w.min() < -(2**15) or w.max() >= 2**15):
+                raise InputError(
+                    f"edge weights of {step.out} exceed int16", "quantize edge weights to <= 8 bits"
+                )
+            narrow = np.int8 if not w.size or (w.min() >= -128 and w.max() <= 127) else np.int16
+            weights = w.astype(narrow)
+        index_dtype = np.int32 if rows < 2**31 else np.int64
+        csr = kernels.CSR.from_edge_index(np.stack([src, dst]), rows, weights, index_dtype=index_dtype)
+        check_accumulator(step, csr)
+        return csr
+
+    def _requant_args(self, requant: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "multiplier": self._numpy(requant["multiplier"], values).astype(np.float64),
+            "zero_point": self._numpy(requant["zero_point"], values),
+            "qmin": int(requant["qmin"]),
+            "qmax": int(requant["qmax"]),
+            "axis": int(requant["axis"]),
+        }
+
+    def _int8(self, arg: Any, values: dict[str, Any]) -> np.ndarray:
+        return np.ascontiguousarray(self._numpy(arg, values), dtype=np.int8)
+
+    def _aggregate(self, step: Step, values: dict[str, Any]) -> Tensor:
+        csr = values[step.args[0]["value"]]
+        q = self._int8(step.args[1], values)
+        kw = step.kwargs
+        bits, zx, num_features = int(kw["bits"]), int(kw["zero_point"]), q.shape[1]
+        feats = q if bits == 8 else kernels.pack(q, bits)
+        message = kw.get("message")
+        if message is not None:
+            acc = _message_spmm(csr, q, zx, message)
+            if kw["requant"] is None:
+                return torch.from_numpy(acc)
+            rq = self._requant_args(kw["requant"], values)
+            return torch.from_numpy(kernels.requantize(acc, rq.pop("multiplier"), **rq, threads=self.threads))
+        if kw["requant"] is None:
+            out = kernels.spmm(csr, feats, bits, zx, threads=self.threads, num_features=num_features)
+            return torch.from_numpy(out)
+        rq = self._requant_args(kw["requant"], values)
+        out = kernels.spmm_requantize(
+            csr, feats, bits, zx, rq["multiplier"], rq["zero_point"], rq["qmin"], rq["qmax"],
+            axis=rq["axis"], num_features=num_features, threads=self.threads,
+        )  # fmt: skip
+        return torch.from_numpy(out)
+
+    def _linear(self, step: Step, values: dict[str, Any]) -> Tensor:
+        kw = step.kwargs
+        x = self._int8(step.args[0], values)
+        bias = None if kw["bias"] is None else self.array(kw["bias"]).astype(np.int32).reshape(-1)
+        acc = kernels.gemm_i8(
+            x, self._weights[step.out], int(kw["zero_point"]), self.array(kw["weight_zero_point"]), bias,
+            threads=self.threads,
+        )  # fmt: skip
+        if kw["requant"] is None:
+            return torch.from_numpy(acc)
+        rq = self._requant_args(kw["requant"], values)
+        return torch.from_numpy(kernels.requantize(acc, rq.pop("multiplier"), **rq, threads=self.threads))
+
+    def _requantize(self, step: Step, values: dict[str, Any]) -> Tensor:
+        acc = np.ascontiguousarray(self._numpy(step.args[0], values), dtype=np.int32)
+        rq = self._requant_args(step.kwargs["requant"], values)
+        return torch.from_numpy(kernels.requantize(acc, rq.pop("multiplier"), **rq, threads=self.threads))
+
+
+def _message_spmm(csr: kernels.CSR, q: np.ndarray, zx: int, message: dict[str, Any]) -> np.ndarray:
+    """Aggregation with a per-edge message quantizer, in NumPy (exact; no fused kernel yet)."""
+    counts = np.diff(csr.indptr)
+    rows = np.repeat(np.arange(csr.num_rows), counts)
+    p = q[csr.indices].astype(np.int64) - zx
+    if csr.edge_weights is not None:
+        p *= csr.edge_weights.astype(np.int64)[:, None]
+    m, z = float(message["multiplier"]), int(message["zero_point"])
+    qm = np.clip(np.rint(p.astype(np.float64) * m) + z, message["qmin"], message["qmax"]).astype(np.int64) - z
+    acc = np.zeros((csr.num_rows, q.shape[1]), dtype=np.int64)
+    np.add.at(acc, rows, qm)
+    return acc.astype(np.int32)
+
+
+def check_accumulator(step: Step, csr: kernels.CSR) -> None:
+    """Refuse a graph whose in-degrees break the int32 overflow proof of an aggregation.
+
+    Safe when the max in-degree is at most the one the compile-time proof covered, or, for an aggregation
+    whose requantize is fused (its int32 sum feeds nothing else), when in-degree x the largest term fits int32.
+    """
+    check = step.kwargs.get("overflow_check")
+    if not check or csr.num_rows == 0:
+        return
+    degree = int(np.diff(csr.indptr).max())
+    proven = check.get("proven_max_in_degree")
+    if proven is not None and degree <= proven:
+        return
+    term = check["message_bound"]
+    if term is None:
+        w = csr.edge_weights
+        term = check["feature_bound"] * (
+            int(np.abs(w.astype(np.int64)).max()) if w is not None and w.size else 1
+        )
+    if check.get("requantized") and degree * term <= INT32_MAX:
+        return
+    raise InputError(
+        f"a node of this graph has in-degree {degree}, above the {proven} that the int32 overflow proof of "
+        f"aggregation {step.out} covers",
+        "compile with a calibration graph (--data) that has such in-degrees",
+    )
