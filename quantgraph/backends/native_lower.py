@@ -8,7 +8,8 @@ become native kernels:
   the message quantizer applied per edge inside the kernel, and the ``requantize`` that follows fused in.
   Its CSR (targets as rows, integer edge weights in CSR order) is a ``native.csr`` step of the graph stage.
 * ``native.linear``: ``requantize(linear_int(x, ...))``: the int8 GEMM plus requantize.
-* ``native.requantize``: any other ``requantize`` of an int32 value.
+* ``native.requantize``: any other ``requantize`` of an int32 value, with the zero-point subtraction, int32
+  bias add and ReLU (``clamp_min(., 0)``) before it fused in.
 
 Steps that depend only on the graph's structure and sizes form the ``graph`` stage (edge normalisation,
 quantized edge weights, CSRs): the runtime runs them once per graph. Node counts read off a feature input's
@@ -38,6 +39,8 @@ DROPPED_KWARGS = ("device", "pin_memory", "layout")
 SUB = torch.ops.aten.sub.Tensor
 MUL = torch.ops.aten.mul.Tensor
 SYM_SIZE = torch.ops.aten.sym_size.int
+ADD = torch.ops.aten.add.Tensor
+CLAMP_MIN = torch.ops.aten.clamp_min.default
 INT8_RANGE = (-128, 127)
 
 
@@ -329,16 +332,43 @@ class _Lowering:
             if node.target == LINEAR_INT and node in self.feature and node not in self.fused:
                 if (step := self.match_linear(node)) is not None:
                     self._place(node, [step])
+        for node in self.gm.graph.nodes:
+            if node.target == REQUANTIZE and node in self.feature and node not in self.fused:
+                if (step := self.match_requantize(node)) is not None:
+                    self._place(node, [step])
+
+    def match_requantize(self, node: fx.Node) -> Step | None:
+        """``requantize([relu]([add bias]([sub zero point](q))))``: one elementwise kernel."""
+        params = self.requant_kwargs(node)
+        if params is None:
+            return None
+        chain: list[fx.Node] = []
+        arg = node.args[0]
+        relu, bias, zin = False, None, 0
+        if arg.target == CLAMP_MIN and self.single_use(arg) and arg.args[1] == 0 and not arg.kwargs:
+            relu, arg = True, self._absorb(chain, arg)
+        if arg.target == ADD and self.single_use(arg) and not arg.kwargs and isinstance(arg.args[1], fx.Node):
+            value = self.const(arg.args[1])
+            if value is not None and not value.is_floating_point() and value.dim() <= 1:
+                bias, arg = self.encode(arg.args[1]), self._absorb(chain, arg)
+        if arg.target == SUB and self.single_use(arg) and self.scalar(arg.args[1]) is not None:
+            zin, arg = self.scalar(arg.args[1]), self._absorb(chain, arg)
+        if not self.int32_matrix(arg):
+            return None
+        self.fused.update(chain)
+        kwargs = {"requant": params, "input_zero_point": zin, "bias": bias, "relu": relu}
+        source = node.meta.get("qg_source", node.name)
+        return Step("native.requantize", [self.encode(arg)], node.name, "feature", kwargs, source)
+
+    @staticmethod
+    def _absorb(chain: list[fx.Node], node: fx.Node) -> fx.Node:
+        chain.append(node)
+        return node.args[0]
 
     def lower_node(self, node: fx.Node) -> Step:
         if node.target == SYM_SIZE and (dim := self.input_dim(node)) is not None:
             return Step("input.size", list(dim), node.name, "graph")
         feature = node in self.feature
-        if feature and node.target == REQUANTIZE and self.int32_matrix(node.args[0]):
-            if (params := self.requant_kwargs(node)) is not None:
-                source = node.meta.get("qg_source", node.name)
-                args = [self.encode(node.args[0])]
-                return Step("native.requantize", args, node.name, "feature", {"requant": params}, source)
         if isinstance(node.target, torch._ops.OpOverload):
             op = str(node.target)
         elif node.target in OPERATORS:

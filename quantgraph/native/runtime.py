@@ -304,8 +304,15 @@ class NativeModel:
         return torch.from_numpy(kernels.requantize(acc, rq.pop("multiplier"), **rq, threads=self.threads))
 
     def _requantize(self, step: Step, values: dict[str, Any]) -> Tensor:
-        acc = np.ascontiguousarray(self._numpy(step.args[0], values), dtype=np.int32)
-        rq = self._requant_args(step.kwargs["requant"], values)
+        kw = step.kwargs
+        acc = self._numpy(step.args[0], values).astype(np.int32)
+        if kw.get("input_zero_point"):
+            acc -= np.int32(kw["input_zero_point"])
+        if kw.get("bias") is not None:
+            acc += self.array(kw["bias"]).astype(np.int32)
+        if kw.get("relu"):
+            np.maximum(acc, 0, out=acc)
+        rq = self._requant_args(kw["requant"], values)
         return torch.from_numpy(kernels.requantize(acc, rq.pop("multiplier"), **rq, threads=self.threads))
 
 
