@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -200,6 +202,184 @@ def test_spmm_requantize_fuses_mean(bits: int) -> None:
     np.testing.assert_array_equal(relu, np.maximum(nk.requantize(acc, 0.01, -3, -128, 127), -3))
 
 
+def _message_reference(
+    edge_index: np.ndarray,
+    n: int,
+    q: np.ndarray,
+    zx: int,
+    w: np.ndarray | None,
+    zw: int,
+    mq: nk.MessageQuant,
+) -> np.ndarray:
+    """int64 scatter-add of clamp(rint(float64(p) * m) + z, qmin, qmax) - z, p = (w - zw) * (q[src] - zx)."""
+    src, dst = edge_index
+    p = q[src].astype(np.int64) - zx
+    if w is not None:
+        p = p * (w.astype(np.int64) - zw)[:, None]
+    msg = np.minimum(np.rint(p.astype(np.float64) * mq.multiplier) + mq.zero_point, mq.qmax)
+    msg = torch.from_numpy(np.maximum(msg, mq.qmin).astype(np.int64) - mq.zero_point)
+    out = torch.zeros((n, q.shape[1]), dtype=torch.int64).index_add_(0, torch.from_numpy(dst), msg)
+    return out.numpy().astype(np.int32)  # the kernels wrap modulo 2**32 like this cast
+
+
+# (multiplier, zero point, qmin, qmax): exact .5 ties (m = 0.5, 0.25, 2**-7), narrow and shifted ranges, a
+# zero point outside the range, ranges wider than 256 values (direct evaluation) and the full int32 range
+MESSAGES = [
+    nk.MessageQuant(0.5, 3, -128, 127),
+    nk.MessageQuant(0.25, -7, -8, 7),
+    nk.MessageQuant(2.0**-7, 0, -128, 127),
+    nk.MessageQuant(-0.5, 200, -128, 127),
+    nk.MessageQuant(0.37, -128, -128, 127),
+    nk.MessageQuant(0.5, 0, 0, 255),
+    nk.MessageQuant(0.5, 5, -1000, 1000),
+    nk.MessageQuant(1.0 / 3.0, 100, -(2**31), 2**31 - 1),
+]
+MESSAGE_CASES = [*CASES, (40, 500, 600)]
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("weights", [None, "int8", "int16"])
+def test_spmm_message_quantizer_matches_reference(bits: int, weights: str | None) -> None:
+    rng = _rng(100 + bits * 10 + (0 if weights is None else len(weights)))
+    for k, (n, e, f) in enumerate(MESSAGE_CASES):
+        ei = _graph(rng, n, e)
+        q = _values(rng, (n, f), bits)
+        zx = int(rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1)))
+        w, zw = None, 0
+        if weights == "int8":
+            w, zw = rng.integers(-128, 128, e).astype(np.int8), int(rng.integers(-5, 5))
+        elif weights == "int16":
+            w, zw = rng.integers(-3000, 3000, e).astype(np.int16), 7
+        csr = nk.CSR.from_edge_index(ei, n, w, index_dtype=np.int32 if k % 2 else np.int64)
+        packed = nk.pack(q, bits)
+        for mq in MESSAGES:
+            got = nk.spmm(csr, packed, bits, zx, weight_zero_point=zw, num_features=f, message=mq)
+            assert got.dtype == np.int32 and got.shape == (n, f)
+            np.testing.assert_array_equal(
+                got, _message_reference(ei, n, q, zx, w, zw, mq), err_msg=f"case {(n, e, f)}, {mq}"
+            )
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_spmm_message_quantizer_extreme_zero_points(bits: int) -> None:
+    """Products far beyond int32 (exact in float64 below 2**53) and message zero points at the int32 limits:
+    every sum wraps modulo 2**32 like the int64 reference cast to int32."""
+    rng = _rng(200 + bits)
+    n, e, f = 80, 1500, 45
+    ei = _graph(rng, n, e)
+    q = _values(rng, (n, f), bits)
+    packed = nk.pack(q, bits)
+    for w in (
+        None,
+        rng.integers(-128, 128, e).astype(np.int8),
+        rng.integers(-(2**15), 2**15, e).astype(np.int16),
+    ):
+        csr = nk.CSR.from_edge_index(ei, n, w)
+        for zx, mq in (
+            (2**30 - 5, nk.MessageQuant(2.0**-20, 0, -128, 127)),
+            (-(2**31), nk.MessageQuant(2.0**-30, 7, -(2**31), 2**31 - 1)),
+            (3, nk.MessageQuant(0.5, 2**31 - 1, -128, 127)),
+            (-1, nk.MessageQuant(0.25, -(2**31), -(2**31), 2**31 - 1)),
+        ):
+            got = nk.spmm(csr, packed, bits, zx, num_features=f, message=mq)
+            np.testing.assert_array_equal(
+                got, _message_reference(ei, n, q, zx, w, 0, mq), err_msg=f"{zx}, {mq}"
+            )
+
+
+def test_spmm_message_quantizer_is_the_int_ops_requantize() -> None:
+    """Each message is quantgraph::requantize of the int32 product (torch.round), summed minus its zero point."""
+    rng = _rng(7)
+    n, e, f = 60, 700, 33
+    ei = _graph(rng, n, e)
+    q = _values(rng, (n, f), 8)
+    w = rng.integers(-128, 128, e).astype(np.int8)
+    csr = nk.CSR.from_edge_index(ei, n, w)
+    p = (q[ei[0]].astype(np.int64) + 3) * (w.astype(np.int64) - 2)[:, None]
+    for m, z, qmin, qmax in ((2.0**-8, 4, -128, 127), (0.5, -1, -8, 7), (0.011, 0, -(2**15), 2**15 - 1)):
+        msg = _torch_requantize(p.astype(np.int32), np.array(m), np.array(z), qmin, qmax, 0).astype(np.int64)
+        ref = torch.zeros((n, f), dtype=torch.int64).index_add_(
+            0, torch.from_numpy(ei[1]), torch.from_numpy(msg - z)
+        )
+        got = nk.spmm(csr, q, 8, -3, weight_zero_point=2, message=(m, z, qmin, qmax))
+        np.testing.assert_array_equal(got, ref.numpy())
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_spmm_message_rows_around_the_partial_sum_flush(bits: int) -> None:
+    """Every message at the top of a 256-value range: 16-bit partial sums at, past and far past capacity."""
+    n, f = 3, 70
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    q = np.array([[lo] * f, [hi] * f, [0] * f], dtype=np.int8)
+    for deg in (255, 256, 257, 513, 40000):
+        ei = np.stack([np.arange(deg) % 2, np.zeros(deg, dtype=np.int64)])
+        for w in (None, np.full(deg, -128, dtype=np.int8), np.full(deg, -300, dtype=np.int16)):
+            csr = nk.CSR.from_edge_index(ei, n, w)
+            for mq in (nk.MessageQuant(1000.0, -128, -128, 127), nk.MessageQuant(-1000.0, 127, -128, 127)):
+                got = nk.spmm(csr, nk.pack(q, bits), bits, 0, num_features=f, message=mq)
+                np.testing.assert_array_equal(
+                    got, _message_reference(ei, n, q, 0, w, 0, mq), err_msg=f"degree {deg}, {mq}"
+                )
+
+
+def test_spmm_message_threads_and_strided_rows_agree() -> None:
+    rng = _rng(8)
+    n, e, f = 3000, 60000, 70
+    ei = _graph(rng, n, e)
+    q = _values(rng, (n, f), 8)
+    for w in (None, rng.integers(-100, 100, e).astype(np.int8), rng.integers(-999, 999, e).astype(np.int16)):
+        csr = nk.CSR.from_edge_index(ei, n, w)
+        for mq in (nk.MessageQuant(2.0**-6, 1, -128, 127), nk.MessageQuant(0.5, 0, -2000, 2000)):
+            one = nk.spmm(csr, q, 8, 3, threads=1, message=mq)
+            np.testing.assert_array_equal(nk.spmm(csr, q, 8, 3, threads=2, message=mq), one)
+            np.testing.assert_array_equal(nk.spmm(csr, q, 8, 3, threads=7, message=mq), one)
+            np.testing.assert_array_equal(one, _message_reference(ei, n, q, 3, w, 0, mq))
+            padded = np.zeros((n, 128), dtype=np.int8)  # rows of 128 bytes holding 70 features
+            padded[:, :f] = q
+            np.testing.assert_array_equal(nk.spmm(csr, padded, 8, 3, num_features=f, message=mq), one)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_spmm_requantize_with_message_quantizer(bits: int) -> None:
+    rng = _rng(9 + bits)
+    n, e, f = 200, 2500, 41
+    ei = _graph(rng, n, e)
+    q = _values(rng, (n, f), bits)
+    csr = nk.CSR.from_edge_index(ei, n, rng.integers(-128, 128, e).astype(np.int8))
+    packed = nk.pack(q, bits)
+    deg = np.maximum(np.diff(csr.indptr), 1).astype(np.float64)
+    for mq in (nk.MessageQuant(2.0**-5, 2, -128, 127), nk.MessageQuant(0.75, -3, -500, 500)):
+        acc = nk.spmm(csr, packed, bits, 1, num_features=f, message=mq)
+        fused = nk.spmm_requantize(csr, packed, bits, 1, 0.37 / deg, 5, axis=0, num_features=f, message=mq)
+        np.testing.assert_array_equal(fused, nk.requantize(acc, 0.37 / deg, 5, -128, 127, axis=0))
+        m_col = rng.random(f) * 0.1
+        fused = nk.spmm_requantize(
+            csr, packed, bits, 1, m_col, -4, axis=1, relu=True, num_features=f, message=mq, threads=2
+        )
+        np.testing.assert_array_equal(fused, np.maximum(nk.requantize(acc, m_col, -4, -128, 127, axis=1), -4))
+
+
+def test_message_quantizer_bad_inputs_raise_one_line_input_errors() -> None:
+    csr = nk.CSR.from_edge_index(np.array([[0, 1], [1, 0]]), 2)
+    q = np.zeros((2, 4), dtype=np.int8)
+    bad = [
+        lambda: nk.MessageQuant(float("nan")),
+        lambda: nk.MessageQuant(np.ones(2)),
+        lambda: nk.MessageQuant(0.5, 0, 5, 1),
+        lambda: nk.MessageQuant(0.5, 2**40),
+        lambda: nk.MessageQuant(0.5, 1.5),
+        lambda: nk.spmm(csr, q, 8, 0, message=(0.5, 0)),
+        lambda: nk.spmm(csr, q, 8, 0, message="int8"),
+        lambda: nk.spmm_requantize(csr, q, 8, 0, 0.5, 0, message=(0.5, 0, 127, -128)),
+    ]
+    for fn in bad:
+        with pytest.raises(InputError) as info:
+            fn()
+        assert "\n" not in str(info.value)
+    mq = nk.MessageQuant(np.float32(0.5), np.int32(1), -8, torch.tensor(7))
+    assert mq == nk.MessageQuant(0.5, 1, -8, 7) and isinstance(mq.multiplier, float)
+
+
 GEMM_SHAPES = [(1, 1, 1), (37, 13, 19), (70, 130, 70), (5, 64, 16), (33, 3, 65)]
 
 
@@ -221,6 +401,35 @@ def test_gemm_i8_matches_int64_matmul(layout: str) -> None:
         np.testing.assert_array_equal(
             nk.gemm_i8(a, packed, za, 3, threads=2), (a.astype(np.int64) - za) @ (b.astype(np.int64) - 3)
         )
+
+
+def test_gemm_i8_register_tiles_tasks_and_threads() -> None:
+    """Every panel width (1 to 4 blocks of 16 columns, column tails), row tails of the 6-row tiles and of the
+    48-row tasks, K tails, extreme values with a long K, per-column zero points: exact for any thread count."""
+    rng = _rng(12)
+    shapes = [
+        (49, 5, 20),
+        (97, 17, 33),
+        (100, 40, 48),
+        (50, 8, 100),
+        (200, 96, 130),
+        (7, 1433, 64),
+        (301, 130, 256),
+    ]
+    for m, k, n in shapes:
+        a, b = _values(rng, (m, k), 8), _values(rng, (k, n), 8)
+        za = int(rng.integers(-128, 128))
+        zb = rng.integers(-128, 128, n).astype(np.int32)
+        bias = rng.integers(-(2**20), 2**20, n).astype(np.int32)
+        ref = (a.astype(np.int64) - za) @ (b.astype(np.int64) - zb[None, :]) + bias
+        packed = nk.pack_weight(b)
+        for threads in (1, 2, 3):
+            got = nk.gemm_i8(a, packed, za, zb, bias, threads=threads)
+            np.testing.assert_array_equal(got, ref, err_msg=f"shape {(m, k, n)}, {threads} threads")
+    a = np.full((13, 1433), -128, dtype=np.int8)  # |C| = 1433 * 255 * 255: near the int32 limit
+    b = np.full((1433, 40), 127, dtype=np.int8)
+    ref = (a.astype(np.int64) - 127) @ (b.astype(np.int64) + 128)
+    np.testing.assert_array_equal(nk.gemm_i8(a, b, 127, -128), ref)
 
 
 def test_gemm_i8_matches_linear_int() -> None:
@@ -258,11 +467,49 @@ def test_bad_inputs_raise_one_line_input_errors() -> None:
         assert "\n" not in str(info.value)
 
 
-def test_missing_compiler_is_a_clear_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_compiler_is_a_clear_input_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(build, "_loaded", None)
     monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no cc / gcc / clang to fall back to
+    assert not build.available()
     with pytest.raises(InputError, match="no C compiler found. install gcc"):
         build.load()
+
+
+def _fake_compiler(folder: Path, name: str) -> Path:
+    script = folder / name
+    script.write_text("#!/bin/sh\necho 'error: not a C compiler' >&2\nexit 1\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_broken_cc_falls_back_to_the_compilers_on_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, lib: build.NativeLib
+) -> None:
+    broken = _fake_compiler(tmp_path, "brokencc")
+    for cc in ("/nonexistent/cc", str(broken), f"{broken} -O2", "'unbalanced"):
+        monkeypatch.setattr(build, "_loaded", None)
+        monkeypatch.setenv("CC", cc)
+        candidates = build.compiler_candidates()
+        assert candidates and build.available()
+        if cc.startswith(str(broken)):
+            assert candidates[0][0] == str(broken) and len(candidates) > 1
+        fallback = build.load()
+        assert fallback.compiler and fallback.compiler[0] != str(broken)
+        assert fallback.path == lib.path  # the compiler on PATH: its cached library
+        np.testing.assert_array_equal(nk.requantize(np.array([3, 5], dtype=np.int32), 0.5, 0, -8, 7), [2, 2])
+
+
+def test_no_working_compiler_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(build, "_loaded", None)
+    monkeypatch.setenv("QUANTGRAPH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    _fake_compiler(tmp_path, "cc")
+    monkeypatch.setenv("CC", str(_fake_compiler(tmp_path, "mycc")))
+    with pytest.raises(InputError, match="could not compile kernels.c with any C compiler") as info:
+        build.load()
+    assert "\n" not in str(info.value) and "mycc" in str(info.value) and "not a C compiler" in str(info.value)
+    assert not list((tmp_path / "cache" / "native").glob("*.so*"))
 
 
 def test_library_is_cached_by_hash(lib: build.NativeLib) -> None:
@@ -282,6 +529,10 @@ def test_portable_build_without_vnni_or_openmp_matches(monkeypatch: pytest.Monke
     zb = rng.integers(-128, 128, 21).astype(np.int32)
     ref = (a.astype(np.int64) + 5) @ (b.astype(np.int64) - zb) + 9
     np.testing.assert_array_equal(nk.gemm_i8(a, b, -5, zb, np.full(21, 9, dtype=np.int32)), ref)
+    a, b = _values(rng, (50, 37), 8), _values(rng, (37, 100), 8)  # panels of 4 and 3 column blocks
+    np.testing.assert_array_equal(
+        nk.gemm_i8(a, b, 2, -3), (a.astype(np.int64) - 2) @ (b.astype(np.int64) + 3)
+    )
     ei = _graph(rng, 60, 500)
     q = _values(rng, (60, 19), 4)
     csr = nk.CSR.from_edge_index(ei, 60)
@@ -291,3 +542,11 @@ def test_portable_build_without_vnni_or_openmp_matches(monkeypatch: pytest.Monke
         nk.requantize(acc, 0.5, 2, -128, 127),
         _torch_requantize(acc, np.array(0.5), np.array(2), -128, 127, 0),
     )
+    for bits in (8, 4, 2):  # scalar table look-ups and direct evaluation
+        qb = _values(rng, (60, 19), bits)
+        w = rng.integers(-128, 128, 500).astype(np.int8)
+        for weights in (None, w, w.astype(np.int16) * 3):
+            csr = nk.CSR.from_edge_index(ei, 60, weights)
+            for mq in (nk.MessageQuant(0.25, 1, -128, 127), nk.MessageQuant(0.5, 0, -999, 999)):
+                got = nk.spmm(csr, nk.pack(qb, bits), bits, 1, num_features=19, message=mq)
+                np.testing.assert_array_equal(got, _message_reference(ei, 60, qb, 1, weights, 0, mq))

@@ -8,6 +8,7 @@ from quantgraph.native.build import available, load
 from quantgraph.native.kernels import (
     BITS,
     CSR,
+    MessageQuant,
     PackedWeight,
     aligned_empty,
     gemm_i8,
@@ -23,6 +24,7 @@ from quantgraph.native.kernels import (
 __all__ = [
     "BITS",
     "CSR",
+    "MessageQuant",
     "PackedWeight",
     "aligned_empty",
     "available",

@@ -3,7 +3,8 @@
 The shared library lives in ``$QUANTGRAPH_CACHE/native`` (default ``~/.cache/quantgraph/native``) as
 ``<hash>.so``; it is written to a temporary file and renamed, so concurrent builds never see a partial file.
 Flags are tried from fastest to most portable: ``-O3 -march=native -fopenmp``, then without ``-march=native``,
-then without OpenMP, then plain ``-O3``.
+then without OpenMP, then plain ``-O3``. Compilers: ``$CC`` first, then ``cc``, ``gcc`` and ``clang`` on PATH
+when it is missing or cannot build the kernels.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from quantgraph.errors import InputError
 
 SOURCE = Path(__file__).with_name("kernels.c")
-ABI_VERSION = 1
+ABI_VERSION = 2
 BASE_FLAGS = ["-std=c99", "-O3", "-shared", "-fPIC"]
 FLAG_SETS = [
     ["-march=native", "-fopenmp"],
@@ -47,20 +48,38 @@ class NativeLib:
     openmp: bool
     vnni: bool
     default_threads: int
+    compiler: tuple[str, ...] = ()
+
+
+def compiler_candidates() -> list[list[str]]:
+    """C compiler commands to try in order: ``$CC`` (may carry arguments) when it names a program, then
+    ``cc``, ``gcc`` and ``clang`` on PATH (each binary once)."""
+    found: list[list[str]] = []
+    seen: set[str] = set()
+    env = os.environ.get("CC", "").strip()
+    if env:
+        try:
+            argv = shlex.split(env)
+        except ValueError:
+            argv = []
+        exe = shutil.which(argv[0]) if argv else None
+        if exe:
+            found.append([exe, *argv[1:]])
+            if len(argv) == 1:
+                seen.add(os.path.realpath(exe))
+    for name in ("cc", "gcc", "clang"):
+        exe = shutil.which(name)
+        if exe and os.path.realpath(exe) not in seen:
+            seen.add(os.path.realpath(exe))
+            found.append([exe])
+    return found
 
 
 def find_compiler() -> list[str] | None:
-    """The C compiler command: ``$CC`` (may carry arguments), else ``cc``, ``gcc`` or ``clang`` on PATH."""
-    env = os.environ.get("CC", "").strip()
-    if env:
-        argv = shlex.split(env)
-        exe = shutil.which(argv[0])
-        return [exe, *argv[1:]] if exe else None
-    for name in ("cc", "gcc", "clang"):
-        exe = shutil.which(name)
-        if exe:
-            return [exe]
-    return None
+    """The first compiler command to try (see ``compiler_candidates``); ``load`` falls back to the next ones
+    when it does not work."""
+    candidates = compiler_candidates()
+    return candidates[0] if candidates else None
 
 
 def cache_dir() -> Path:
@@ -114,8 +133,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _compile(cc: list[str], out_dir: Path, key: str) -> tuple[Path, list[str]]:
-    """Compile with the first flag set that works; returns the final path and the extra flags used."""
+def _compile(cc: list[str], out_dir: Path, key: str) -> tuple[Path, list[str]] | str:
+    """Compile with the first flag set that works: the final path and the extra flags used, or (no flag set
+    works) the last error line."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{key}.so"
     errors: list[str] = []
@@ -128,6 +148,9 @@ def _compile(cc: list[str], out_dir: Path, key: str) -> tuple[Path, list[str]]:
         except (OSError, subprocess.SubprocessError) as exc:
             res = None
             errors.append(f"{type(exc).__name__}: {exc}")
+        if res is not None and res.returncode == 0 and os.path.getsize(tmp) == 0:
+            res = None
+            errors.append("it wrote an empty library")
         if res is not None and res.returncode == 0:
             _write_atomic(out_dir / f"{key}.flags", (" ".join(extra) + "\n").encode())
             os.replace(tmp, target)  # last: a library on disk always has its flags file
@@ -136,10 +159,7 @@ def _compile(cc: list[str], out_dir: Path, key: str) -> tuple[Path, list[str]]:
             lines = [ln for ln in (res.stderr or res.stdout).splitlines() if "error" in ln] or [""]
             errors.append(lines[0].strip())
         Path(tmp).unlink(missing_ok=True)
-    raise InputError(
-        f"could not compile {SOURCE.name} with {cc[0]} ({errors[-1] or 'unknown error'})",
-        "install a working gcc (apt install build-essential) or point CC at one",
-    )
+    return errors[-1] or "unknown error"
 
 
 def _bind(lib: ctypes.CDLL) -> None:
@@ -166,6 +186,11 @@ def _bind(lib: ctypes.CDLL) -> None:
         c.c_int,
     ]
     lib.csr_spmm_requant.restype = c.c_int
+    msg = [c.c_int, *spmm[:12], c.c_double, i32, i32, i32]  # message quantizer: m, z, qmin, qmax
+    lib.csr_spmm_msg.argtypes = [*msg, vp, i64, c.c_int]
+    lib.csr_spmm_msg.restype = c.c_int
+    lib.csr_spmm_msg_requant.argtypes = [*msg, dp, c.c_int, vp, c.c_int, i32, i32, c.c_int, vp, i64, c.c_int]
+    lib.csr_spmm_msg_requant.restype = c.c_int
     lib.requantize_i32.argtypes = [
         vp,
         i64,
@@ -200,17 +225,28 @@ def load() -> NativeLib:
     with _lock:
         if _loaded is not None:
             return _loaded
-        cc = find_compiler()
-        if cc is None:
+        candidates = compiler_candidates()
+        if not candidates:
             raise InputError(*NO_COMPILER)
-        key = library_key(cc)
         out_dir = cache_dir()
-        path = out_dir / f"{key}.so"
-        flags_file = out_dir / f"{key}.flags"
-        if path.exists() and flags_file.exists():
-            extra = flags_file.read_text(encoding="utf-8").split()
+        failures: list[str] = []
+        for cc in candidates:  # a broken $CC falls back to cc / gcc / clang
+            key = library_key(cc)
+            path = out_dir / f"{key}.so"
+            flags_file = out_dir / f"{key}.flags"
+            if path.exists() and flags_file.exists():
+                extra = flags_file.read_text(encoding="utf-8").split()
+                break
+            result = _compile(cc, out_dir, key)
+            if not isinstance(result, str):
+                path, extra = result
+                break
+            failures.append(f"{cc[0]}: {result}")
         else:
-            path, extra = _compile(cc, out_dir, key)
+            raise InputError(
+                f"could not compile {SOURCE.name} with any C compiler ({'; '.join(failures)})",
+                "install a working gcc (apt install build-essential) or point CC at one",
+            )
         try:
             lib = ctypes.CDLL(str(path))
         except OSError as exc:
@@ -225,10 +261,12 @@ def load() -> NativeLib:
                 f"compiled kernels {path} have ABI {info[0]}, expected {ABI_VERSION}",
                 f"delete {out_dir} and retry",
             )
-        _loaded = NativeLib(lib, path, (*BASE_FLAGS, *extra), bool(info[1]), bool(info[2]), int(info[3]))
+        _loaded = NativeLib(
+            lib, path, (*BASE_FLAGS, *extra), bool(info[1]), bool(info[2]), int(info[3]), tuple(cc)
+        )
         return _loaded
 
 
 def available() -> bool:
     """True when a C compiler is on hand (the kernels can be built)."""
-    return find_compiler() is not None
+    return bool(compiler_candidates())

@@ -6,8 +6,13 @@
  *   csr_spmm_i8 / csr_spmm_i4 / csr_spmm_i2   CSR aggregation into int32:
  *       acc[i, f] = sum_{e in row i} (w[e] - zw) * (x[indices[e], f] - zx)     (w absent: weight 1)
  *   csr_spmm_requant                         the same for any width, requantized to int8 in the row loop
+ *   csr_spmm_msg / csr_spmm_msg_requant      the same with every message quantized before the sum:
+ *       acc[i, f] = sum_{e in row i} (clamp(nearbyint(float64(p[e, f]) * m_msg) + z_msg, qmin_msg, qmax_msg) - z_msg)
+ *       with p[e, f] = (w[e] - zw) * (x[indices[e], f] - zx), exact while |p| < 2**53; optionally
+ *       requantized to int8 as above (no E x F intermediate)
  *   requantize_i32                           out = clamp(nearbyint(acc * m) + z, qmin, qmax)
- *   gemm_i8_pack / gemm_i8                   int8 x int8 -> int32 matmul with zero points
+ *   gemm_i8_pack / gemm_i8                   int8 x int8 -> int32 matmul with zero points:
+ *       C[m, n] = sum_k (A[m, k] - za) * (B[k, n] - zb[n]) + bias[n]
  *   qg_info                                  ABI version and build features
  *
  * Conventions
@@ -24,6 +29,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,11 +40,24 @@
 #include <omp.h>
 #endif
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define QG_VNNI 1
 #else
 #define QG_VNNI 0
+#endif
+/* byte table look-ups of the message quantizer: vpshufb (4/2 bits), vpermi2b (8 bits) */
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define QG_AVX512BW 1
+#else
+#define QG_AVX512BW 0
+#endif
+#if QG_AVX512BW && defined(__AVX512VBMI__)
+#define QG_VBMI 1
+#else
+#define QG_VBMI 0
 #endif
 
 #if defined(__GNUC__)
@@ -49,6 +68,20 @@
 
 /* The lane arrays of one row never alias the feature rows: no run-time alias checks (they also block
  * vectorizing short rows with the epilogue's narrower vectors). */
+#if defined(__GNUC__)
+#define QG_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define QG_ALWAYS_INLINE inline
+#endif
+
+#if defined(__clang__)
+#define QG_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define QG_UNROLL _Pragma("GCC unroll 32")
+#else
+#define QG_UNROLL
+#endif
+
 #if defined(__clang__)
 #define QG_IVDEP _Pragma("clang loop vectorize(assume_safety)")
 #elif defined(__GNUC__)
@@ -57,7 +90,7 @@
 #define QG_IVDEP
 #endif
 
-#define QG_ABI_VERSION 1
+#define QG_ABI_VERSION 2
 #define QG_OK 0
 #define QG_EBADARG (-1)
 #define QG_ENOMEM (-2)
@@ -149,6 +182,28 @@ static void requant_row_i32(const int32_t *restrict acc, int64_t n, int64_t row,
 /* ------------------------------------------------------------------------------------------------ */
 /* CSR aggregation                                                                                  */
 
+/*
+ * Per-edge message quantizer: each product p = (w - zw) * (x - zx) becomes
+ *     q = clamp(nearbyint(float64(p) * m) + z, qmin, qmax)
+ * and the row sums q - z. Computed as clamp(nearbyint(p * m), qmin - z, qmax - z), the same integer: adding the
+ * integer z commutes with the clamp, and the clamped values are far below 2**53.
+ */
+typedef struct {
+    int on;
+    double m;
+    int32_t z, qmin, qmax;
+    double lo, hi; /* qmin - z, qmax - z */
+    /* lut = 1: the rows sum byte-table values q - qmin (needs qmax - qmin <= 255) in 16-bit partial lanes;
+     * lut = 0: direct float64 evaluation per product into 32-bit lanes */
+    int lut;
+    int64_t tab_len;      /* entries of one table: 256 (8 bits, indexed by the byte), 16 (4 bits), 4 (2 bits) */
+    const uint8_t *tabs;  /* [1] (no weights) or [256] (int8 weights, indexed by the weight byte) tables, or
+                           * NULL: built per edge (int16 weights, packed features) */
+    int64_t S;            /* packed widths: lane stride, Fb rounded up to 64 (8 bits: unused) */
+    int64_t lanes;        /* lanes of one row: 8 bits F rounded up to 64; packed (8 / bits) * S */
+    double xd[256];       /* x - zx of every raw field code */
+} qg_msg;
+
 typedef struct {
     int bits;
     int64_t n_rows, n_src, F;
@@ -166,6 +221,7 @@ typedef struct {
     int8_t *q_out; /* requantized result [n_rows, q_stride], or NULL */
     int64_t q_stride;
     qg_requant rq;
+    qg_msg msg; /* per-edge message quantizer (msg.on = 0: none) */
 } spmm_args;
 
 static inline int64_t col_at(const spmm_args *a, int64_t e) {
@@ -395,13 +451,333 @@ static uint32_t accumulate_weighted(const spmm_args *a, int64_t e0, int64_t e1, 
     return wsum;
 }
 
+/* ------------------------------------------------------------------------------------------------ */
+/* aggregation of quantized messages                                                                */
+
+/* w - zw of edge e, exact */
+static inline double weight_d(const spmm_args *a, int64_t e) {
+    return (double)((a->w8 ? (int64_t)a->w8[e] : (int64_t)a->w16[e]) - (int64_t)a->zw);
+}
+
+/* Signed value of a raw field code c of `bits` bits. */
+static inline int32_t field_value(int bits, int32_t c) {
+    const int32_t sign = 1 << (bits - 1);
+    return ((c & ((sign << 1) - 1)) ^ sign) - sign;
+}
+
+#define QG_ROUND_MAGIC 6755399441055744.0 /* 1.5 * 2**52 */
+
+/*
+ * nearbyint(clamp(v, lo, hi)) modulo 2**32, for integers lo <= hi with |lo|, |hi| < 2**51. It equals
+ * clamp(nearbyint(v), lo, hi): rounding is monotone and keeps integers. y + 1.5 * 2**52 lies in [2**52, 2**53),
+ * where doubles are the integers: the addition rounds y in the current mode (half to even, as nearbyint) and
+ * the low 32 bits of the result's encoding are that integer modulo 2**32.
+ */
+static inline uint32_t msg_round_clamp(double v, double lo, double hi) {
+    double t = v > hi ? hi : v;
+    t = t < lo ? lo : t;
+#if FLT_EVAL_METHOD == 0
+    t += QG_ROUND_MAGIC;
+    uint64_t u;
+    memcpy(&u, &t, sizeof(u));
+    return (uint32_t)u;
+#else /* excess precision (x87) would round twice: plain nearbyint */
+    return (uint32_t)(int64_t)nearbyint(t);
+#endif
+}
+/* q - z modulo 2**32 of a product P = wd * (x - zx), exact in float64 while |P| < 2**53:
+ * clamp(nearbyint(P * m), qmin - z, qmax - z) (locals M, LO, HI: g->m, g->lo, g->hi) */
+#define QG_MSG(P) msg_round_clamp((P) * M, LO, HI)
+
+/* tab[c] = q - qmin for every raw field code c < n, for the edge weight wd = w - zw. */
+static inline void msg_table(const qg_msg *g, int64_t n, double wd, uint8_t *restrict tab) {
+    const double M = g->m, LO = g->lo, HI = g->hi;
+    const uint32_t base = (uint32_t)(int64_t)LO;
+    const double *restrict xd = g->xd;
+    for (int64_t c = 0; c < n; ++c) tab[c] = (uint8_t)(QG_MSG(wd * xd[c]) - base);
+}
+
+#if QG_AVX512BW
+/* p[0..31] (half = 1) or p[0..63] += zero-extended bytes of v; p 64-byte aligned */
+static inline void add_u8_to_u16(uint16_t *p, __m512i v, int half) {
+    _mm512_store_si512((void *)p, _mm512_add_epi16(_mm512_load_si512((const void *)p),
+                                                   _mm512_cvtepu8_epi16(_mm512_castsi512_si256(v))));
+    if (half) return;
+    _mm512_store_si512((void *)(p + 32), _mm512_add_epi16(_mm512_load_si512((const void *)(p + 32)),
+                                                          _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(v, 1))));
+}
+
+static inline __mmask64 tail_mask(int64_t left) {
+    return left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+}
+
+/* The table of msg_table for 16 codes (4 and 2 bits), in every 128-bit lane: same arithmetic, 8 codes a time. */
+static inline __m512i msg_table16(const qg_msg *g, double wd) {
+    const __m512d M = _mm512_set1_pd(g->m), LO = _mm512_set1_pd(g->lo), HI = _mm512_set1_pd(g->hi);
+    const __m512d W = _mm512_set1_pd(wd), MAGIC = _mm512_set1_pd(QG_ROUND_MAGIC);
+    const __m512i base = _mm512_set1_epi64((int64_t)g->lo);
+    __m512d y0 = _mm512_mul_pd(_mm512_mul_pd(W, _mm512_loadu_pd(g->xd)), M);
+    __m512d y1 = _mm512_mul_pd(_mm512_mul_pd(W, _mm512_loadu_pd(g->xd + 8)), M);
+    y0 = _mm512_add_pd(_mm512_max_pd(_mm512_min_pd(y0, HI), LO), MAGIC);
+    y1 = _mm512_add_pd(_mm512_max_pd(_mm512_min_pd(y1, HI), LO), MAGIC);
+    const __m128i b0 = _mm512_cvtepi64_epi8(_mm512_sub_epi64(_mm512_castpd_si512(y0), base));
+    const __m128i b1 = _mm512_cvtepi64_epi8(_mm512_sub_epi64(_mm512_castpd_si512(y1), base));
+    return _mm512_broadcast_i32x4(_mm_unpacklo_epi64(b0, b1));
+}
+
+/* q - z modulo 2**32 (QG_MSG) of the 16 codes of 4 and 2-bit fields, as int32 lanes: same arithmetic. */
+static inline __m512i msg_table16_wide(const qg_msg *g, double wd) {
+    const __m512d M = _mm512_set1_pd(g->m), LO = _mm512_set1_pd(g->lo), HI = _mm512_set1_pd(g->hi);
+    const __m512d W = _mm512_set1_pd(wd), MAGIC = _mm512_set1_pd(QG_ROUND_MAGIC);
+    __m512d y0 = _mm512_mul_pd(_mm512_mul_pd(W, _mm512_loadu_pd(g->xd)), M);
+    __m512d y1 = _mm512_mul_pd(_mm512_mul_pd(W, _mm512_loadu_pd(g->xd + 8)), M);
+    y0 = _mm512_add_pd(_mm512_max_pd(_mm512_min_pd(y0, HI), LO), MAGIC);
+    y1 = _mm512_add_pd(_mm512_max_pd(_mm512_min_pd(y1, HI), LO), MAGIC);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_castpd_si512(y0))),
+                              _mm512_cvtepi64_epi32(_mm512_castpd_si512(y1)), 1);
+}
+
+/* packed rows, any message range: acc[j * S + k] += tw[field j of byte k] (int32 table lanes), k < Fb */
+static inline void lutp_edge_wide(int bits, const uint8_t *restrict r, int64_t Fb, int64_t S, __m512i tw,
+                                  uint32_t *restrict acc) {
+    const int per = 8 / bits;
+    const __m512i mask = _mm512_set1_epi32(bits == 4 ? 15 : 3);
+    for (int64_t k = 0; k < Fb; k += 16) {
+        __m128i b8;
+        if (Fb - k >= 16) {
+            b8 = _mm_loadu_si128((const __m128i *)(r + k));
+        } else { /* row tail: no load past the row */
+            uint8_t tail[16] = {0};
+            memcpy(tail, r + k, (size_t)(Fb - k));
+            b8 = _mm_loadu_si128((const __m128i *)tail);
+        }
+        const __m512i b = _mm512_cvtepu8_epi32(b8);
+        for (int j = 0; j < per; ++j) {
+            uint32_t *p = acc + j * S + k;
+            const __m512i code = _mm512_and_si512(_mm512_srli_epi32(b, (unsigned)(j * bits)), mask);
+            _mm512_store_si512((void *)p, _mm512_add_epi32(_mm512_load_si512((const void *)p),
+                                                           _mm512_permutexvar_epi32(code, tw)));
+        }
+    }
+}
+
+/* part[f] += tab[(uint8_t)r[f]], f < F, with the 256-entry table in t0..t3 (8 bits) */
+static inline void lut8_edge(const uint8_t *restrict r, int64_t F, __m512i t0, __m512i t1, __m512i t2, __m512i t3,
+                             uint16_t *restrict part) {
+#if QG_VBMI
+    for (int64_t f = 0; f < F; f += 64) {
+        const __m512i idx = _mm512_maskz_loadu_epi8(tail_mask(F - f), (const void *)(r + f));
+        const __m512i lo = _mm512_permutex2var_epi8(t0, idx, t1); /* codes 0..127 */
+        const __m512i hi = _mm512_permutex2var_epi8(t2, idx, t3); /* codes 128..255 */
+        add_u8_to_u16(part + f, _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi), F - f <= 32);
+    }
+#else
+    uint8_t tab[256];
+    _mm512_storeu_si512((void *)tab, t0);
+    _mm512_storeu_si512((void *)(tab + 64), t1);
+    _mm512_storeu_si512((void *)(tab + 128), t2);
+    _mm512_storeu_si512((void *)(tab + 192), t3);
+    for (int64_t f = 0; f < F; ++f) part[f] = (uint16_t)(part[f] + tab[r[f]]);
+#endif
+}
+
+/* packed rows: part[j * S + k] += tab[field j of byte k], k < Fb, with the table in every 128-bit lane of tv */
+static inline void lutp_edge(int bits, const uint8_t *restrict r, int64_t Fb, int64_t S, __m512i tv,
+                             uint16_t *restrict part) {
+    if (bits == 4) {
+        const __m512i m4 = _mm512_set1_epi8(15);
+        for (int64_t k = 0; k < Fb; k += 64) {
+            const int half = Fb - k <= 32;
+            const __m512i b = _mm512_maskz_loadu_epi8(tail_mask(Fb - k), (const void *)(r + k));
+            add_u8_to_u16(part + k, _mm512_shuffle_epi8(tv, _mm512_and_si512(b, m4)), half);
+            add_u8_to_u16(part + S + k, _mm512_shuffle_epi8(tv, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4)),
+                          half);
+        }
+        return;
+    }
+    const __m512i m2 = _mm512_set1_epi8(3);
+    for (int64_t k = 0; k < Fb; k += 64) {
+        const int half = Fb - k <= 32;
+        const __m512i b = _mm512_maskz_loadu_epi8(tail_mask(Fb - k), (const void *)(r + k));
+        for (int j = 0; j < 4; ++j)
+            add_u8_to_u16(part + j * S + k,
+                          _mm512_shuffle_epi8(tv, _mm512_and_si512(_mm512_srli_epi16(b, (unsigned)(2 * j)), m2)),
+                          half);
+    }
+}
+#endif
+
+#if !QG_AVX512BW
+/* portable look-ups: 8 bits part[f] += tab[byte f]; packed part[j * S + k] += tab[field j of byte k] */
+static inline void lut_edge_portable(const spmm_args *a, const uint8_t *restrict r, const uint8_t *restrict tab,
+                                     uint16_t *restrict part) {
+    const int64_t S = a->msg.S, Fb = a->x_stride;
+    if (a->bits == 8) {
+        for (int64_t f = 0; f < a->F; ++f) part[f] = (uint16_t)(part[f] + tab[r[f]]);
+    } else if (a->bits == 4) {
+        for (int64_t k = 0; k < Fb; ++k) {
+            part[k] = (uint16_t)(part[k] + tab[r[k] & 15u]);
+            part[S + k] = (uint16_t)(part[S + k] + tab[r[k] >> 4]);
+        }
+    } else {
+        for (int64_t k = 0; k < Fb; ++k)
+            for (int j = 0; j < 4; ++j)
+                part[j * S + k] = (uint16_t)(part[j * S + k] + tab[(r[k] >> (2 * j)) & 3u]);
+    }
+}
+#endif
+
+#define FLUSH_MSG 256 /* 256 * 255 = 65280: uint16 holds any sum of 256 table bytes */
+
+/*
+ * Edges e0 <= e < stop of a table row: part[lane] += tab_e[code of the lane's field], with the table of edge e's
+ * weight: the only table (no weights), the precomputed one of the int8 weight, or one built for the edge.
+ */
+static void msg_lut_edges(const spmm_args *a, int64_t e0, int64_t stop, uint16_t *restrict part) {
+    const qg_msg *g = &a->msg;
+    const int64_t e_end = a->indptr[a->n_rows];
+    const uint8_t *restrict x = a->x;
+    const int64_t xs = a->x_stride;
+#if QG_AVX512BW
+    if (a->bits == 8) {
+        const uint8_t *tab = g->tabs;
+        uint8_t ebuf[256];
+        __m512i t0 = _mm512_setzero_si512(), t1 = t0, t2 = t0, t3 = t0;
+        if (tab) {
+            t0 = _mm512_loadu_si512((const void *)tab);
+            t1 = _mm512_loadu_si512((const void *)(tab + 64));
+            t2 = _mm512_loadu_si512((const void *)(tab + 128));
+            t3 = _mm512_loadu_si512((const void *)(tab + 192));
+        }
+        for (int64_t e = e0; e < stop; ++e) {
+            prefetch_row(a, e, e_end);
+            if (a->w8 || a->w16) {
+                if (a->w8) {
+                    tab = g->tabs + (int64_t)(uint8_t)a->w8[e] * 256;
+                } else {
+                    msg_table(g, 256, weight_d(a, e), ebuf);
+                    tab = ebuf;
+                }
+                t0 = _mm512_loadu_si512((const void *)tab);
+                t1 = _mm512_loadu_si512((const void *)(tab + 64));
+                t2 = _mm512_loadu_si512((const void *)(tab + 128));
+                t3 = _mm512_loadu_si512((const void *)(tab + 192));
+            }
+            lut8_edge(x + col_at(a, e) * xs, a->F, t0, t1, t2, t3, part);
+        }
+        return;
+    }
+    __m512i tv = _mm512_setzero_si512();
+    if (!a->w8 && !a->w16) tv = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)g->tabs));
+    for (int64_t e = e0; e < stop; ++e) {
+        prefetch_row(a, e, e_end);
+        if (a->w8)
+            tv = _mm512_broadcast_i32x4(
+                _mm_loadu_si128((const __m128i *)(g->tabs + (int64_t)(uint8_t)a->w8[e] * g->tab_len)));
+        else if (a->w16)
+            tv = msg_table16(g, weight_d(a, e));
+        lutp_edge(a->bits, x + col_at(a, e) * xs, xs, g->S, tv, part);
+    }
+#else
+    uint8_t ebuf[256];
+    for (int64_t e = e0; e < stop; ++e) {
+        prefetch_row(a, e, e_end);
+        const uint8_t *tab = g->tabs;
+        if (a->w8)
+            tab = g->tabs + (int64_t)(uint8_t)a->w8[e] * g->tab_len;
+        else if (a->w16) {
+            msg_table(g, g->tab_len, weight_d(a, e), ebuf);
+            tab = ebuf;
+        }
+        lut_edge_portable(a, x + col_at(a, e) * xs, tab, part);
+    }
+#endif
+}
+
+/*
+ * Table rows (msg.lut): the lanes sum q - qmin of every edge's messages in 16-bit partial lanes flushed into acc.
+ * Returns 1 when the sums are still in part (degree <= FLUSH_MSG), 0 when in acc.
+ */
+static int accumulate_msg_lut(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc,
+                              uint16_t *restrict part) {
+    const int64_t L = a->msg.lanes;
+    int64_t e = e0;
+    int first = 1;
+    if (e0 == e1) {
+        memset(part, 0, (size_t)L * sizeof(uint16_t));
+        return 1;
+    }
+    while (e < e1) {
+        const int64_t stop = e1 - e > FLUSH_MSG ? e + FLUSH_MSG : e1;
+        memset(part, 0, (size_t)L * sizeof(uint16_t));
+        msg_lut_edges(a, e, stop, part);
+        e = stop;
+        if (first && e == e1) return 1;
+        if (first)
+            for (int64_t f = 0; f < L; ++f) acc[f] = (uint32_t)part[f];
+        else
+            for (int64_t f = 0; f < L; ++f) acc[f] += (uint32_t)part[f];
+        first = 0;
+    }
+    return 0;
+}
+
+/* Direct rows (no table): acc[lane] += q - z, evaluated per product in float64, 32-bit lanes. */
+static void accumulate_msg_direct(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc) {
+    const qg_msg *g = &a->msg;
+    const int64_t e_end = a->indptr[a->n_rows];
+    const int64_t S = g->S, Fb = a->x_stride, F = a->F;
+    const double M = g->m, LO = g->lo, HI = g->hi, zxd = (double)a->zx;
+    const int weighted = a->w8 || a->w16;
+    memset(acc, 0, (size_t)g->lanes * sizeof(uint32_t));
+#if QG_AVX512BW
+    if (a->bits != 8) { /* 16 codes: evaluate a table per edge, look the fields up */
+        __m512i tw = msg_table16_wide(g, 1.0);
+        for (int64_t e = e0; e < e1; ++e) {
+            prefetch_row(a, e, e_end);
+            if (weighted) tw = msg_table16_wide(g, weight_d(a, e));
+            lutp_edge_wide(a->bits, a->x + col_at(a, e) * a->x_stride, Fb, S, tw, acc);
+        }
+        return;
+    }
+#endif
+    for (int64_t e = e0; e < e1; ++e) {
+        prefetch_row(a, e, e_end);
+        const double wd = weighted ? weight_d(a, e) : 1.0;
+        const uint8_t *restrict r = a->x + col_at(a, e) * a->x_stride;
+        if (a->bits == 8) {
+            const int8_t *restrict s = (const int8_t *)r;
+            QG_IVDEP
+            for (int64_t f = 0; f < F; ++f) acc[f] += QG_MSG(wd * ((double)s[f] - zxd));
+        } else if (a->bits == 4) {
+            uint32_t *restrict lo = acc;
+            uint32_t *restrict hi = acc + S;
+            QG_IVDEP
+            for (int64_t k = 0; k < Fb; ++k) {
+                const int32_t b = (int32_t)r[k];
+                lo[k] += QG_MSG(wd * ((double)(((b & 15) ^ 8) - 8) - zxd));
+                hi[k] += QG_MSG(wd * ((double)(((b >> 4) ^ 8) - 8) - zxd));
+            }
+        } else {
+            for (int j = 0; j < 4; ++j) {
+                uint32_t *restrict p = acc + j * S;
+                QG_IVDEP
+                for (int64_t k = 0; k < Fb; ++k) {
+                    const int32_t c = ((int32_t)r[k] >> (2 * j)) & 3;
+                    p[k] += QG_MSG(wd * ((double)((c ^ 2) - 2) - zxd));
+                }
+            }
+        }
+    }
+}
+
 /*
  * Natural-order int32 row from the lanes: lane minus (offset + zx) * sum(w), where offset undoes the
  * unsigned view of packed fields. Packed lanes are interleaved back: feature j + k * per is lane j * Fb + k.
  */
-#define QG_FINISH_PACKED(LANE_T)                                                                          \
+#define QG_FINISH_PACKED(LANE_T, STRIDE)                                                                  \
     do {                                                                                                  \
-        const int64_t F = a->F, Fb = a->x_stride;                                                         \
+        const int64_t F = a->F, Fb = (STRIDE);                                                            \
         if (a->bits == 4) {                                                                               \
             const LANE_T *restrict lo = lanes;                                                            \
             const LANE_T *restrict hi = lanes + Fb;                                                       \
@@ -428,12 +804,14 @@ static uint32_t accumulate_weighted(const spmm_args *a, int64_t e0, int64_t e1, 
         }                                                                                                 \
     } while (0)
 
-static void finish_wide(const spmm_args *a, const uint32_t *restrict lanes, uint32_t corr, int32_t *restrict out) {
+/* stride: the lane stride of packed rows (x_stride, or msg.S for message lanes) */
+static void finish_wide(const spmm_args *a, const uint32_t *restrict lanes, int64_t stride, uint32_t corr,
+                        int32_t *restrict out) {
     if (a->bits == 8) {
         for (int64_t f = 0; f < a->F; ++f) out[f] = (int32_t)(lanes[f] - corr);
         return;
     }
-    QG_FINISH_PACKED(uint32_t);
+    QG_FINISH_PACKED(uint32_t, stride);
 }
 
 static void finish_narrow(const spmm_args *a, const void *restrict part, uint32_t corr, int32_t *restrict out) {
@@ -443,7 +821,16 @@ static void finish_narrow(const spmm_args *a, const void *restrict part, uint32_
         return;
     }
     const uint8_t *restrict lanes = (const uint8_t *)part;
-    QG_FINISH_PACKED(uint8_t);
+    QG_FINISH_PACKED(uint8_t, a->x_stride);
+}
+
+/* Message rows still in their 16-bit partial lanes: unsigned sums, lane stride msg.S. */
+static void finish_msg16(const spmm_args *a, const uint16_t *restrict lanes, uint32_t corr, int32_t *restrict out) {
+    if (a->bits == 8) {
+        for (int64_t f = 0; f < a->F; ++f) out[f] = (int32_t)((uint32_t)lanes[f] - corr);
+        return;
+    }
+    QG_FINISH_PACKED(uint16_t, a->msg.S);
 }
 
 static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc, void *part, int32_t *row) {
@@ -455,15 +842,26 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
     for (int64_t i = r0; i < r1; ++i) {
         const int64_t e0 = a->indptr[i], e1 = a->indptr[i + 1];
         int32_t *dst = a->acc_out ? a->acc_out + i * a->acc_stride : row;
-        if (a->w8 || a->w16) {
+        if (a->msg.on) {
+            if (a->msg.lut) { /* lanes sum q - qmin: add degree * (qmin - z) */
+                const uint32_t corr = 0u - (uint32_t)(e1 - e0) * ((uint32_t)a->msg.qmin - (uint32_t)a->msg.z);
+                if (accumulate_msg_lut(a, e0, e1, acc, (uint16_t *)part))
+                    finish_msg16(a, (const uint16_t *)part, corr, dst);
+                else
+                    finish_wide(a, acc, a->msg.S, corr, dst);
+            } else {
+                accumulate_msg_direct(a, e0, e1, acc);
+                finish_wide(a, acc, a->msg.S, 0u, dst);
+            }
+        } else if (a->w8 || a->w16) {
             const uint32_t wsum = narrow_flush > 1
                                       ? accumulate_weighted_narrow(a, e0, e1, acc, (int16_t *)part, narrow_flush)
                                       : accumulate_weighted(a, e0, e1, acc);
-            finish_wide(a, acc, shift * wsum, dst);
+            finish_wide(a, acc, a->x_stride, shift * wsum, dst);
         } else if (accumulate_unweighted(a, e0, e1, acc, part)) {
             finish_narrow(a, part, shift * (uint32_t)(e1 - e0), dst);
         } else {
-            finish_wide(a, acc, shift * (uint32_t)(e1 - e0), dst);
+            finish_wide(a, acc, a->x_stride, shift * (uint32_t)(e1 - e0), dst);
         }
         if (a->q_out) requant_row_i8(dst, a->F, i, &a->rq, a->q_out + i * a->q_stride);
     }
@@ -491,7 +889,7 @@ static int spmm_run(const spmm_args *a, int threads) {
         return QG_EBADARG;
     if (a->x_stride < (a->F * a->bits + 7) / 8 || (!a->acc_out && !a->q_out)) return QG_EBADARG;
     if (a->n_rows == 0 || a->F == 0) return QG_OK;
-    const int64_t L = lanes_of(a);
+    const int64_t L = a->msg.on && a->msg.lanes > lanes_of(a) ? a->msg.lanes : lanes_of(a);
     const int T = qg_threads(threads);
     const int64_t n_chunks = T == 1 ? 1 : (a->n_rows < (int64_t)T * 64 ? a->n_rows : (int64_t)T * 64);
     int status = QG_OK;
@@ -583,6 +981,103 @@ int csr_spmm_i2(int64_t n_rows, int64_t n_src, int64_t F, const int64_t *indptr,
 }
 
 /*
+ * Message quantizer setup and run: builds the byte tables (one without weights, 256 for int8 weights) shared
+ * read-only by the threads.
+ */
+#ifndef QG_MSG_TABLE_MIN_F
+#define QG_MSG_TABLE_MIN_F 192
+#endif
+
+static int msg_setup(spmm_args *a, double m, int32_t z, int32_t qmin, int32_t qmax) {
+    qg_msg *g = &a->msg;
+    if (a->bits != 8 && a->bits != 4 && a->bits != 2) return QG_EBADARG;
+    if (!isfinite(m) || qmin > qmax || a->x_stride < 0 || a->F < 0) return QG_EBADARG;
+    g->on = 1;
+    g->m = m;
+    g->z = z;
+    g->qmin = qmin;
+    g->qmax = qmax;
+    g->lo = (double)qmin - (double)z;
+    g->hi = (double)qmax - (double)z;
+    /* 8 bits with int16 weights build a 256-entry table per edge: worth it for wide rows only */
+    g->lut = (int64_t)qmax - (int64_t)qmin <= 255 && !(a->bits == 8 && a->w16 && a->F < QG_MSG_TABLE_MIN_F);
+    g->tab_len = a->bits == 8 ? 256 : (a->bits == 4 ? 16 : 4);
+    g->S = (a->x_stride + 31) / 32 * 32; /* keeps every lane block 64-byte aligned (16-bit lanes) */
+    g->lanes = a->bits == 8 ? (a->F + 63) / 64 * 64 : (8 / a->bits) * g->S;
+    if (g->lanes == 0) g->lanes = 64;
+    for (int32_t c = 0; c < 256; ++c) g->xd[c] = (double)field_value(a->bits, c) - (double)a->zx;
+    return QG_OK;
+}
+
+static int msg_run(spmm_args *a, int threads) {
+    qg_msg *g = &a->msg;
+    uint8_t *tabs = NULL;
+    if (g->lut && !a->w16) {
+        const int64_t n_tabs = a->w8 ? 256 : 1;
+        tabs = (uint8_t *)qg_alloc((size_t)(n_tabs * g->tab_len + 64)); /* + 64: 16-byte loads of 4-entry tables */
+        if (!tabs) return QG_ENOMEM;
+        memset(tabs, 0, (size_t)(n_tabs * g->tab_len + 64));
+        for (int64_t t = 0; t < n_tabs; ++t) {
+            const double wd = a->w8 ? (double)((int64_t)(int8_t)(uint8_t)t - (int64_t)a->zw) : 1.0;
+            msg_table(g, g->tab_len, wd, tabs + t * g->tab_len);
+        }
+        g->tabs = tabs;
+    }
+    const int status = spmm_run(a, threads);
+    free(tabs);
+    g->tabs = NULL;
+    return status;
+}
+
+/*
+ * Aggregation of quantized messages into int32:
+ *     p[e, f]   = (w[e] - zw) * (x[indices[e], f] - zx)                          (w absent: weight 1)
+ *     q[e, f]   = clamp(nearbyint(float64(p[e, f]) * msg_mult) + msg_zp, msg_qmin, msg_qmax)
+ *     out[i, f] = sum_{e in row i} (q[e, f] - msg_zp)                            (modulo 2**32)
+ * nearbyint rounds half to even (default rounding mode): bit-exact with torch.round / np.rint of the float64
+ * product, exact whenever |p| < 2**53. No E x F intermediate: message ranges of at most 256 values sum byte
+ * tables of q - msg_qmin per weight value (16-bit partial lanes), others evaluate each product directly.
+ */
+int csr_spmm_msg(int bits, int64_t n_rows, int64_t n_src, int64_t F, const int64_t *indptr, const void *indices,
+                 int idx64, const void *x, int64_t x_stride, int32_t zx, const void *w, int w_bytes, int32_t zw,
+                 double msg_mult, int32_t msg_zp, int32_t msg_qmin, int32_t msg_qmax, int32_t *out,
+                 int64_t out_stride, int threads) {
+    spmm_args a;
+    int s = spmm_setup(&a, bits, n_rows, n_src, F, indptr, indices, idx64, x, x_stride, zx, w, w_bytes, zw);
+    if (s != QG_OK) return s;
+    if (!out || out_stride < F) return QG_EBADARG;
+    s = msg_setup(&a, msg_mult, msg_zp, msg_qmin, msg_qmax);
+    if (s != QG_OK) return s;
+    a.acc_out = out;
+    a.acc_stride = out_stride;
+    return msg_run(&a, threads);
+}
+
+/* csr_spmm_msg fused with the output requantization of csr_spmm_requant (int8 out, same parameters). */
+int csr_spmm_msg_requant(int bits, int64_t n_rows, int64_t n_src, int64_t F, const int64_t *indptr,
+                         const void *indices, int idx64, const void *x, int64_t x_stride, int32_t zx, const void *w,
+                         int w_bytes, int32_t zw, double msg_mult, int32_t msg_zp, int32_t msg_qmin,
+                         int32_t msg_qmax, const double *mult, int mult_mode, const int32_t *zp, int zp_mode,
+                         int32_t qmin, int32_t qmax, int relu, int8_t *out, int64_t out_stride, int threads) {
+    spmm_args a;
+    int s = spmm_setup(&a, bits, n_rows, n_src, F, indptr, indices, idx64, x, x_stride, zx, w, w_bytes, zw);
+    if (s != QG_OK) return s;
+    if (!out || out_stride < F || !mult || !zp || qmin > qmax || qmin < -128 || qmax > 127) return QG_EBADARG;
+    s = msg_setup(&a, msg_mult, msg_zp, msg_qmin, msg_qmax);
+    if (s != QG_OK) return s;
+    a.q_out = out;
+    a.q_stride = out_stride;
+    a.rq.mult = mult;
+    a.rq.mult_mode = mult_mode;
+    a.rq.zp = zp;
+    a.rq.zp_mode = zp_mode;
+    a.rq.qmin = qmin;
+    a.rq.qmax = qmax;
+    a.rq.relu = relu;
+    return msg_run(&a, threads);
+}
+
+/*
  * Aggregation fused with requantization: out[i, f] = clamp(nearbyint(acc[i, f] * m) + z, qmin, qmax) as int8,
  * m / z per tensor, per row (e.g. 1 / degree for mean) or per column (mode QG_PER_*). relu: lower clamp at z.
  */
@@ -640,22 +1135,34 @@ int requantize_i32(const int32_t *acc, int64_t rows, int64_t cols, int64_t acc_s
 /* int8 GEMM                                                                                        */
 
 /*
- * Packed weight layout ("VNNI layout"): B[k, n] at ((n / 16) * Kb + k / 4) * 64 + (n % 16) * 4 + k % 4 with
- * Kb = ceil(K / 4); padding is zero. colsum[n] = sum_k B[k, n].
+ * Packed weight layout ("VNNI layout"): column blocks of 16 (jb = n / 16), grouped in panels of up to 4 blocks
+ * (g = jb / 4, nb = min(4, Nb - 4 * g) blocks); a panel stores, for each quad of k (kb = k / 4), its nb blocks of
+ * 64 bytes one after the other, each block holding B[k, n] at (n % 16) * 4 + k % 4:
+ *     offset = g * Kb * 256 + kb * nb * 64 + (jb % 4) * 64 + (n % 16) * 4 + k % 4,   Kb = ceil(K / 4).
+ * Padding is zero. colsum[n] = sum_k B[k, n].
  */
 int64_t gemm_i8_packed_size(int64_t K, int64_t N) { return ((N + 15) / 16) * ((K + 3) / 4) * 64; }
+
+#define GEMM_NR 4 /* column blocks per panel */
+
+/* Byte offset of the 64-byte block (jb, kb). */
+static inline int64_t packed_block(int64_t jb, int64_t kb, int64_t Kb, int64_t Nb) {
+    const int64_t g = jb / GEMM_NR;
+    const int64_t nb = Nb - g * GEMM_NR < GEMM_NR ? Nb - g * GEMM_NR : GEMM_NR;
+    return g * Kb * 64 * GEMM_NR + kb * nb * 64 + (jb % GEMM_NR) * 64;
+}
 
 /* layout 0: b is [K, N] (row stride ldb); layout 1: b is [N, K] (row stride ldb), i.e. a torch Linear weight. */
 int gemm_i8_pack(const int8_t *b, int64_t K, int64_t N, int layout, int64_t ldb, int8_t *packed, int32_t *colsum) {
     if (!b || !packed || !colsum || K < 0 || N < 0 || (layout != 0 && layout != 1)) return QG_EBADARG;
     if ((layout == 0 && ldb < N) || (layout == 1 && ldb < K)) return QG_EBADARG;
-    const int64_t Kb = (K + 3) / 4;
+    const int64_t Kb = (K + 3) / 4, Nb = (N + 15) / 16;
     memset(packed, 0, (size_t)gemm_i8_packed_size(K, N));
     for (int64_t n = 0; n < N; ++n) {
         uint32_t s = 0;
         for (int64_t k = 0; k < K; ++k) {
             const int8_t v = layout == 0 ? b[k * ldb + n] : b[n * ldb + k];
-            packed[((n / 16) * Kb + k / 4) * 64 + (n % 16) * 4 + k % 4] = v;
+            packed[packed_block(n / 16, k / 4, Kb, Nb) + (n % 16) * 4 + k % 4] = v;
             s += (uint32_t)(int32_t)v;
         }
         colsum[n] = (int32_t)s;
@@ -663,49 +1170,97 @@ int gemm_i8_pack(const int8_t *b, int64_t K, int64_t N, int layout, int64_t ldb,
     return QG_OK;
 }
 
-#define GEMM_MB 32 /* rows per parallel task */
+#define GEMM_MR 6   /* rows per micro-kernel: 6 x 4 zmm accumulators + 4 weight blocks + 1 broadcast */
+#define GEMM_MB 48  /* rows per parallel task, a multiple of GEMM_MR */
 
 #if QG_VNNI
-/* C[mr rows, 16 * nr cols] block: up to 4 x 4 zmm accumulators of u8(a + 128) . s8(b) dot products. */
-static inline void vnni_block(const uint8_t *au, int64_t lda_u, int mr, const int8_t *pk, int64_t Kb, int nr,
-                              __m512i acc[4][4]) {
-    for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_si512();
-    if (mr == 4 && nr == 4) {
-        for (int64_t kb = 0; kb < Kb; ++kb) {
-            const __m512i b0 = _mm512_loadu_si512((const void *)(pk + (0 * Kb + kb) * 64));
-            const __m512i b1 = _mm512_loadu_si512((const void *)(pk + (1 * Kb + kb) * 64));
-            const __m512i b2 = _mm512_loadu_si512((const void *)(pk + (2 * Kb + kb) * 64));
-            const __m512i b3 = _mm512_loadu_si512((const void *)(pk + (3 * Kb + kb) * 64));
-            for (int i = 0; i < 4; ++i) {
-                int32_t a4;
-                memcpy(&a4, au + i * lda_u + 4 * kb, 4);
-                const __m512i av = _mm512_set1_epi32(a4);
-                acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], av, b0);
-                acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], av, b1);
-                acc[i][2] = _mm512_dpbusd_epi32(acc[i][2], av, b2);
-                acc[i][3] = _mm512_dpbusd_epi32(acc[i][3], av, b3);
-            }
-        }
-        return;
+/*
+ * Micro-kernel: the tile of C at GEMM_MR rows of the task buffer au (u8(a + 128), row stride Kp) and the NR column
+ * blocks of one packed panel: GEMM_MR * NR zmm accumulators of vpdpbusd over the Kb quads of k, then
+ * C = acc + colterm - zb * rowsum. Rows >= mr_valid are computed from the buffer's spare rows but not stored;
+ * columns >= N are masked. NR is a constant at every call, so the accumulators live in registers.
+ */
+static QG_ALWAYS_INLINE void vnni_tile(const int NR, const uint8_t *au, int64_t Kp, const int8_t *pk, int64_t Kb,
+                                       const uint32_t *colterm, const uint32_t *zbv, const uint32_t *rowsum,
+                                       int64_t mr_valid, int32_t *c, int64_t ldc, int64_t n0, int64_t N) {
+    __m512i acc[GEMM_MR][GEMM_NR];
+    QG_UNROLL
+    for (int i = 0; i < GEMM_MR; ++i) {
+        QG_UNROLL
+        for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
     }
     for (int64_t kb = 0; kb < Kb; ++kb) {
-        for (int j = 0; j < nr; ++j) {
-            const __m512i bj = _mm512_loadu_si512((const void *)(pk + ((int64_t)j * Kb + kb) * 64));
-            for (int i = 0; i < mr; ++i) {
-                int32_t a4;
-                memcpy(&a4, au + i * lda_u + 4 * kb, 4);
-                acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], _mm512_set1_epi32(a4), bj);
+        __m512i b[GEMM_NR];
+        QG_UNROLL
+        for (int j = 0; j < NR; ++j) b[j] = _mm512_loadu_si512((const void *)(pk + (kb * NR + j) * 64));
+        QG_UNROLL
+        for (int i = 0; i < GEMM_MR; ++i) {
+            int32_t a4;
+            memcpy(&a4, au + i * Kp + 4 * kb, 4);
+            const __m512i av = _mm512_set1_epi32(a4);
+            QG_UNROLL
+            for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], av, b[j]);
+        }
+    }
+    QG_UNROLL
+    for (int i = 0; i < GEMM_MR; ++i) {
+        if (i < mr_valid) {
+            const __m512i rs = _mm512_set1_epi32((int32_t)rowsum[i]);
+            int32_t *crow = c + i * ldc;
+            QG_UNROLL
+            for (int j = 0; j < NR; ++j) {
+                const int64_t n = n0 + 16 * j;
+                const __m512i ct = _mm512_loadu_si512((const void *)(colterm + n));
+                const __m512i zz = _mm512_loadu_si512((const void *)(zbv + n));
+                const __m512i v = _mm512_sub_epi32(_mm512_add_epi32(acc[i][j], ct), _mm512_mullo_epi32(zz, rs));
+                const int64_t left = N - n;
+                const __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
+                _mm512_mask_storeu_epi32((void *)(crow + n), mask, v);
             }
         }
     }
+}
+
+/* All tiles of one task: mb rows (au, rowsum) times every panel of the packed weight. */
+static void vnni_task(const uint8_t *au, int64_t Kp, int64_t mb, const int8_t *packed, int64_t Kb, int64_t Nb,
+                      const uint32_t *colterm, const uint32_t *zbv, const uint32_t *rowsum, int32_t *c,
+                      int64_t ldc, int64_t N) {
+    for (int64_t j0 = 0; j0 < Nb; j0 += GEMM_NR) {
+        const int64_t nr = Nb - j0 >= GEMM_NR ? GEMM_NR : Nb - j0;
+        const int8_t *pk = packed + j0 * Kb * 64;
+        for (int64_t i0 = 0; i0 < mb; i0 += GEMM_MR) {
+            const uint8_t *ai = au + i0 * Kp;
+            int32_t *ci = c + i0 * ldc;
+            switch (nr) {
+            case 4: vnni_tile(4, ai, Kp, pk, Kb, colterm, zbv, rowsum + i0, mb - i0, ci, ldc, 16 * j0, N); break;
+            case 3: vnni_tile(3, ai, Kp, pk, Kb, colterm, zbv, rowsum + i0, mb - i0, ci, ldc, 16 * j0, N); break;
+            case 2: vnni_tile(2, ai, Kp, pk, Kb, colterm, zbv, rowsum + i0, mb - i0, ci, ldc, 16 * j0, N); break;
+            default: vnni_tile(1, ai, Kp, pk, Kb, colterm, zbv, rowsum + i0, mb - i0, ci, ldc, 16 * j0, N); break;
+            }
+        }
+    }
+}
+
+/* au row = u8(a + 128) (a ^ 0x80) of K bytes; returns sum(a) modulo 2**32. */
+static inline uint32_t vnni_row(const int8_t *a, int64_t K, uint8_t *au) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512i s = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k += 64) {
+        const int64_t left = K - k;
+        const __mmask64 mk = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+        const __m512i u = _mm512_maskz_mov_epi8(mk, _mm512_xor_si512(_mm512_maskz_loadu_epi8(mk, a + k), flip));
+        _mm512_mask_storeu_epi8(au + k, mk, u);
+        s = _mm512_add_epi64(s, _mm512_sad_epu8(u, _mm512_setzero_si512())); /* sums of a + 128 */
+    }
+    return (uint32_t)_mm512_reduce_add_epi64(s) - 128u * (uint32_t)K;
 }
 #endif
 
 /*
  * C[M, N] (row stride ldc) = (A - za) @ (B - zb) + bias, A int8 [M, K] (row stride lda), B given packed by
  * gemm_i8_pack with its colsum; zb per tensor (zb_per_col = 0, zb[0]) or per column (zb[N]); bias int32 [N]
- * or NULL. With AVX512-VNNI: vpdpbusd on u8(A + 128) x s8(B), corrected by 128 * colsum; else plain C.
+ * or NULL. All arithmetic modulo 2**32 (exact whenever C fits in int32). With AVX512-VNNI: vpdpbusd on
+ * u8(A + 128) x s8(B) in register tiles, corrected by 128 * colsum; else plain C.
  */
 int gemm_i8(const int8_t *a, int64_t M, int64_t K, int64_t lda, int32_t za, const int8_t *packed,
             const int32_t *colsum, int64_t N, const int32_t *zb, int zb_per_col, const int32_t *bias, int32_t *c,
@@ -738,7 +1293,7 @@ int gemm_i8(const int8_t *a, int64_t M, int64_t K, int64_t lda, int32_t za, cons
 #pragma omp parallel num_threads(T) if (n_tasks > 1)
 #endif
     {
-        /* A rows as u8(a ^ shift) padded with zeros to Kp, and their plain sums */
+        /* the task's A rows: u8(a + 128) (VNNI) or a itself, zero-padded to Kp, and their plain sums */
         uint8_t *au = (uint8_t *)qg_alloc((size_t)(GEMM_MB * Kp));
         uint32_t *rowsum = (uint32_t *)qg_alloc(GEMM_MB * sizeof(uint32_t));
         const int ok = au && rowsum;
@@ -747,6 +1302,9 @@ int gemm_i8(const int8_t *a, int64_t M, int64_t K, int64_t lda, int32_t za, cons
 #pragma omp atomic write
 #endif
             status = QG_ENOMEM;
+        } else {
+            memset(au, 0, (size_t)(GEMM_MB * Kp)); /* pad bytes (and spare rows) stay zero */
+            memset(rowsum, 0, GEMM_MB * sizeof(uint32_t));
         }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -755,50 +1313,30 @@ int gemm_i8(const int8_t *a, int64_t M, int64_t K, int64_t lda, int32_t za, cons
             if (!ok) continue;
             const int64_t m0 = t * GEMM_MB;
             const int64_t mb = M - m0 < GEMM_MB ? M - m0 : GEMM_MB;
-            memset(au, 0, (size_t)(GEMM_MB * Kp));
+#if QG_VNNI
+            for (int64_t i = 0; i < mb; ++i) rowsum[i] = vnni_row(a + (m0 + i) * lda, K, au + i * Kp);
+            vnni_task(au, Kp, mb, packed, Kb, Nb, colterm, zbv, rowsum, c + m0 * ldc, ldc, N);
+#else
             for (int64_t i = 0; i < mb; ++i) {
                 const int8_t *ar = a + (m0 + i) * lda;
                 uint32_t s = 0;
                 for (int64_t k = 0; k < K; ++k) {
-                    au[i * Kp + k] = (uint8_t)((uint8_t)ar[k] ^ (uint8_t)shift);
+                    au[i * Kp + k] = (uint8_t)ar[k];
                     s += (uint32_t)(int32_t)ar[k];
                 }
                 rowsum[i] = s;
             }
-#if QG_VNNI
-            for (int64_t i0 = 0; i0 < mb; i0 += 4) {
-                const int mr = mb - i0 < 4 ? (int)(mb - i0) : 4;
-                for (int64_t j0 = 0; j0 < Nb; j0 += 4) {
-                    const int nr = Nb - j0 < 4 ? (int)(Nb - j0) : 4;
-                    __m512i acc[4][4];
-                    vnni_block(au + i0 * Kp, Kp, mr, packed + j0 * Kb * 64, Kb, nr, acc);
-                    for (int i = 0; i < mr; ++i) {
-                        const __m512i rs = _mm512_set1_epi32((int32_t)rowsum[i0 + i]);
-                        int32_t *crow = c + (m0 + i0 + i) * ldc;
-                        for (int j = 0; j < nr; ++j) {
-                            const int64_t n0 = (j0 + j) * 16;
-                            const __m512i ct = _mm512_loadu_si512((const void *)(colterm + n0));
-                            const __m512i zz = _mm512_loadu_si512((const void *)(zbv + n0));
-                            __m512i v = _mm512_add_epi32(acc[i][j], ct);
-                            v = _mm512_sub_epi32(v, _mm512_mullo_epi32(zz, rs));
-                            const int64_t left = N - n0;
-                            const __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-                            _mm512_mask_storeu_epi32((void *)(crow + n0), mask, v);
-                        }
-                    }
-                }
-            }
-#else
             for (int64_t i = 0; i < mb; ++i) {
                 const int8_t *ar = (const int8_t *)(au + i * Kp); /* shift == 0: the bytes are A itself */
                 int32_t *crow = c + (m0 + i) * ldc;
                 for (int64_t jb = 0; jb < Nb; ++jb) {
                     uint32_t acc[16] = {0};
-                    const int8_t *pk = packed + jb * Kb * 64;
-                    for (int64_t kb = 0; kb < Kb; ++kb)
+                    for (int64_t kb = 0; kb < Kb; ++kb) {
+                        const int8_t *pk = packed + packed_block(jb, kb, Kb, Nb);
                         for (int j = 0; j < 16; ++j)
                             for (int q = 0; q < 4; ++q)
-                                acc[j] += (uint32_t)((int32_t)ar[4 * kb + q] * (int32_t)pk[kb * 64 + j * 4 + q]);
+                                acc[j] += (uint32_t)((int32_t)ar[4 * kb + q] * (int32_t)pk[j * 4 + q]);
+                    }
                     for (int j = 0; j < 16 && jb * 16 + j < N; ++j) {
                         const int64_t n = jb * 16 + j;
                         crow[n] = (int32_t)(acc[j] + colterm[n] - zbv[n] * rowsum[i]);

@@ -2,7 +2,9 @@
 
 * ``CSR.from_edge_index``: rows are aggregation targets (``edge_index[1]``), columns sources.
 * ``spmm``: ``acc[i, f] = sum_e (w_e - zw) * (x[col_e, f] - zx)`` in int32 for 8, 4 or 2-bit features;
-  ``spmm_requantize`` fuses ``requantize`` into the row loop and returns int8.
+  ``spmm_requantize`` fuses ``requantize`` into the row loop and returns int8. ``message=MessageQuant(...)``
+  quantizes every message before the sum: ``acc[i, f] = sum_e (clamp(round_half_even(float64(p_ef) * m) + z,
+  qmin, qmax) - z)`` with ``p_ef = (w_e - zw) * (x[col_e, f] - zx)``, fused (no per-edge intermediate).
 * ``requantize``: ``clamp(round_half_even(acc * m) + z, qmin, qmax)``, bit-exact with
   ``quantgraph::requantize``.
 * ``gemm_i8``: ``(a - za) @ (b - zb) + bias`` in int32; ``pack_weight`` pre-packs ``b`` once.
@@ -253,6 +255,61 @@ class CSR:
 # ---------------------------------------------------------------------------------------------------- SpMM
 
 
+@dataclass(frozen=True)
+class MessageQuant:
+    """Per-tensor quantizer of every message of an aggregation, applied before the sum.
+
+    A message ``p = (w_e - zw) * (q[col_e, f] - zx)`` becomes
+    ``clamp(round_half_even(float64(p) * multiplier) + zero_point, qmin, qmax)`` (the integer IR's
+    ``requantize``), and the aggregation sums it minus ``zero_point``. Exact whenever ``|p| < 2**53``.
+    """
+
+    multiplier: float
+    zero_point: int = 0
+    qmin: int = -128
+    qmax: int = 127
+
+    def __post_init__(self) -> None:
+        m = _array(self.multiplier, "multiplier")
+        if m.size != 1 or not np.issubdtype(m.dtype, np.number) or np.iscomplexobj(m):
+            raise InputError(
+                f"message multiplier must be one real number, got {m.size} of {m.dtype}",
+                "pass a per-tensor float multiplier",
+            )
+        mult = float(m.reshape(-1)[0])
+        if not np.isfinite(mult):
+            raise InputError(f"message multiplier {mult} is not finite", "pass a finite multiplier")
+        values = {}
+        for name in ("zero_point", "qmin", "qmax"):
+            v = _array(getattr(self, name), name)
+            if v.size != 1 or not np.issubdtype(v.dtype, np.integer):
+                raise InputError(f"message {name} must be one integer, got {v.dtype}", f"pass an int {name}")
+            values[name] = _int32(int(v.reshape(-1)[0]), f"message {name}")
+        if values["qmin"] > values["qmax"]:
+            raise InputError(
+                f"message range [{values['qmin']}, {values['qmax']}] is empty", "pass qmin <= qmax"
+            )
+        object.__setattr__(self, "multiplier", mult)
+        for name, v in values.items():
+            object.__setattr__(self, name, v)
+
+
+def _message(message: Any) -> MessageQuant:
+    if isinstance(message, MessageQuant):
+        return message
+    if isinstance(message, tuple | list) and len(message) == 4:
+        return MessageQuant(*message)
+    raise InputError(
+        f"message must be a MessageQuant or (multiplier, zero_point, qmin, qmax), got {type(message).__name__}",
+        "pass message=MessageQuant(multiplier, zero_point, qmin, qmax)",
+    )
+
+
+def _message_args(message: Any) -> list[Any]:
+    mq = _message(message)
+    return [mq.multiplier, mq.zero_point, mq.qmin, mq.qmax]
+
+
 def _features(q: Any, bits: int, num_rows: int, num_features: int | None) -> tuple[np.ndarray, int]:
     q = _array(q, "q")
     if bits == 8:
@@ -325,18 +382,25 @@ def spmm(
     *,
     weight_zero_point: int = 0,
     num_features: int | None = None,
+    message: MessageQuant | tuple[float, int, int, int] | None = None,
 ) -> np.ndarray:
     """int32 ``[num_rows, F]``: ``sum_e (w_e - weight_zero_point) * (q[col_e] - zero_point)``.
 
     ``q`` is int8 ``[num_cols, F]`` (8 bits) or packed ``[num_cols, bytes]`` (4/2 bits, see ``pack``;
     ``num_features`` defaults to every field of a row). ``edge_weights`` (CSR order) override
-    ``csr.edge_weights``; without either every edge weighs 1.
+    ``csr.edge_weights``; without either every edge weighs 1. ``message``: quantize each product before the
+    sum (see ``MessageQuant``), summing ``q_msg - message.zero_point``.
     """
     lib = load().lib
     args, f = _spmm_args(csr, q, bits, zero_point, edge_weights, weight_zero_point, num_features)
+    threads = _threads(threads)
     out = np.empty((csr.num_rows, f), dtype=np.int32)
-    fn = {8: lib.csr_spmm_i8, 4: lib.csr_spmm_i4, 2: lib.csr_spmm_i2}[bits]
-    _raise(fn(*args, _ptr(out), f, _threads(threads)), "spmm")
+    if message is not None:
+        status = lib.csr_spmm_msg(bits, *args, *_message_args(message), _ptr(out), f, threads)
+    else:
+        fn = {8: lib.csr_spmm_i8, 4: lib.csr_spmm_i4, 2: lib.csr_spmm_i2}[bits]
+        status = fn(*args, _ptr(out), f, threads)
+    _raise(status, "spmm")
     return out
 
 
@@ -402,11 +466,12 @@ def spmm_requantize(
     weight_zero_point: int = 0,
     num_features: int | None = None,
     threads: int | None = None,
+    message: MessageQuant | tuple[float, int, int, int] | None = None,
 ) -> np.ndarray:
     """``requantize(spmm(...), multiplier, out_zero_point, qmin, qmax, axis, relu)`` as int8, fused per row.
 
     ``multiplier``/``out_zero_point``: one value, or one per row (``axis=0``, e.g. mean aggregation) or per
-    column (``axis=1``).
+    column (``axis=1``). ``message``: as in ``spmm``, the per-message quantizer applied before the sum.
     """
     lib = load().lib
     args, f = _spmm_args(csr, q, bits, zero_point, edge_weights, weight_zero_point, num_features)
@@ -415,9 +480,12 @@ def spmm_requantize(
     z, z_mode = _requant_param(out_zero_point, "out_zero_point", csr.num_rows, f, ax, np.int32)
     _check_range(qmin, qmax, np.int8)
     out = np.empty((csr.num_rows, f), dtype=np.int8)
-    status = lib.csr_spmm_requant(
-        bits,
-        *args,
+    if message is not None:
+        fn, head = lib.csr_spmm_msg_requant, [bits, *args, *_message_args(message)]
+    else:
+        fn, head = lib.csr_spmm_requant, [bits, *args]
+    status = fn(
+        *head,
         _ptr(m),
         m_mode,
         _ptr(z),

@@ -275,18 +275,21 @@ class NativeModel:
         feats = q if bits == 8 else kernels.pack(q, bits)
         message = kw.get("message")
         if message is not None:
-            acc = _message_spmm(csr, q, zx, message)
-            if kw["requant"] is None:
-                return torch.from_numpy(acc)
-            rq = self._requant_args(kw["requant"], values)
-            return torch.from_numpy(kernels.requantize(acc, rq.pop("multiplier"), **rq, threads=self.threads))
+            message = kernels.MessageQuant(
+                float(message["multiplier"]),
+                int(message["zero_point"]),
+                int(message["qmin"]),
+                int(message["qmax"]),
+            )
         if kw["requant"] is None:
-            out = kernels.spmm(csr, feats, bits, zx, threads=self.threads, num_features=num_features)
+            out = kernels.spmm(
+                csr, feats, bits, zx, threads=self.threads, num_features=num_features, message=message
+            )
             return torch.from_numpy(out)
         rq = self._requant_args(kw["requant"], values)
         out = kernels.spmm_requantize(
             csr, feats, bits, zx, rq["multiplier"], rq["zero_point"], rq["qmin"], rq["qmax"],
-            axis=rq["axis"], num_features=num_features, threads=self.threads,
+            axis=rq["axis"], num_features=num_features, threads=self.threads, message=message,
         )  # fmt: skip
         return torch.from_numpy(out)
 
@@ -314,20 +317,6 @@ class NativeModel:
             np.maximum(acc, 0, out=acc)
         rq = self._requant_args(kw["requant"], values)
         return torch.from_numpy(kernels.requantize(acc, rq.pop("multiplier"), **rq, threads=self.threads))
-
-
-def _message_spmm(csr: kernels.CSR, q: np.ndarray, zx: int, message: dict[str, Any]) -> np.ndarray:
-    """Aggregation with a per-edge message quantizer, in NumPy (exact; no fused kernel yet)."""
-    counts = np.diff(csr.indptr)
-    rows = np.repeat(np.arange(csr.num_rows), counts)
-    p = q[csr.indices].astype(np.int64) - zx
-    if csr.edge_weights is not None:
-        p *= csr.edge_weights.astype(np.int64)[:, None]
-    m, z = float(message["multiplier"]), int(message["zero_point"])
-    qm = np.clip(np.rint(p.astype(np.float64) * m) + z, message["qmin"], message["qmax"]).astype(np.int64) - z
-    acc = np.zeros((csr.num_rows, q.shape[1]), dtype=np.int64)
-    np.add.at(acc, rows, qm)
-    return acc.astype(np.int32)
 
 
 def check_accumulator(step: Step, csr: kernels.CSR) -> None:
