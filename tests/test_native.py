@@ -550,3 +550,49 @@ def test_portable_build_without_vnni_or_openmp_matches(monkeypatch: pytest.Monke
             for mq in (nk.MessageQuant(0.25, 1, -128, 127), nk.MessageQuant(0.5, 0, -999, 999)):
                 got = nk.spmm(csr, nk.pack(qb, bits), bits, 1, num_features=19, message=mq)
                 np.testing.assert_array_equal(got, _message_reference(ei, 60, qb, 1, weights, 0, mq))
+
+
+def test_quantize_matches_ir_quantize_bit_for_bit():
+    from quantgraph.ir.ops import quantize as ir_quantize
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((700, 37)) * 4).astype(np.float32)
+    x[0, :6] = [0.5, 1.5, 2.5, -0.5, -2.5, 1e9]  # ties (scale 1) and a saturating value
+    for scale, zp, lo, hi in [(1.0, 0, -128, 127), (0.1, 3, -128, 127), (0.0371, -5, -8, 7), (0.5, 1, -2, 1)]:
+        got = nk.quantize(x, scale, zp, lo, hi, threads=2)
+        ref = ir_quantize(
+            torch.from_numpy(x), torch.tensor(scale), torch.tensor(zp), torch.tensor(lo), torch.tensor(hi), 0
+        )
+        assert np.array_equal(got, ref.numpy()), scale
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int32])
+def test_requantize_affine_matches_ir_ops(dtype):
+    from quantgraph.ir.int_ops import requantize as ir_requantize
+
+    rng = np.random.default_rng(6)
+    lo, hi = (-128, 127) if dtype == np.int8 else (-50000, 50000)
+    x = rng.integers(lo, hi + 1, (400, 29)).astype(dtype)
+    bias = rng.integers(-3000, 3000, 29).astype(np.int32)
+    for zin, b, relu, m in [(5, bias, True, 0.013), (0, None, False, 0.5), (-7, bias[:1], True, 0.25)]:
+        got = nk.requantize_affine(x, m, 3, -128, 127, input_zero_point=zin, bias=b, relu=relu, threads=2)
+        t = torch.from_numpy(x).int() - zin
+        if b is not None:
+            t = t + torch.from_numpy(b)
+        if relu:
+            t = t.clamp_min(0)
+        ref = ir_requantize(t, torch.tensor(m, dtype=torch.float64), torch.tensor(3), torch.tensor(-128),
+                            torch.tensor(127), 0)  # fmt: skip
+        assert np.array_equal(got, ref.numpy())
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_pack_kernel_equals_numpy_packing(bits):
+    rng = np.random.default_rng(7)
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    for f in (1, 5, 37, 128):
+        q = rng.integers(lo, hi + 1, (301, f)).astype(np.int8)
+        fast = nk.pack(q, bits, check=False, threads=2)
+        slow = nk.pack(q.astype(np.int64), bits)
+        assert np.array_equal(fast, slow)
+        assert np.array_equal(nk.unpack(fast, bits, f), q)

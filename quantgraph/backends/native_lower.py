@@ -10,6 +10,7 @@ become native kernels:
 * ``native.linear``: ``requantize(linear_int(x, ...))``: the int8 GEMM plus requantize.
 * ``native.requantize``: any other ``requantize`` of an int32 value, with the zero-point subtraction, int32
   bias add and ReLU (``clamp_min(., 0)``) before it fused in.
+* ``native.quantize``: a per-tensor ``quantize`` of the float32 input features.
 
 Steps that depend only on the graph's structure and sizes form the ``graph`` stage (edge normalisation,
 quantized edge weights, CSRs): the runtime runs them once per graph. Node counts read off a feature input's
@@ -336,6 +337,30 @@ class _Lowering:
             if node.target == REQUANTIZE and node in self.feature and node not in self.fused:
                 if (step := self.match_requantize(node)) is not None:
                     self._place(node, [step])
+            elif node.target == QUANTIZE and node in self.feature and (step := self.match_quantize(node)):
+                self._place(node, [step])
+
+    def match_quantize(self, node: fx.Node) -> Step | None:
+        """A per-tensor quantize of float32 input features into at most 8 bits.
+
+        Only graph inputs, which are checked to be finite: an intermediate NaN (e.g. GAT's softmax over an
+        all-zero 4-bit denominator) has no int8 image, so those quantizes keep the IR op's semantics.
+        """
+        x, scale, zp = node.args[:3]
+        if not isinstance(x, fx.Node) or x.op != "placeholder":
+            return None
+        v = self.values.get(x)
+        s = self.const(scale) if isinstance(scale, fx.Node) else None
+        rng, z = self.qrange(node), self.scalar(zp)
+        if v is None or v.dtype != torch.float32 or v.shape is None or len(v.shape) not in (1, 2):
+            return None
+        if s is None or s.numel() != 1 or s.dtype != torch.float32 or rng is None or z is None:
+            return None
+        if not INT8_RANGE[0] <= rng[0] <= rng[1] <= INT8_RANGE[1]:
+            return None
+        kwargs = {"scale": float(s.reshape(())), "zero_point": z, "qmin": rng[0], "qmax": rng[1]}
+        source = node.meta.get("qg_source", node.name)
+        return Step("native.quantize", [self.encode(x)], node.name, "feature", kwargs, source)
 
     def match_requantize(self, node: fx.Node) -> Step | None:
         """``requantize([relu]([add bias]([sub zero point](q))))``: one elementwise kernel."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from quantgraph.errors import InputError
 
 SOURCE = Path(__file__).with_name("kernels.c")
-ABI_VERSION = 2
+ABI_VERSION = 3
 BASE_FLAGS = ["-std=c99", "-O3", "-shared", "-fPIC"]
 FLAG_SETS = [
     ["-march=native", "-fopenmp"],
@@ -209,6 +209,14 @@ def _bind(lib: ctypes.CDLL) -> None:
         c.c_int,
     ]
     lib.requantize_i32.restype = c.c_int
+    lib.requantize_affine.argtypes = [vp, c.c_int, i64, i64, i64, i32, vp, c.c_int, dp, c.c_int, vp, c.c_int,
+                                      i32, i32, vp, c.c_int, i64, c.c_int]  # fmt: skip
+    lib.requantize_affine.restype = c.c_int
+    f32 = c.c_float
+    lib.quantize_f32.argtypes = [vp, i64, i64, i64, f32, f32, f32, f32, vp, i64, c.c_int]
+    lib.quantize_f32.restype = c.c_int
+    lib.pack_i8.argtypes = [vp, i64, i64, i64, c.c_int, vp, i64, c.c_int]
+    lib.pack_i8.restype = c.c_int
     lib.gemm_i8_packed_size.argtypes = [i64, i64]
     lib.gemm_i8_packed_size.restype = i64
     lib.gemm_i8_pack.argtypes = [vp, i64, i64, c.c_int, i64, vp, vp]

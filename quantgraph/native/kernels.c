@@ -11,6 +11,9 @@
  *       with p[e, f] = (w[e] - zw) * (x[indices[e], f] - zx), exact while |p| < 2**53; optionally
  *       requantized to int8 as above (no E x F intermediate)
  *   requantize_i32                           out = clamp(nearbyint(acc * m) + z, qmin, qmax)
+ *   requantize_affine                        the same of relu?(in - zin + bias[f]), in int8 or int32
+ *   quantize_f32                             out = clamp(nearbyintf(x / s) + z, qmin, qmax), float32
+ *   pack_i8                                  int8 rows -> packed 4/2-bit feature rows
  *   gemm_i8_pack / gemm_i8                   int8 x int8 -> int32 matmul with zero points:
  *       C[m, n] = sum_k (A[m, k] - za) * (B[k, n] - zb[n]) + bias[n]
  *   qg_info                                  ABI version and build features
@@ -90,7 +93,7 @@
 #define QG_IVDEP
 #endif
 
-#define QG_ABI_VERSION 2
+#define QG_ABI_VERSION 3
 #define QG_OK 0
 #define QG_EBADARG (-1)
 #define QG_ENOMEM (-2)
@@ -1127,6 +1130,127 @@ int requantize_i32(const int32_t *acc, int64_t rows, int64_t cols, int64_t acc_s
             requant_row_i8(acc + i * acc_stride, cols, i, &rq, (int8_t *)out + i * out_stride);
         else
             requant_row_i32(acc + i * acc_stride, cols, i, &rq, (int32_t *)out + i * out_stride);
+    }
+    return QG_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* elementwise: input quantize, affine requantize, packing                                           */
+
+/*
+ * out[i, f] = clamp(nearbyintf(x[i, f] / scale) + zp, qmin, qmax) as int8, all in float32 and in torch's
+ * order (quantgraph::quantize: round(x / s) + z, then min with qmax, then max with qmin). Per tensor.
+ */
+int quantize_f32(const float *x, int64_t rows, int64_t cols, int64_t x_stride, float scale, float zp, float qmin,
+                 float qmax, int8_t *out, int64_t out_stride, int threads) {
+    if (rows < 0 || cols < 0 || x_stride < cols || out_stride < cols || !(qmin <= qmax)) return QG_EBADARG;
+    if (qmin < -128.0f || qmax > 127.0f) return QG_EBADARG;
+    if (rows == 0 || cols == 0) return QG_OK;
+    if (!x || !out) return QG_EBADARG;
+    const int T = qg_threads(threads);
+    (void)T;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(T) schedule(static) if (rows * cols > 32768)
+#endif
+    for (int64_t i = 0; i < rows; ++i) {
+        const float *restrict xr = x + i * x_stride;
+        int8_t *restrict o = out + i * out_stride;
+        for (int64_t f = 0; f < cols; ++f) {
+            float v = nearbyintf(xr[f] / scale) + zp;
+            v = v > qmax ? qmax : v;
+            v = v < qmin ? qmin : v;
+            o[f] = (int8_t)(int32_t)v;
+        }
+    }
+    return QG_OK;
+}
+
+/*
+ * out = requantize(t) with t[i, f] = in[i, f] - zin + bias[f] (bias may be NULL), and t = max(t, 0) when
+ * relu_in; in is int8 (in_bytes 1) or int32 (4). Requantize as requantize_i32 (relu there is not used).
+ */
+int requantize_affine(const void *in, int in_bytes, int64_t rows, int64_t cols, int64_t in_stride, int32_t zin,
+                      const int32_t *bias, int relu_in, const double *mult, int mult_mode, const int32_t *zp,
+                      int zp_mode, int32_t qmin, int32_t qmax, void *out, int out_bytes, int64_t out_stride,
+                      int threads) {
+    if (rows < 0 || cols < 0 || in_stride < cols || out_stride < cols || qmin > qmax) return QG_EBADARG;
+    if (rows == 0 || cols == 0) return QG_OK;
+    if (!in || !mult || !zp || !out || (in_bytes != 1 && in_bytes != 4) || (out_bytes != 1 && out_bytes != 4))
+        return QG_EBADARG;
+    if (out_bytes == 1 && (qmin < -128 || qmax > 127)) return QG_EBADARG;
+    const qg_requant rq = {mult, mult_mode, zp, zp_mode, qmin, qmax, 0};
+    const int T = qg_threads(threads);
+    int status = QG_OK;
+    (void)T;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T) if (rows * cols > 32768)
+#endif
+    {
+        int32_t *t = (int32_t *)qg_alloc((size_t)cols * sizeof(int32_t));
+        if (!t) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            status = QG_ENOMEM;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t i = 0; i < rows; ++i) {
+            if (!t) continue;
+            if (in_bytes == 1) {
+                const int8_t *restrict r = (const int8_t *)in + i * in_stride;
+                for (int64_t f = 0; f < cols; ++f) t[f] = (int32_t)r[f] - zin;
+            } else {
+                const int32_t *restrict r = (const int32_t *)in + i * in_stride;
+                for (int64_t f = 0; f < cols; ++f) t[f] = (int32_t)((uint32_t)r[f] - (uint32_t)zin);
+            }
+            if (bias)
+                for (int64_t f = 0; f < cols; ++f) t[f] = (int32_t)((uint32_t)t[f] + (uint32_t)bias[f]);
+            if (relu_in)
+                for (int64_t f = 0; f < cols; ++f) t[f] = t[f] > 0 ? t[f] : 0;
+            if (out_bytes == 1)
+                requant_row_i8(t, cols, i, &rq, (int8_t *)out + i * out_stride);
+            else
+                requant_row_i32(t, cols, i, &rq, (int32_t *)out + i * out_stride);
+        }
+        free(t);
+    }
+    return status;
+}
+
+/* Pack int8 rows q[rows, cols] (values within the bits range) into the 4- or 2-bit feature layout. */
+int pack_i8(const int8_t *q, int64_t rows, int64_t cols, int64_t q_stride, int bits, uint8_t *out,
+            int64_t out_stride, int threads) {
+    if (rows < 0 || cols < 0 || q_stride < cols || (bits != 4 && bits != 2)) return QG_EBADARG;
+    const int per = 8 / bits;
+    const int64_t nbytes = (cols + per - 1) / per;
+    if (out_stride < nbytes) return QG_EBADARG;
+    if (rows == 0) return QG_OK;
+    if (!q || !out) return QG_EBADARG;
+    const uint8_t mask = (uint8_t)((1u << bits) - 1u);
+    const int T = qg_threads(threads);
+    (void)T;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(T) schedule(static) if (rows * cols > 65536)
+#endif
+    for (int64_t i = 0; i < rows; ++i) {
+        const int8_t *restrict r = q + i * q_stride;
+        uint8_t *restrict o = out + i * out_stride;
+        const int64_t full = cols / per;
+        for (int64_t k = 0; k < full; ++k) {
+            uint8_t b = 0;
+            for (int j = 0; j < per; ++j) b |= (uint8_t)(((uint8_t)r[k * per + j] & mask) << (j * bits));
+            o[k] = b;
+        }
+        for (int64_t k = full; k < out_stride; ++k) {
+            uint8_t b = 0;
+            for (int j = 0; j < per; ++j) {
+                const int64_t f = k * per + j;
+                if (f < cols) b |= (uint8_t)(((uint8_t)r[f] & mask) << (j * bits));
+            }
+            o[k] = b;
+        }
     }
     return QG_OK;
 }

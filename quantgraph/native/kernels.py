@@ -108,11 +108,13 @@ def row_bytes(num_features: int, bits: int) -> int:
 # ---------------------------------------------------------------------------------------------------- packing
 
 
-def pack(q: Any, bits: int) -> np.ndarray:
+def pack(q: Any, bits: int, *, check: bool = True, threads: int | None = None) -> np.ndarray:
     """Pack signed values ``q[N, F]`` (within the ``bits`` range) into ``uint8[N, ceil(F * bits / 8)]``.
 
     8 bits returns an int8 copy. Lower widths store two's complement fields, little end first. The result
     starts on a 64-byte boundary (rows of a multiple of 64 bytes then never straddle extra cache lines).
+    ``check=False`` skips the range check (for values a requantize clamped already); C-contiguous int8
+    input is packed by the ``pack_i8`` kernel in one pass.
     """
     q = _array(q, "q")
     bits = _check_bits(bits)
@@ -121,7 +123,7 @@ def pack(q: Any, bits: int) -> np.ndarray:
             f"q must be a 2-D integer array, got {q.ndim}-D {q.dtype}", "pass q[N, F] of integers"
         )
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    if q.size and (q.min() < lo or q.max() > hi):
+    if check and q.size and (q.min() < lo or q.max() > hi):
         raise InputError(
             f"q holds values outside the {bits}-bit range [{lo}, {hi}]", "clamp q before packing"
         )
@@ -130,6 +132,8 @@ def pack(q: Any, bits: int) -> np.ndarray:
         out8 = aligned_empty((n, f), np.int8)
         out8[...] = q
         return out8
+    if q.dtype == np.int8 and q.flags.c_contiguous:
+        return _pack_int8(q, bits, threads)
     per = 8 // bits
     if n == 0 or f == 0:
         return np.zeros((n, row_bytes(f, bits)), dtype=np.uint8)
@@ -140,6 +144,14 @@ def pack(q: Any, bits: int) -> np.ndarray:
     out[...] = 0
     for j in range(per):
         out |= fields[:, :, j] << np.uint8(j * bits)
+    return out
+
+
+def _pack_int8(q: np.ndarray, bits: int, threads: int | None) -> np.ndarray:
+    n, f = q.shape
+    out = aligned_empty((n, row_bytes(f, bits)), np.uint8)
+    status = load().lib.pack_i8(_ptr(q), n, f, f, bits, _ptr(out), out.shape[1], _threads(threads))
+    _raise(status, "pack")
     return out
 
 
@@ -541,6 +553,82 @@ def requantize(
         _ptr(out), out_dtype.itemsize, cols, _threads(threads),
     )  # fmt: skip
     _raise(status, "requantize")
+    return out.reshape(a.shape)
+
+
+def requantize_affine(
+    x: Any,
+    multiplier: Any,
+    zero_point: Any,
+    qmin: int,
+    qmax: int,
+    axis: int | None = -1,
+    *,
+    input_zero_point: int = 0,
+    bias: Any = None,
+    relu: bool = False,
+    out_dtype: Any = np.int8,
+    threads: int | None = None,
+) -> np.ndarray:
+    """``requantize(t)`` of ``t = x - input_zero_point + bias`` (then ``max(t, 0)`` when ``relu``).
+
+    ``x``: int8 or int32, 1-D or 2-D; ``bias``: int32, one value or one per column. The same exactness as
+    ``requantize`` (int32 arithmetic modulo 2**32; the compiler proves no overflow).
+    """
+    lib = load().lib
+    a = _array(x, "x")
+    if a.ndim not in (1, 2):
+        raise InputError(f"x has {a.ndim} dimensions, expected 1 or 2", "reshape x to [rows, cols]")
+    a = _check(a, "x", (np.int8, np.int32), a.ndim)
+    ax = _axis(axis, a.ndim)
+    a2 = a.reshape(1, -1) if a.ndim == 1 else a
+    rows, cols = a2.shape
+    m, m_mode = _requant_param(multiplier, "multiplier", rows, cols, ax, np.float64)
+    z, z_mode = _requant_param(zero_point, "zero_point", rows, cols, ax, np.int32)
+    b = None
+    if bias is not None:
+        b = np.ascontiguousarray(_array(bias, "bias"), dtype=np.int32).reshape(-1)
+        if b.size == 1:
+            b = np.full(cols, b[0], dtype=np.int32)
+        if b.size != cols:
+            raise InputError(f"bias has {b.size} values for {cols} columns", "pass one bias per column")
+    out_dtype = np.dtype(out_dtype)
+    if out_dtype not in (np.dtype(np.int8), np.dtype(np.int32)):
+        raise InputError(f"out_dtype {out_dtype} is not supported", "use np.int8 or np.int32")
+    _check_range(qmin, qmax, out_dtype)
+    out = np.empty(a2.shape, dtype=out_dtype)
+    status = lib.requantize_affine(
+        _ptr(a2), a2.dtype.itemsize, rows, cols, cols, _int32(input_zero_point, "input_zero_point"), _ptr(b),
+        int(bool(relu)), _ptr(m), m_mode, _ptr(z), z_mode, int(qmin), int(qmax), _ptr(out), out_dtype.itemsize,
+        cols, _threads(threads),
+    )  # fmt: skip
+    _raise(status, "requantize_affine")
+    return out.reshape(a.shape)
+
+
+def quantize(
+    x: Any, scale: float, zero_point: int, qmin: int, qmax: int, threads: int | None = None
+) -> np.ndarray:
+    """int8 ``clamp(round_half_even(x / scale) + zero_point, qmin, qmax)`` of float32 ``x``, computed in float32.
+
+    Bit-exact with ``quantgraph::quantize`` per tensor (the same float32 division, rounding and clamps).
+    """
+    lib = load().lib
+    a = _array(x, "x")
+    if a.ndim not in (1, 2):
+        raise InputError(f"x has {a.ndim} dimensions, expected 1 or 2", "reshape x to [rows, cols]")
+    a = _check(a, "x", (np.float32,), a.ndim)
+    a2 = a.reshape(1, -1) if a.ndim == 1 else a
+    _check_range(qmin, qmax, np.int8)
+    s = float(np.float32(scale))
+    if not np.isfinite(s) or s <= 0:
+        raise InputError(f"scale {scale} is not a positive finite number", "pass the quantizer's scale")
+    out = np.empty(a2.shape, dtype=np.int8)
+    status = lib.quantize_f32(
+        _ptr(a2), a2.shape[0], a2.shape[1], a2.shape[1], s, float(zero_point), float(qmin), float(qmax),
+        _ptr(out), a2.shape[1], _threads(threads),
+    )  # fmt: skip
+    _raise(status, "quantize")
     return out.reshape(a.shape)
 
 

@@ -7,7 +7,7 @@
 * ``native.csr`` (graph stage) builds an aggregation's CSR with its integer edge weights.
 * ``native.aggregate``: ``spmm``/``spmm_requantize`` on int8 or packed 4/2-bit features (with the per-edge
   message quantizer when the program has one); ``native.linear``: ``gemm_i8`` on a weight packed once at load,
-  plus ``requantize``; ``native.requantize``: ``requantize``. Their outputs are int8 (the IR's int32 values,
+  plus ``requantize``; ``native.requantize``: ``requantize_affine``; ``native.quantize``: ``quantize``. Their outputs are int8 (the IR's int32 values,
   stored narrow) and are widened to int32 where an ATen op reads them, so every op sees the IR's dtypes.
 * Every other step is the ATen (or ``quantgraph``) op it names, resolved by name from PyTorch's op registry;
   no code is loaded from the file. Unknown ops are refused when the program is loaded.
@@ -38,7 +38,14 @@ OPERATORS: dict[str, Callable[..., Any]] = {
     "mul": operator.mul,
     "floordiv": operator.floordiv,
 }
-NATIVE_OPS = ("native.csr", "native.aggregate", "native.linear", "native.requantize", "input.size")
+NATIVE_OPS = (
+    "native.csr",
+    "native.aggregate",
+    "native.linear",
+    "native.requantize",
+    "native.quantize",
+    "input.size",
+)
 LIBRARIES = ("aten", "quantgraph")
 INT32_MAX = 2**31 - 1
 
@@ -94,7 +101,8 @@ class NativeModel:
         self._narrow: set[str] = {  # int8 outputs of native steps whose IR value is int32
             s.out
             for s in self.program.steps
-            if s.op == "native.requantize" or (s.op.startswith("native.") and s.kwargs.get("requant"))
+            if s.op in ("native.requantize", "native.quantize")
+            or (s.op.startswith("native.") and s.kwargs.get("requant"))
         }
         self._weights = {
             s.out: kernels.pack_weight(self.array(s.kwargs["weight"]).astype(np.int8))
@@ -234,6 +242,7 @@ class NativeModel:
             "native.aggregate": self._aggregate,
             "native.linear": self._linear,
             "native.requantize": self._requantize,
+            "native.quantize": self._quantize,
         }[step.op]
         return native(step, values)
 
@@ -272,7 +281,7 @@ class NativeModel:
         q = self._int8(step.args[1], values)
         kw = step.kwargs
         bits, zx, num_features = int(kw["bits"]), int(kw["zero_point"]), q.shape[1]
-        feats = q if bits == 8 else kernels.pack(q, bits)
+        feats = q if bits == 8 else kernels.pack(q, bits, check=False, threads=self.threads)
         message = kw.get("message")
         if message is not None:
             message = kernels.MessageQuant(
@@ -308,15 +317,22 @@ class NativeModel:
 
     def _requantize(self, step: Step, values: dict[str, Any]) -> Tensor:
         kw = step.kwargs
-        acc = self._numpy(step.args[0], values).astype(np.int32)
-        if kw.get("input_zero_point"):
-            acc -= np.int32(kw["input_zero_point"])
-        if kw.get("bias") is not None:
-            acc += self.array(kw["bias"]).astype(np.int32)
-        if kw.get("relu"):
-            np.maximum(acc, 0, out=acc)
+        x = self._numpy(step.args[0], values)
+        if x.dtype not in (np.int8, np.int32):
+            x = x.astype(np.int32)
+        bias = None if kw.get("bias") is None else self.array(kw["bias"])
         rq = self._requant_args(kw["requant"], values)
-        return torch.from_numpy(kernels.requantize(acc, rq.pop("multiplier"), **rq, threads=self.threads))
+        out = kernels.requantize_affine(
+            np.ascontiguousarray(x), rq.pop("multiplier"), **rq, input_zero_point=int(kw.get("input_zero_point", 0)),
+            bias=bias, relu=bool(kw.get("relu")), threads=self.threads,
+        )  # fmt: skip
+        return torch.from_numpy(out)
+
+    def _quantize(self, step: Step, values: dict[str, Any]) -> Tensor:
+        kw = step.kwargs
+        x = np.ascontiguousarray(self._numpy(step.args[0], values), dtype=np.float32)
+        q = kernels.quantize(x, kw["scale"], kw["zero_point"], kw["qmin"], kw["qmax"], threads=self.threads)
+        return torch.from_numpy(q)
 
 
 def check_accumulator(step: Step, csr: kernels.CSR) -> None:
