@@ -201,3 +201,21 @@ def test_cli_compile_native_and_run(tmp_path, capsys):
     assert main(["run", str(ckpt), "--data", data_spec]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a quantgraph native model" in err[0]
+
+
+def test_edge_weights_spanning_256_values_are_stored_as_int8():
+    from quantgraph.native.runtime import narrow_weights
+
+    w = np.arange(0, 256, dtype=np.int32)  # GCN's normalisation: q - z with z = -128
+    stored, zero = narrow_weights(w, "csr")
+    assert stored.dtype == np.int8 and np.array_equal(stored.astype(np.int32) - zero, w)
+    stored, zero = narrow_weights(np.array([-5, 100], dtype=np.int32), "csr")
+    assert stored.dtype == np.int8 and zero == 0
+    stored, _ = narrow_weights(np.array([-300, 300], dtype=np.int32), "csr")
+    assert stored.dtype == np.int16
+    with pytest.raises(InputError, match="exceed int16"):
+        narrow_weights(np.array([0, 70000], dtype=np.int32), "csr")
+    compiled, data = _compile("gcn")
+    prepared = compiled.to_native().prepare(data.inputs())
+    csrs = [v for v in prepared.values.values() if hasattr(v, "weight_zero_point")]
+    assert csrs and all(c.csr.edge_weights.dtype == np.int8 for c in csrs)

@@ -33,7 +33,7 @@ from torch import Tensor, fx
 from quantgraph.errors import UnsupportedOpError
 from quantgraph.ir.int_ops import LINEAR_INT, REQUANTIZE
 from quantgraph.ir.ops import GATHER, QUANTIZE, SCATTER
-from quantgraph.native.artifact import Program, Step
+from quantgraph.native.artifact import Program, Step, references
 
 OPERATORS = {operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.floordiv: "floordiv"}
 DROPPED_KWARGS = ("device", "pin_memory", "layout")
@@ -421,18 +421,8 @@ def _live_steps(steps: list[Step], outputs: list[str]) -> list[Step]:
     for step in reversed(steps):
         if step.out in needed:
             live.append(step)
-            needed.update(_references({"args": step.args, "kwargs": step.kwargs}))
+            needed.update(references({"args": step.args, "kwargs": step.kwargs}))
     return live[::-1]
-
-
-def _references(arg: Any) -> list[str]:
-    if isinstance(arg, dict):
-        if "value" in arg and isinstance(arg["value"], str):
-            return [arg["value"]]
-        return [r for v in arg.values() for r in _references(v)]
-    if isinstance(arg, list):
-        return [r for a in arg for r in _references(a)]
-    return []
 
 
 def _flat(result: Any) -> list[Any]:

@@ -146,3 +146,14 @@ def load_program(path: str | Path) -> Program:
         if step.stage not in STAGES:
             raise InputError(f"{path}: step {step.out} has stage {step.stage!r}", "re-create the model")
     return program
+
+
+def references(arg: Any) -> list[str]:
+    """Names of the values (``{"value": name}``) an encoded argument reads."""
+    if isinstance(arg, dict):
+        if "value" in arg and isinstance(arg["value"], str):
+            return [arg["value"]]
+        return [r for v in arg.values() for r in references(v)]
+    if isinstance(arg, list):
+        return [r for a in arg for r in references(a)]
+    return []

@@ -454,6 +454,196 @@ static uint32_t accumulate_weighted(const spmm_args *a, int64_t e0, int64_t e1, 
     return wsum;
 }
 
+#if QG_AVX512BW
+/*
+ * Short rows (the whole row fits in a few zmm registers): the partial lanes live in registers for the whole
+ * row, loaded with one masked load per edge, no lane loop and no scalar epilogue (the auto-vectorized lane
+ * loops above run their main body only for rows of at least one full vector, so e.g. 16-byte rows fell to
+ * scalar code). Same arithmetic and lane layout as the loops above, so results are bit-identical.
+ */
+static inline __mmask64 qg_mask64(int64_t n) { return n >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1); }
+
+static QG_ALWAYS_INLINE const uint8_t *reg_row(const spmm_args *a, int64_t e, int64_t e_end) {
+    if (e + QG_PREFETCH_DIST < e_end) {
+        const uint8_t *p = a->x + col_at(a, e + QG_PREFETCH_DIST) * a->x_stride;
+        QG_PREFETCH(p);
+        QG_PREFETCH(p + a->x_stride - 1);
+    }
+    return a->x + col_at(a, e) * a->x_stride;
+}
+
+/* Unweighted packed rows with x_stride <= 64 (same contract as accumulate_unweighted). */
+static int accumulate_unweighted_reg_packed(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc,
+                                            uint8_t *restrict part) {
+    const int64_t Fb = a->x_stride;
+    const int64_t L = lanes_of(a);
+    const int64_t e_end = a->indptr[a->n_rows];
+    const __mmask64 m = qg_mask64(Fb);
+    const int four = a->bits == 4;
+    const int64_t flush = four ? FLUSH_I4 : FLUSH_I2;
+    const __m512i X = _mm512_set1_epi8(four ? (char)0x88 : (char)0xAA);
+    const __m512i M = _mm512_set1_epi8(four ? 15 : 3);
+    int first = 1;
+    int64_t e = e0;
+    do {
+        const int64_t stop = e1 - e > flush ? e + flush : e1;
+        __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+        if (four) {
+            for (; e < stop; ++e) {
+                const __m512i b = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, reg_row(a, e, e_end)), X);
+                s0 = _mm512_add_epi8(s0, _mm512_and_si512(b, M));
+                s1 = _mm512_add_epi8(s1, _mm512_and_si512(_mm512_srli_epi16(b, 4), M));
+            }
+        } else {
+            for (; e < stop; ++e) {
+                const __m512i b = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, reg_row(a, e, e_end)), X);
+                s0 = _mm512_add_epi8(s0, _mm512_and_si512(b, M));
+                s1 = _mm512_add_epi8(s1, _mm512_and_si512(_mm512_srli_epi16(b, 2), M));
+                s2 = _mm512_add_epi8(s2, _mm512_and_si512(_mm512_srli_epi16(b, 4), M));
+                s3 = _mm512_add_epi8(s3, _mm512_and_si512(_mm512_srli_epi16(b, 6), M));
+            }
+        }
+        _mm512_mask_storeu_epi8(part, m, s0);
+        _mm512_mask_storeu_epi8(part + Fb, m, s1);
+        if (!four) {
+            _mm512_mask_storeu_epi8(part + 2 * Fb, m, s2);
+            _mm512_mask_storeu_epi8(part + 3 * Fb, m, s3);
+        }
+        if (first && e == e1) return 1;
+        if (first)
+            for (int64_t f = 0; f < L; ++f) acc[f] = (uint32_t)part[f];
+        else
+            for (int64_t f = 0; f < L; ++f) acc[f] += (uint32_t)part[f];
+        first = 0;
+    } while (e < e1);
+    return 0;
+}
+
+/* Unweighted int8 rows with F <= 64: signed 16-bit partial sums in two zmm (same contract). */
+static int accumulate_unweighted_reg_i8(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc,
+                                        uint16_t *restrict part) {
+    const int64_t F = a->F;
+    const int64_t e_end = a->indptr[a->n_rows];
+    const __mmask64 m = qg_mask64(F);
+    int first = 1;
+    int64_t e = e0;
+    do {
+        const int64_t stop = e1 - e > FLUSH_I8 ? e + FLUSH_I8 : e1;
+        __m512i s0 = _mm512_setzero_si512(), s1 = s0;
+        if (F <= 32) {
+            for (; e < stop; ++e) {
+                const __m256i b = _mm256_maskz_loadu_epi8((__mmask32)m, reg_row(a, e, e_end));
+                s0 = _mm512_add_epi16(s0, _mm512_cvtepi8_epi16(b));
+            }
+        } else {
+            for (; e < stop; ++e) {
+                const __m512i b = _mm512_maskz_loadu_epi8(m, reg_row(a, e, e_end));
+                s0 = _mm512_add_epi16(s0, _mm512_cvtepi8_epi16(_mm512_castsi512_si256(b)));
+                s1 = _mm512_add_epi16(s1, _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(b, 1)));
+            }
+        }
+        _mm512_mask_storeu_epi16(part, (__mmask32)m, s0);
+        if (F > 32) _mm512_mask_storeu_epi16(part + 32, (__mmask32)(m >> 32), s1);
+        if (first && e == e1) return 1;
+        if (first)
+            for (int64_t f = 0; f < F; ++f) acc[f] = (uint32_t)(int32_t)(int16_t)part[f];
+        else
+            for (int64_t f = 0; f < F; ++f) acc[f] += (uint32_t)(int32_t)(int16_t)part[f];
+        first = 0;
+    } while (e < e1);
+    return 0;
+}
+
+static QG_ALWAYS_INLINE __m512i mul16_u8(__m256i v, __m512i w) {
+    return _mm512_mullo_epi16(_mm512_cvtepu8_epi16(v), w);
+}
+
+/* Weighted packed rows with x_stride <= 32, 16-bit partial lanes (same contract as accumulate_weighted_narrow). */
+static uint32_t accumulate_weighted_narrow_reg(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc,
+                                               int16_t *restrict part, int64_t flush) {
+    const int64_t Fb = a->x_stride;
+    const int64_t L = lanes_of(a);
+    const int64_t e_end = a->indptr[a->n_rows];
+    const __mmask32 m = (__mmask32)qg_mask64(Fb);
+    const int four = a->bits == 4;
+    const __m256i X = _mm256_set1_epi8(four ? (char)0x88 : (char)0xAA);
+    const __m256i M = _mm256_set1_epi8(four ? 15 : 3);
+    uint32_t wsum = 0;
+    int first = 1;
+    int64_t e = e0;
+    if (e0 == e1) memset(acc, 0, (size_t)L * sizeof(uint32_t));
+    while (e < e1) {
+        const int64_t stop = e1 - e > flush ? e + flush : e1;
+        __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+        for (; e < stop; ++e) {
+            const int32_t w = weight_at(a, e);
+            wsum += (uint32_t)w;
+            const __m512i W = _mm512_set1_epi16((short)w);
+            const __m256i b = _mm256_xor_si256(_mm256_maskz_loadu_epi8(m, reg_row(a, e, e_end)), X);
+            if (four) {
+                s0 = _mm512_add_epi16(s0, mul16_u8(_mm256_and_si256(b, M), W));
+                s1 = _mm512_add_epi16(s1, mul16_u8(_mm256_and_si256(_mm256_srli_epi16(b, 4), M), W));
+            } else {
+                s0 = _mm512_add_epi16(s0, mul16_u8(_mm256_and_si256(b, M), W));
+                s1 = _mm512_add_epi16(s1, mul16_u8(_mm256_and_si256(_mm256_srli_epi16(b, 2), M), W));
+                s2 = _mm512_add_epi16(s2, mul16_u8(_mm256_and_si256(_mm256_srli_epi16(b, 4), M), W));
+                s3 = _mm512_add_epi16(s3, mul16_u8(_mm256_and_si256(_mm256_srli_epi16(b, 6), M), W));
+            }
+        }
+        _mm512_mask_storeu_epi16(part, m, s0);
+        _mm512_mask_storeu_epi16(part + Fb, m, s1);
+        if (!four) {
+            _mm512_mask_storeu_epi16(part + 2 * Fb, m, s2);
+            _mm512_mask_storeu_epi16(part + 3 * Fb, m, s3);
+        }
+        if (first)
+            for (int64_t f = 0; f < L; ++f) acc[f] = (uint32_t)(int32_t)part[f];
+        else
+            for (int64_t f = 0; f < L; ++f) acc[f] += (uint32_t)(int32_t)part[f];
+        first = 0;
+    }
+    return wsum;
+}
+
+/* Weighted int8 rows with F <= 64: 32-bit lanes in up to four zmm, acc += w * x mod 2**32. Returns sum of w. */
+static uint32_t accumulate_weighted_reg_i8(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc) {
+    const int64_t F = a->F;
+    const int64_t e_end = a->indptr[a->n_rows];
+    const __mmask64 m = qg_mask64(F);
+    uint32_t wsum = 0;
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    if (F <= 16) {
+        for (int64_t e = e0; e < e1; ++e) {
+            const int32_t w = weight_at(a, e);
+            wsum += (uint32_t)w;
+            const __m128i b = _mm_maskz_loadu_epi8((__mmask16)m, reg_row(a, e, e_end));
+            s0 = _mm512_add_epi32(s0, _mm512_mullo_epi32(_mm512_cvtepi8_epi32(b), _mm512_set1_epi32(w)));
+        }
+    } else {
+        for (int64_t e = e0; e < e1; ++e) {
+            const int32_t w = weight_at(a, e);
+            wsum += (uint32_t)w;
+            const __m512i W = _mm512_set1_epi32(w);
+            const __m512i b = _mm512_maskz_loadu_epi8(m, reg_row(a, e, e_end));
+            s0 = _mm512_add_epi32(s0, _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm512_castsi512_si128(b)), W));
+            s1 = _mm512_add_epi32(s1, _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(b, 1)), W));
+            s2 = _mm512_add_epi32(s2, _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(b, 2)), W));
+            s3 = _mm512_add_epi32(s3, _mm512_mullo_epi32(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(b, 3)), W));
+        }
+    }
+    _mm512_mask_storeu_epi32(acc, (__mmask16)m, s0);
+    if (F > 16) {
+        _mm512_mask_storeu_epi32(acc + 16, (__mmask16)(m >> 16), s1);
+        _mm512_mask_storeu_epi32(acc + 32, (__mmask16)(m >> 32), s2);
+        _mm512_mask_storeu_epi32(acc + 48, (__mmask16)(m >> 48), s3);
+    }
+    return wsum;
+}
+#define QG_REG_ROWS 1
+#else
+#define QG_REG_ROWS 0
+#endif
+
 /* ------------------------------------------------------------------------------------------------ */
 /* aggregation of quantized messages                                                                */
 
@@ -842,6 +1032,13 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
     /* weighted packed rows: edges per 16-bit partial sum (<= 1: use 32-bit lanes throughout) */
     const int64_t narrow_flush =
         (a->w8 || a->w16) && a->bits != 8 ? 32767 / (weight_bound(a) * (a->bits == 4 ? 15 : 3) + 1) : 0;
+#if QG_REG_ROWS
+    /* short rows held in registers */
+    const int reg_u8 = a->bits == 8 && a->F <= 64;
+    const int reg_up = a->bits != 8 && a->x_stride <= 64;
+    const int reg_w8 = a->bits == 8 && a->F <= 64;
+    const int reg_wn = a->bits != 8 && a->x_stride <= 32;
+#endif
     for (int64_t i = r0; i < r1; ++i) {
         const int64_t e0 = a->indptr[i], e1 = a->indptr[i + 1];
         int32_t *dst = a->acc_out ? a->acc_out + i * a->acc_stride : row;
@@ -857,11 +1054,23 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
                 finish_wide(a, acc, a->msg.S, 0u, dst);
             }
         } else if (a->w8 || a->w16) {
-            const uint32_t wsum = narrow_flush > 1
-                                      ? accumulate_weighted_narrow(a, e0, e1, acc, (int16_t *)part, narrow_flush)
-                                      : accumulate_weighted(a, e0, e1, acc);
+            uint32_t wsum;
+#if QG_REG_ROWS
+            if (reg_w8)
+                wsum = accumulate_weighted_reg_i8(a, e0, e1, acc);
+            else if (reg_wn && narrow_flush > 1)
+                wsum = accumulate_weighted_narrow_reg(a, e0, e1, acc, (int16_t *)part, narrow_flush);
+            else
+#endif
+                wsum = narrow_flush > 1 ? accumulate_weighted_narrow(a, e0, e1, acc, (int16_t *)part, narrow_flush)
+                                        : accumulate_weighted(a, e0, e1, acc);
             finish_wide(a, acc, a->x_stride, shift * wsum, dst);
-        } else if (accumulate_unweighted(a, e0, e1, acc, part)) {
+        } else if (
+#if QG_REG_ROWS
+            reg_u8 ? accumulate_unweighted_reg_i8(a, e0, e1, acc, (uint16_t *)part)
+            : reg_up ? accumulate_unweighted_reg_packed(a, e0, e1, acc, (uint8_t *)part) :
+#endif
+                     accumulate_unweighted(a, e0, e1, acc, part)) {
             finish_narrow(a, part, shift * (uint32_t)(e1 - e0), dst);
         } else {
             finish_wide(a, acc, a->x_stride, shift * (uint32_t)(e1 - e0), dst);

@@ -30,7 +30,7 @@ import quantgraph.ir.int_ops  # noqa: F401  (registers quantgraph::linear_int / 
 import quantgraph.ir.ops  # noqa: F401  (registers quantgraph::gather / scatter / quantize / dequantize)
 from quantgraph.errors import InputError
 from quantgraph.native import kernels
-from quantgraph.native.artifact import Program, Step, load_program, save_program
+from quantgraph.native.artifact import Program, Step, load_program, references, save_program
 
 OPERATORS: dict[str, Callable[..., Any]] = {
     "add": operator.add,
@@ -109,6 +109,12 @@ class NativeModel:
             for s in self.program.steps
             if s.op == "native.linear"
         }
+        self._feature_reads = {  # graph-stage values kept after prepare: read later, or integers to check
+            name
+            for s in self.program.steps
+            if s.stage == "feature"
+            for name in references({"args": s.args, "kwargs": s.kwargs})
+        } | {s.out for s in self.program.steps if s.stage == "graph" and s.source is not None}
         self.feature_inputs = [
             n for n in self.program.meta.get("feature_inputs", []) if n in self.program.inputs
         ]
@@ -143,7 +149,8 @@ class NativeModel:
                 values[step.out] = int(shapes[name][axis])
             else:
                 values[step.out] = self._execute(step, values)
-        return PreparedGraph(values, shapes, time.perf_counter() - start)
+        kept = {n: v for n, v in values.items() if n in self._feature_reads}  # drop intermediates
+        return PreparedGraph(kept, shapes, time.perf_counter() - start)
 
     def run_all(
         self,
@@ -246,23 +253,18 @@ class NativeModel:
         }[step.op]
         return native(step, values)
 
-    def _csr(self, step: Step, values: dict[str, Any]) -> kernels.CSR:
+    def _csr(self, step: Step, values: dict[str, Any]) -> GraphCSR:
         src_arg, dst_arg, rows_arg, weight_arg = step.args
         src, dst = self._numpy(src_arg, values), self._numpy(dst_arg, values)
         rows = int(self._decode(rows_arg, values))
-        weights = None
+        weights, zero = None, 0
         if weight_arg is not None:
-            w = self._numpy(weight_arg, values).reshape(-1)
-            if w.size and (w.min() < -(2**15) or w.max() >= 2**15):
-                raise InputError(
-                    f"edge weights of {step.out} exceed int16", "quantize edge weights to <= 8 bits"
-                )
-            narrow = np.int8 if not w.size or (w.min() >= -128 and w.max() <= 127) else np.int16
-            weights = w.astype(narrow)
+            weights, zero = narrow_weights(self._numpy(weight_arg, values).reshape(-1), step.out)
         index_dtype = np.int32 if rows < 2**31 else np.int64
         csr = kernels.CSR.from_edge_index(np.stack([src, dst]), rows, weights, index_dtype=index_dtype)
-        check_accumulator(step, csr)
-        return csr
+        graph_csr = GraphCSR(csr, zero)
+        check_accumulator(step, graph_csr)
+        return graph_csr
 
     def _requant_args(self, requant: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -277,7 +279,8 @@ class NativeModel:
         return np.ascontiguousarray(self._numpy(arg, values), dtype=np.int8)
 
     def _aggregate(self, step: Step, values: dict[str, Any]) -> Tensor:
-        csr = values[step.args[0]["value"]]
+        graph_csr: GraphCSR = values[step.args[0]["value"]]
+        csr, wz = graph_csr.csr, graph_csr.weight_zero_point
         q = self._int8(step.args[1], values)
         kw = step.kwargs
         bits, zx, num_features = int(kw["bits"]), int(kw["zero_point"]), q.shape[1]
@@ -292,13 +295,15 @@ class NativeModel:
             )
         if kw["requant"] is None:
             out = kernels.spmm(
-                csr, feats, bits, zx, threads=self.threads, num_features=num_features, message=message
-            )
+                csr, feats, bits, zx, threads=self.threads, num_features=num_features, message=message,
+                weight_zero_point=wz,
+            )  # fmt: skip
             return torch.from_numpy(out)
         rq = self._requant_args(kw["requant"], values)
         out = kernels.spmm_requantize(
             csr, feats, bits, zx, rq["multiplier"], rq["zero_point"], rq["qmin"], rq["qmax"],
             axis=rq["axis"], num_features=num_features, threads=self.threads, message=message,
+            weight_zero_point=wz,
         )  # fmt: skip
         return torch.from_numpy(out)
 
@@ -335,13 +340,41 @@ class NativeModel:
         return torch.from_numpy(q)
 
 
-def check_accumulator(step: Step, csr: kernels.CSR) -> None:
+@dataclass(frozen=True)
+class GraphCSR:
+    """An aggregation's CSR and the zero point of its stored edge weights (weight = stored - zero point)."""
+
+    csr: kernels.CSR
+    weight_zero_point: int = 0
+
+
+def narrow_weights(w: np.ndarray, name: str) -> tuple[np.ndarray, int]:
+    """Integer edge weights as int8 (shifted by a zero point when their range spans at most 256 values).
+
+    GCN's normalisation quantized to [-128, 127] minus its zero point -128 is [0, 255]: stored as int8 with
+    zero point -128, so the kernels take their int8-weight paths.
+    """
+    if not w.size:
+        return w.astype(np.int8), 0
+    lo, hi = int(w.min()), int(w.max())
+    if -128 <= lo and hi <= 127:
+        return w.astype(np.int8), 0
+    if hi - lo <= 255:
+        zero = -128 - lo  # stored = w + zero in [-128, 127]; weight = stored - zero
+        return (w.astype(np.int32) + zero).astype(np.int8), zero
+    if -(2**15) <= lo and hi < 2**15:
+        return w.astype(np.int16), 0
+    raise InputError(f"edge weights of {name} exceed int16", "quantize edge weights to <= 8 bits")
+
+
+def check_accumulator(step: Step, graph_csr: GraphCSR) -> None:
     """Refuse a graph whose in-degrees break the int32 overflow proof of an aggregation.
 
     Safe when the max in-degree is at most the one the compile-time proof covered, or, for an aggregation
     whose requantize is fused (its int32 sum feeds nothing else), when in-degree x the largest term fits int32.
     """
     check = step.kwargs.get("overflow_check")
+    csr = graph_csr.csr
     if not check or csr.num_rows == 0:
         return
     degree = int(np.diff(csr.indptr).max())
@@ -351,9 +384,9 @@ def check_accumulator(step: Step, csr: kernels.CSR) -> None:
     term = check["message_bound"]
     if term is None:
         w = csr.edge_weights
-        term = check["feature_bound"] * (
-            int(np.abs(w.astype(np.int64)).max()) if w is not None and w.size else 1
-        )
+        wz = graph_csr.weight_zero_point
+        largest = int(np.abs(w.astype(np.int64) - wz).max()) if w is not None and w.size else 1
+        term = check["feature_bound"] * largest
     if check.get("requantized") and degree * term <= INT32_MAX:
         return
     raise InputError(
