@@ -750,14 +750,11 @@ class E2ECase:
             bits, integer_aggregation = NATIVE_VARIANTS[method]
             nm = self.models.native[method]
             nm.threads = self.threads
-            from quantgraph.native import runtime
 
-            if not integer_aggregation and hasattr(runtime, "_message_spmm"):
-                # a runtime without the fused message kernel: NumPy int64/float64 [E, H] temporaries
-                check_memory(method, e * h * 8 * 4)
             prepared = self.prepare(method)
             inputs = self.inputs
-            csrs = [v for v in prepared.values.values() if isinstance(v, native.CSR)]
+            csrs = [getattr(v, "csr", v) for v in prepared.values.values()]  # GraphCSR holds its CSR
+            csrs = [c for c in csrs if isinstance(c, native.CSR)]
             compiled = self.models.compiled.get(method)
 
             def check(out: torch.Tensor) -> str:
