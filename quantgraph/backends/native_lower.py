@@ -172,6 +172,15 @@ class _Lowering:
         return {"multiplier": self.encode(mult), "zero_point": self.encode(zp), "qmin": lo, "qmax": hi,
                 "axis": int(axis or 0)}  # fmt: skip
 
+    def requant_after(self, node: fx.Node) -> tuple[fx.Node, dict[str, Any] | None, str | None]:
+        """The requantize a kernel can fuse after ``node`` (its only user): (last node, params, source)."""
+        (user,) = node.users if len(node.users) == 1 else (None,)
+        if user is not None and user.target == REQUANTIZE and user.args[0] is node:
+            requant = self.requant_kwargs(user)
+            if requant is not None:
+                return user, requant, user.meta.get("qg_source", user.name)
+        return node, None, None
+
     # ------------------------------------------------------------------------------------------ patterns
     def match_aggregate(self, scatter: fx.Node) -> tuple[Step, Step] | None:
         """The ``native.csr`` (graph stage) and ``native.aggregate`` steps of a fusable scatter."""
@@ -237,12 +246,7 @@ class _Lowering:
                                                              abs(message["qmax"] - sub_zp)),
         }  # fmt: skip
         csr = Step("native.csr", csr_args, csr_name, "graph", {"overflow_check": safety})
-        out, requant, source = scatter, None, None
-        (user,) = scatter.users if len(scatter.users) == 1 else (None,)
-        if user is not None and user.target == REQUANTIZE and user.args[0] is scatter:
-            requant = self.requant_kwargs(user)
-            if requant is not None:
-                out, source = user, user.meta.get("qg_source", user.name)
+        out, requant, source = self.requant_after(scatter)
         self.fused.update(chain)
         safety["requantized"] = requant is not None
         kwargs = {"bits": bits, "zero_point": zx, "message": message, "requant": requant}
@@ -270,12 +274,7 @@ class _Lowering:
             return None
         if isinstance(bias, fx.Node) and self.const(bias) is None:
             return None
-        out, requant, source = node, None, None
-        (user,) = node.users if len(node.users) == 1 else (None,)
-        if user is not None and user.target == REQUANTIZE and user.args[0] is node:
-            requant = self.requant_kwargs(user)
-            if requant is not None:
-                out, source = user, user.meta.get("qg_source", user.name)
+        out, requant, source = self.requant_after(node)
         self.fused.add(node)
         weight_name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{w.target}_int8")
         self.arrays[weight_name] = weight.to(torch.int8).cpu().numpy()  # only the kernel reads it
