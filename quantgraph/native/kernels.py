@@ -516,6 +516,22 @@ def spmm_requantize(
 # ---------------------------------------------------------------------------------------------------- requantize
 
 
+def _requant_setup(
+    a: np.ndarray, multiplier: Any, zero_point: Any, qmin: int, qmax: int, axis: int | None, out_dtype: Any
+) -> tuple[np.ndarray, tuple[np.ndarray, int], tuple[np.ndarray, int], np.ndarray]:
+    """2-D view of ``a``, multiplier and zero point with their modes, and the output array."""
+    ax = _axis(axis, a.ndim)
+    a2 = a.reshape(1, -1) if a.ndim == 1 else a
+    rows, cols = a2.shape
+    mult = _requant_param(multiplier, "multiplier", rows, cols, ax, np.float64)
+    zero = _requant_param(zero_point, "zero_point", rows, cols, ax, np.int32)
+    out_dtype = np.dtype(out_dtype)
+    if out_dtype not in (np.dtype(np.int8), np.dtype(np.int32)):
+        raise InputError(f"out_dtype {out_dtype} is not supported", "use np.int8 or np.int32")
+    _check_range(qmin, qmax, out_dtype)
+    return a2, mult, zero, np.empty(a2.shape, dtype=out_dtype)
+
+
 def requantize(
     acc: Any,
     multiplier: Any,
@@ -538,19 +554,11 @@ def requantize(
         raise InputError(f"acc has {a.ndim} dimensions, expected 1 or 2", "reshape acc to [rows, cols]")
     ndim = a.ndim
     a = _check(a, "acc", (np.int32,), ndim)
-    ax = _axis(axis, ndim)
-    a2 = a.reshape(1, -1) if ndim == 1 else a
+    a2, (m, m_mode), (z, z_mode), out = _requant_setup(a, multiplier, zero_point, qmin, qmax, axis, out_dtype)
     rows, cols = a2.shape
-    m, m_mode = _requant_param(multiplier, "multiplier", rows, cols, ax, np.float64)
-    z, z_mode = _requant_param(zero_point, "zero_point", rows, cols, ax, np.int32)
-    out_dtype = np.dtype(out_dtype)
-    if out_dtype not in (np.dtype(np.int8), np.dtype(np.int32)):
-        raise InputError(f"out_dtype {out_dtype} is not supported", "use np.int8 or np.int32")
-    _check_range(qmin, qmax, out_dtype)
-    out = np.empty(a2.shape, dtype=out_dtype)
     status = lib.requantize_i32(
         _ptr(a2), rows, cols, cols, _ptr(m), m_mode, _ptr(z), z_mode, int(qmin), int(qmax), int(bool(relu)),
-        _ptr(out), out_dtype.itemsize, cols, _threads(threads),
+        _ptr(out), out.dtype.itemsize, cols, _threads(threads),
     )  # fmt: skip
     _raise(status, "requantize")
     return out.reshape(a.shape)
@@ -580,11 +588,8 @@ def requantize_affine(
     if a.ndim not in (1, 2):
         raise InputError(f"x has {a.ndim} dimensions, expected 1 or 2", "reshape x to [rows, cols]")
     a = _check(a, "x", (np.int8, np.int32), a.ndim)
-    ax = _axis(axis, a.ndim)
-    a2 = a.reshape(1, -1) if a.ndim == 1 else a
+    a2, (m, m_mode), (z, z_mode), out = _requant_setup(a, multiplier, zero_point, qmin, qmax, axis, out_dtype)
     rows, cols = a2.shape
-    m, m_mode = _requant_param(multiplier, "multiplier", rows, cols, ax, np.float64)
-    z, z_mode = _requant_param(zero_point, "zero_point", rows, cols, ax, np.int32)
     b = None
     if bias is not None:
         b = np.ascontiguousarray(_array(bias, "bias"), dtype=np.int32).reshape(-1)
@@ -592,14 +597,9 @@ def requantize_affine(
             b = np.full(cols, b[0], dtype=np.int32)
         if b.size != cols:
             raise InputError(f"bias has {b.size} values for {cols} columns", "pass one bias per column")
-    out_dtype = np.dtype(out_dtype)
-    if out_dtype not in (np.dtype(np.int8), np.dtype(np.int32)):
-        raise InputError(f"out_dtype {out_dtype} is not supported", "use np.int8 or np.int32")
-    _check_range(qmin, qmax, out_dtype)
-    out = np.empty(a2.shape, dtype=out_dtype)
     status = lib.requantize_affine(
         _ptr(a2), a2.dtype.itemsize, rows, cols, cols, _int32(input_zero_point, "input_zero_point"), _ptr(b),
-        int(bool(relu)), _ptr(m), m_mode, _ptr(z), z_mode, int(qmin), int(qmax), _ptr(out), out_dtype.itemsize,
+        int(bool(relu)), _ptr(m), m_mode, _ptr(z), z_mode, int(qmin), int(qmax), _ptr(out), out.dtype.itemsize,
         cols, _threads(threads),
     )  # fmt: skip
     _raise(status, "requantize_affine")
