@@ -97,7 +97,7 @@ class CompiledModel:
 
     def to_native(self, data: GraphData | None = None, threads: int | None = None):
         """The native program of the integer IR (``backend="native"``), as a runnable ``NativeModel``."""
-        from quantgraph.backends.native_lower import lower_to_native
+        from quantgraph.native.lower import lower_to_native
         from quantgraph.native.runtime import NativeModel
 
         if self.backend != "native":
@@ -121,7 +121,7 @@ class CompiledModel:
 
     def export_native(self, path: str | Path, data: GraphData | None = None) -> dict[str, Any]:
         """Lower to a native program, check it against the IR on ``data``, write ``path`` (``.qgn``)."""
-        from quantgraph.backends.verify_native import verify_native
+        from quantgraph.native.verify import verify_native
 
         data = data if data is not None else self.report.get("_data")
         model = self.to_native(data)
