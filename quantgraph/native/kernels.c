@@ -229,31 +229,37 @@ static int epilogue_check(const qg_epilogue *e, int64_t F) {
     return QG_OK;
 }
 
-/* t[f] = clamp(nearbyint(t[f] * m) + z, qmin, qmax) in place (torch's order: min with qmax, then max). */
+/* t[f] = clamp(nearbyint(t[f] * m) + z, qmin, qmax) in place (torch's order: min with qmax, then max). One
+ * loop per parameter layout, so each vectorizes. */
+#define QG_STAGE_LOOP(M, Z)                                                                                    \
+    for (int64_t f = 0; f < F; ++f) {                                                                          \
+        const double z_ = (Z);                                                                                 \
+        double v = nearbyint((double)t[f] * (M)) + z_;                                                         \
+        v = v > hi ? hi : v;                                                                                   \
+        v = v < qmin ? qmin : v;                                                                               \
+        if (relu) v = v < z_ ? z_ : v;                                                                         \
+        t[f] = (int32_t)v;                                                                                     \
+    }
 static void stage_requant(int32_t *restrict t, int64_t F, int64_t row, const qg_stage *g) {
     const double hi = (double)g->qmax, qmin = (double)g->qmin;
-    if (g->mult_mode != QG_PER_COL && g->zp_mode != QG_PER_COL) {
-        const double m = g->mult[g->mult_mode == QG_PER_ROW ? row : 0];
-        const double z = (double)g->zp[g->zp_mode == QG_PER_ROW ? row : 0];
-        const double lo = g->relu_out && z > qmin ? z : qmin;
-        for (int64_t f = 0; f < F; ++f) {
-            double v = nearbyint((double)t[f] * m) + z;
-            v = v > hi ? hi : v;
-            v = v < lo ? lo : v;
-            t[f] = (int32_t)v;
-        }
-        return;
-    }
-    for (int64_t f = 0; f < F; ++f) {
-        const double m = g->mult[g->mult_mode == QG_PER_COL ? f : (g->mult_mode == QG_PER_ROW ? row : 0)];
-        const double z = (double)g->zp[g->zp_mode == QG_PER_COL ? f : (g->zp_mode == QG_PER_ROW ? row : 0)];
-        const double lo = g->relu_out && z > qmin ? z : qmin;
-        double v = nearbyint((double)t[f] * m) + z;
-        v = v > hi ? hi : v;
-        v = v < lo ? lo : v;
-        t[f] = (int32_t)v;
+    const int relu = g->relu_out;
+    const double *restrict mp = g->mult + (g->mult_mode == QG_PER_ROW ? row : 0);
+    const int32_t *restrict zp = g->zp + (g->zp_mode == QG_PER_ROW ? row : 0);
+    const int mcol = g->mult_mode == QG_PER_COL, zcol = g->zp_mode == QG_PER_COL;
+    if (mcol && zcol) {
+        QG_STAGE_LOOP(mp[f], (double)zp[f])
+    } else if (mcol) {
+        const double z = (double)zp[0];
+        QG_STAGE_LOOP(mp[f], z)
+    } else if (zcol) {
+        const double m = mp[0];
+        QG_STAGE_LOOP(m, (double)zp[f])
+    } else {
+        const double m = mp[0], z = (double)zp[0];
+        QG_STAGE_LOOP(m, z)
     }
 }
+#undef QG_STAGE_LOOP
 
 /* Store the final integers t[F] of row `row` in the epilogue's output. */
 static void epilogue_store(const qg_epilogue *e, const int32_t *restrict t, int64_t F, int64_t row) {
