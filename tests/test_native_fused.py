@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import pytest
 
@@ -21,8 +22,15 @@ def _chain(rng: np.random.Generator, rows: int, cols: int, last: tuple[int, int]
     """Three requantize stages: per-row multiplier, bias + per-column, relu into the last range."""
     return [
         K.Stage(rng.uniform(1e-3, 2e-2, rows), rng.integers(-3, 3, rows), -128, 127, axis=0),
-        K.Stage(rng.uniform(0.3, 0.9, cols), 2, -128, 127, axis=1, input_zero_point=1,
-                bias=rng.integers(-40, 40, cols).astype(np.int32)),  # fmt: skip
+        K.Stage(
+            rng.uniform(0.3, 0.9, cols),
+            2,
+            -128,
+            127,
+            axis=1,
+            input_zero_point=1,
+            bias=rng.integers(-40, 40, cols).astype(np.int32),
+        ),  # fmt: skip
         K.Stage(0.37, -1, last[0], last[1], input_zero_point=2, relu_in=True, relu=True),
     ]
 
@@ -111,3 +119,87 @@ def test_epilogue_refuses_a_range_wider_than_the_packed_output() -> None:
     stages = [K.Stage(0.1, 0, -128, 127)]
     with pytest.raises(Exception, match="rows_epilogue failed"):
         K.rows_epilogue(rng.integers(-5, 5, (4, 4)).astype(np.int8), stages, out_bits=4)
+
+
+# ------------------------------------------------------------------------------------------ runtime: plan, order
+
+
+@functools.lru_cache(maxsize=None)
+def _gcn(bits: int, skip: tuple[str, ...] = ("message",)):
+    """A compiled GCN and its native model (cached: compiling dominates these tests)."""
+    import torch
+
+    import quantgraph as qg
+    from quantgraph.models import build_model
+
+    from .test_native_backend import _power_law
+
+    torch.manual_seed(0)
+    data = _power_law(400, seed=1, features=24)
+    model = build_model("gcn", 24, 5, hidden=16).eval()
+    options = {"skip_roles": list(skip)} if skip else None
+    compiled = qg.compile(model, data, policy="minmax", bits=bits, backend="native", options=options)
+    return compiled, compiled.to_native(data, threads=2), data
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("skip", [("message",), ()], ids=["int-aggregation", "message-quant"])
+def test_fused_plan_of_gcn_folds_every_elementwise_step(bits: int, skip: tuple[str, ...]) -> None:
+    from quantgraph.native.fusion import FusedStep
+
+    _, native, _ = _gcn(bits, skip)
+    plan = native._plan
+    assert all(isinstance(p, FusedStep) for p in plan), [getattr(p, "op", "fused") for p in plan]
+    quantize_linear, layer1, linear2, layer2 = plan
+    assert quantize_linear.input_quantize is not None and quantize_linear.head.op == "native.linear"
+    assert layer1.head.op == "native.aggregate" and [s.op for s in layer1.stages] == ["native.requantize"] * 2
+    assert layer2.dequantize is not None and layer2.out in native.program.outputs
+    packed = 8 if bits == 8 else bits
+    assert quantize_linear.out_bits == linear2.out_bits == packed
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("order", ["none", "degree", "rcm"])
+def test_fused_and_renumbered_runs_equal_the_ir(bits: int, order: str) -> None:
+    import torch
+
+    compiled, native, _ = _gcn(bits)
+    from .test_native_backend import _power_law
+
+    other = _power_law(700, seed=7, features=24)  # not the calibration graph
+    inputs = other.inputs()
+    prepared = native.prepare(inputs, order=order)
+    assert prepared.order == order and (prepared.perm is None) == (order == "none")
+    if prepared.perm is not None:
+        assert sorted(prepared.perm.tolist()) == list(range(700))
+        assert not np.array_equal(prepared.perm, np.arange(700))
+    ir = compiled.run(inputs)
+    assert torch.equal(native.run(inputs, prepared), ir)
+    got = native.integer_values(inputs, prepared)  # compared in the input order
+    expected = compiled.integer_values(inputs)
+    assert got and all(torch.equal(v.long(), expected[k].long()) for k, v in got.items())
+
+
+def test_renumbering_keeps_the_order_of_graphs_it_cannot_renumber() -> None:
+    compiled, native, data = _gcn(8)
+    inputs = data.inputs()
+    n = inputs["x"].shape[0]
+    square = {"x": inputs["x"], "edge_index": inputs["edge_index"][:, :n]}  # E == N: edge or node rows?
+    assert native.prepare(square, order="degree").perm is None
+    with pytest.raises(Exception, match="unknown node order"):
+        native.prepare(inputs, order="metis")
+
+
+def test_node_orders_are_permutations_that_group_the_gathered_rows() -> None:
+    from quantgraph.native.order import inverse, node_order
+
+    rng = np.random.default_rng(0)
+    ei = np.stack([rng.zipf(2.0, 5000) % 300, rng.integers(0, 300, 5000)])
+    perm = node_order(ei, 300, "degree")
+    np.testing.assert_array_equal(np.sort(perm), np.arange(300))
+    out_degree = np.bincount(ei[0], minlength=300)[perm]
+    assert np.all(np.diff(out_degree) <= 0)  # most gathered rows first
+    np.testing.assert_array_equal(inverse(perm)[perm], np.arange(300))
+    rcm = node_order(ei, 300, "rcm")
+    np.testing.assert_array_equal(np.sort(rcm), np.arange(300))
+    assert node_order(ei, 300, "none") is None

@@ -227,7 +227,24 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.csr_spmm_epilogue.restype = c.c_int
     lib.rows_epilogue.argtypes = [vp, c.c_int, i64, i64, i64, vp, c.c_int]
     lib.rows_epilogue.restype = c.c_int
-    lib.gemm_i8_epilogue.argtypes = [vp, vp, vp, vp, i64, i64, i64, i32, vp, vp, i64, vp, c.c_int, vp, vp, c.c_int]
+    lib.gemm_i8_epilogue.argtypes = [
+        vp,
+        vp,
+        vp,
+        vp,
+        i64,
+        i64,
+        i64,
+        i32,
+        vp,
+        vp,
+        i64,
+        vp,
+        c.c_int,
+        vp,
+        vp,
+        c.c_int,
+    ]
     lib.gemm_i8_epilogue.restype = c.c_int
     lib.qg_info.argtypes = [vp]
     lib.qg_info.restype = None

@@ -75,7 +75,11 @@ def plan(program: Program) -> list[Step | FusedStep]:
     taken: set[int] = set()
     fused: dict[int, FusedStep] = {}
     for s in steps:
-        if id(s) in taken or s.op not in HEADS or (s.op != "native.requantize" and not s.kwargs.get("requant")):
+        if (
+            id(s) in taken
+            or s.op not in HEADS
+            or (s.op != "native.requantize" and not s.kwargs.get("requant"))
+        ):
             continue
         f = FusedStep(s)
         if s.op == "native.linear":
@@ -93,7 +97,11 @@ def plan(program: Program) -> list[Step | FusedStep]:
             if _value_arg(nxt.args[1]) == f.out:
                 f.out_bits = int(nxt.kwargs["bits"])
         elif nxt is not None and nxt.op == DEQUANTIZE and _value_arg(nxt.args[0]) == f.out:
-            if len(nxt.args) == 4 and _scalar_array(program, nxt.args[1]) and _scalar_array(program, nxt.args[2]):
+            if (
+                len(nxt.args) == 4
+                and _scalar_array(program, nxt.args[1])
+                and _scalar_array(program, nxt.args[2])
+            ):
                 f.dequantize = nxt
         if len(f.steps) == 1 and f.out_bits == 8 and s.op != "native.linear":  # (a GEMM's requantize: fused)
             continue

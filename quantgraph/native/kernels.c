@@ -246,6 +246,24 @@ static void stage_requant(int32_t *restrict t, int64_t F, int64_t row, const qg_
     const double *restrict mp = g->mult + (g->mult_mode == QG_PER_ROW ? row : 0);
     const int32_t *restrict zp = g->zp + (g->zp_mode == QG_PER_ROW ? row : 0);
     const int mcol = g->mult_mode == QG_PER_COL, zcol = g->zp_mode == QG_PER_COL;
+#if defined(__AVX512F__)
+    /* 8 values per step, the row's tail masked (short rows, e.g. F = 7, never fall to scalar code).
+     * roundscale with the current rounding mode and no exceptions is nearbyint. */
+    const __m512d H = _mm512_set1_pd(hi), Q = _mm512_set1_pd(qmin);
+    const __m512d M0 = _mm512_set1_pd(mp[0]), Z0 = _mm512_set1_pd((double)zp[0]);
+    for (int64_t f = 0; f < F; f += 8) {
+        const __mmask8 k = F - f >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (F - f)) - 1u);
+        const __m512d v0 = _mm512_cvtepi32_pd(_mm256_maskz_loadu_epi32(k, t + f));
+        const __m512d m = mcol ? _mm512_maskz_loadu_pd(k, mp + f) : M0;
+        const __m512d z = zcol ? _mm512_cvtepi32_pd(_mm256_maskz_loadu_epi32(k, zp + f)) : Z0;
+        __m512d v = _mm512_add_pd(_mm512_roundscale_pd(_mm512_mul_pd(v0, m), _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC), z);
+        v = _mm512_min_pd(v, H);
+        v = _mm512_max_pd(v, Q);
+        if (relu) v = _mm512_max_pd(v, z);
+        _mm256_mask_storeu_epi32(t + f, k, _mm512_cvtpd_epi32(v));
+    }
+    return;
+#endif
     if (mcol && zcol) {
         QG_STAGE_LOOP(mp[f], (double)zp[f])
     } else if (mcol) {

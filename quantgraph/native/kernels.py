@@ -780,7 +780,11 @@ def _epilogue(
         epi.out_kind, epi.dq_scale, epi.dq_zero = 32, float(np.float32(dequantize[0])), int(dequantize[1])
     else:
         bits = _check_bits(out_bits)
-        out = np.empty((rows, cols), dtype=np.int8) if bits == 8 else aligned_empty((rows, row_bytes(cols, bits)), np.uint8)
+        out = (
+            np.empty((rows, cols), dtype=np.int8)
+            if bits == 8
+            else aligned_empty((rows, row_bytes(cols, bits)), np.uint8)
+        )
         epi.out_kind = bits
     epi.out = out.ctypes.data
     epi.out_stride = out.strides[0] if out.ndim == 2 and rows else out.shape[-1] * out.itemsize
@@ -861,7 +865,9 @@ def gemm_epilogue(
     arr = _check(_array(a, "a"), "a", (np.float32,) if input_quant else (np.int8,), 2)
     k = arr.shape[1]
     if k != b.in_features:
-        raise InputError(f"a has {k} columns, the weight has {b.in_features} input features", "match the inner sizes")
+        raise InputError(
+            f"a has {k} columns, the weight has {b.in_features} input features", "match the inner sizes"
+        )
     m = arr.shape[0]
     idx = None
     if row_index is not None:
@@ -872,7 +878,9 @@ def gemm_epilogue(
     n = b.out_features
     zb = np.ascontiguousarray(_array(b_zero_point, "b_zero_point"), dtype=np.int32).reshape(-1)
     if zb.size not in (1, n):
-        raise InputError(f"b_zero_point has {zb.size} values for {n} columns", "pass one value or one per column")
+        raise InputError(
+            f"b_zero_point has {zb.size} values for {n} columns", "pass one value or one per column"
+        )
     bias_arr = None if bias is None else _check(_array(bias, "bias"), "bias", (np.int32,), 1)
     if bias_arr is not None and bias_arr.shape[0] != n:
         raise InputError(f"bias has {bias_arr.shape[0]} values for {n} columns", "pass one bias per column")

@@ -30,9 +30,9 @@ import quantgraph.ir.int_ops  # noqa: F401  (registers quantgraph::linear_int / 
 import quantgraph.ir.ops  # noqa: F401  (registers quantgraph::gather / scatter / quantize / dequantize)
 from quantgraph.errors import InputError
 from quantgraph.native import kernels
-from quantgraph.native.fusion import FusedStep, plan
-from quantgraph.native.order import inverse, node_order
 from quantgraph.native.artifact import Program, Step, load_program, references, save_program
+from quantgraph.native.fusion import FusedStep, plan
+from quantgraph.native.order import ORDERS, inverse, node_order
 
 OPERATORS: dict[str, Callable[..., Any]] = {
     "add": operator.add,
@@ -99,7 +99,7 @@ class NativeModel:
     program: Program
     threads: int | None = None
     profile: list[StepTime] = field(default_factory=list)
-    order: str = "auto"  # node order of prepare: none, degree, rcm, or auto (see NativeModel.prepare)
+    order: str = "none"  # node order of prepare: none, degree or rcm (see NativeModel.prepare)
 
     def __post_init__(self) -> None:
         self._ops = {s.out: resolve_op(s.op) for s in self.program.steps}
@@ -156,8 +156,7 @@ class NativeModel:
 
         ``order`` (default: the model's ``order``) renumbers the nodes for locality first (see
         ``native.order``): every kernel then runs in that order and ``run`` maps its outputs back, so results
-        do not change. ``auto``: ``degree`` on graphs of at least ``AUTO_ORDER_NODES`` nodes, else ``none``.
-        Programs whose inputs are not node features plus ``[2, E]`` edge indices keep the input order.
+        do not change (docs/benchmarks.md measures the orders; ``none`` is the default). Programs whose inputs are not node features plus ``[2, E]`` edge indices keep the input order.
         """
         start = time.perf_counter()
         shapes = {n: tuple(np.shape(self._input(inputs, n))) for n in self.feature_inputs}
@@ -166,9 +165,9 @@ class NativeModel:
         }
         order = self.order if order is None else order
         num_nodes = self._renumberable(values, shapes)
-        if order == "auto":
-            order = "degree" if num_nodes is not None and num_nodes >= AUTO_ORDER_NODES else "none"
         perm = inv = None
+        if order not in ORDERS:
+            node_order(np.zeros((2, 0), dtype=np.int64), 0, order)  # refuses an unknown order
         if num_nodes is not None and order != "none":
             edges = [n for n in values if values[n].dim() == 2]
             perm = node_order(values[edges[0]].numpy(), num_nodes, order)
@@ -176,8 +175,6 @@ class NativeModel:
             inv_t = torch.from_numpy(inv)
             for n in edges:
                 values[n] = inv_t[values[n].long()].to(values[n].dtype)
-        elif order not in ("none", "degree", "rcm"):
-            node_order(np.zeros((2, 0), dtype=np.int64), 0, order)  # refuses an unknown order
         for step in self._steps("graph"):
             if step.op == "input.size":
                 name, axis = step.args
@@ -246,7 +243,9 @@ class NativeModel:
         outs = [values[n] for n in self.program.outputs]
         if perm is not None:  # back to the input order
             inv = torch.from_numpy(prepared.inv)
-            outs = [o[inv] if isinstance(o, Tensor) and o.dim() and o.shape[0] == len(inv) else o for o in outs]
+            outs = [
+                o[inv] if isinstance(o, Tensor) and o.dim() and o.shape[0] == len(inv) else o for o in outs
+            ]
         return outs
 
     def run(self, inputs: Mapping[str, Any], prepared: PreparedGraph | None = None) -> Tensor:
@@ -357,7 +356,10 @@ class NativeModel:
         if message is None:
             return None
         return kernels.MessageQuant(
-            float(message["multiplier"]), int(message["zero_point"]), int(message["qmin"]), int(message["qmax"])
+            float(message["multiplier"]),
+            int(message["zero_point"]),
+            int(message["qmin"]),
+            int(message["qmax"]),
         )
 
     def _aggregate(self, step: Step, values: dict[str, Any]) -> Tensor:
@@ -447,7 +449,9 @@ class NativeModel:
                 )  # fmt: skip
             else:
                 x = self._int8(head.args[0], values)
-                out = kernels.gemm_epilogue(x, self._weights[head.out], int(kw["zero_point"]), zb, bias, stages, **out_kw)
+                out = kernels.gemm_epilogue(
+                    x, self._weights[head.out], int(kw["zero_point"]), zb, bias, stages, **out_kw
+                )
             cols = self._weights[head.out].out_features
         elif head.op == "native.aggregate":
             graph_csr: GraphCSR = values[head.args[0]["value"]]
@@ -477,7 +481,9 @@ class NativeModel:
         out = local[f.out]
         if f.out_bits != 8 and f.dequantize is None:
             q = np.ascontiguousarray(out.numpy(), dtype=np.int8)
-            return PackedRows(kernels.pack(q, f.out_bits, check=False, threads=self.threads), f.out_bits, q.shape[1])
+            return PackedRows(
+                kernels.pack(q, f.out_bits, check=False, threads=self.threads), f.out_bits, q.shape[1]
+            )
         return out
 
     def _quantize(self, step: Step, values: dict[str, Any]) -> Tensor:
@@ -485,9 +491,6 @@ class NativeModel:
         x = np.ascontiguousarray(self._numpy(step.args[0], values), dtype=np.float32)
         q = kernels.quantize(x, kw["scale"], kw["zero_point"], kw["qmin"], kw["qmax"], threads=self.threads)
         return torch.from_numpy(q)
-
-
-AUTO_ORDER_NODES = 50_000  # "auto" renumbers graphs of at least this many nodes
 
 
 @dataclass(frozen=True)
