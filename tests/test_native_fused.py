@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 import pytest
 
@@ -124,7 +125,7 @@ def test_epilogue_refuses_a_range_wider_than_the_packed_output() -> None:
 # ------------------------------------------------------------------------------------------ runtime: plan, order
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gcn(bits: int, skip: tuple[str, ...] = ("message",)):
     """A compiled GCN and its native model (cached: compiling dominates these tests)."""
     import torch

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import operator
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,17 +28,13 @@ from torch import Tensor
 import quantgraph.ir.int_ops  # noqa: F401  (registers quantgraph::linear_int / requantize)
 import quantgraph.ir.ops  # noqa: F401  (registers quantgraph::gather / scatter / quantize / dequantize)
 from quantgraph.errors import InputError
+from quantgraph.ir.int_ops import INT32_MAX
 from quantgraph.native import kernels
 from quantgraph.native.artifact import Program, Step, load_program, references, save_program
 from quantgraph.native.fusion import FusedStep, plan
+from quantgraph.native.opnames import OPERATORS
 from quantgraph.native.order import ORDERS, inverse, node_order
 
-OPERATORS: dict[str, Callable[..., Any]] = {
-    "add": operator.add,
-    "sub": operator.sub,
-    "mul": operator.mul,
-    "floordiv": operator.floordiv,
-}
 NATIVE_OPS = (
     "native.csr",
     "native.aggregate",
@@ -49,7 +44,6 @@ NATIVE_OPS = (
     "input.size",
 )
 LIBRARIES = ("aten", "quantgraph")
-INT32_MAX = 2**31 - 1
 
 
 def resolve_op(op: str) -> Callable[..., Any] | None:
