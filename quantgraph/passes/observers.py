@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
 import torch
 from torch import Tensor
 
@@ -68,10 +70,31 @@ class PercentileObserver(Observer):
         return lo, hi
 
 
+#: Range methods by name (``QuantSpec.observer``); add one with :func:`register_observer` or the
+#: entry-point group ``quantgraph.observers``.
 OBSERVERS: dict[str, type[Observer]] = {"minmax": MinMaxObserver, "percentile": PercentileObserver}
+_entry_points_loaded = False
+
+
+def register_observer(name: str, cls: type[Observer]) -> type[Observer]:
+    """Make ``cls`` the range method called ``name`` (an :class:`Observer` subclass)."""
+    if not (isinstance(cls, type) and issubclass(cls, Observer)):
+        raise TypeError(f"{cls!r} is not an Observer subclass")
+    OBSERVERS[name] = cls
+    return cls
+
+
+def available_observers() -> dict[str, type[Observer]]:
+    global _entry_points_loaded
+    if not _entry_points_loaded:
+        _entry_points_loaded = True
+        for ep in entry_points(group="quantgraph.observers"):
+            OBSERVERS.setdefault(ep.name, ep.load())
+    return dict(OBSERVERS)
 
 
 def make_observer(spec: QuantSpec) -> Observer:
-    if spec.observer not in OBSERVERS:
-        raise InputError(f"unknown observer '{spec.observer}'", f"use one of {', '.join(OBSERVERS)}")
-    return OBSERVERS[spec.observer](spec)
+    observers = available_observers()
+    if spec.observer not in observers:
+        raise InputError(f"unknown observer '{spec.observer}'", f"use one of {', '.join(observers)}")
+    return observers[spec.observer](spec)
