@@ -184,6 +184,8 @@ def point_bits(gm: fx.GraphModule, point: fx.Node | None) -> Bits:
 
 
 def _constant(gm: fx.GraphModule, arg: Any) -> Tensor:
+    if isinstance(arg, fx.Node) and arg.target == GATHER:  # per-group parameters: the table they index
+        arg = arg.args[0]
     if isinstance(arg, fx.Node) and arg.op == "get_attr":
         obj: Any = gm
         for part in arg.target.split("."):
