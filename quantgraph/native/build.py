@@ -35,7 +35,7 @@ FLAG_SETS = [
 #: $QUANTGRAPH_NATIVE_ISA: the instruction set the kernels are built for (default native). ``avx2`` and
 #: ``portable`` build the AVX2 and plain-C paths, e.g. to test them on an AVX-512 machine.
 ISA_FLAG_SETS = {
-    "native": FLAG_SETS,
+    "native": None,  # FLAG_SETS
     "avx2": [["-march=haswell", "-fopenmp"], ["-march=haswell"]],
     "portable": [["-fopenmp"], []],
 }
@@ -132,13 +132,18 @@ def isa() -> str:
     return level
 
 
+def flag_sets() -> list[list[str]]:
+    """The flag sets to try for the ISA level (see ``isa``), fastest first."""
+    return ISA_FLAG_SETS[isa()] or FLAG_SETS
+
+
 def library_key(cc: list[str]) -> str:
     """Hash of source, compiler, flags and CPU: the cached library's file name."""
     h = hashlib.sha256()
     for part in (SOURCE.read_bytes(), " ".join(cc).encode(), _compiler_version(cc).encode()):
         h.update(part)
         h.update(b"\0")
-    h.update(repr((BASE_FLAGS, ISA_FLAG_SETS[isa()])).encode())
+    h.update(repr((BASE_FLAGS, flag_sets())).encode())
     h.update(_cpu_signature().encode())
     return h.hexdigest()[:24]
 
@@ -156,7 +161,7 @@ def _compile(cc: list[str], out_dir: Path, key: str) -> tuple[Path, list[str]] |
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{key}.so"
     errors: list[str] = []
-    for extra in ISA_FLAG_SETS[isa()]:
+    for extra in flag_sets():
         fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".so.tmp", dir=out_dir)
         os.close(fd)
         cmd = [*cc, *BASE_FLAGS, *extra, "-o", tmp, str(SOURCE), "-lm"]
