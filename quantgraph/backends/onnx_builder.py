@@ -42,6 +42,8 @@ FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOA
 
 
 #: Elementwise ops whose output rank is the largest input rank (numpy broadcasting).
+#: ops whose output has the shape of their first input (``shape`` reads through them to the earliest)
+SHAPE_PRESERVING = frozenset({"QuantizeLinear", "DequantizeLinear", "Cast"})
 BROADCASTING_OPS = frozenset(
     "Add Sub Mul Div Pow Mod Max Min Where Equal Less LessOrEqual Greater GreaterOrEqual And Or Xor "
     "BitwiseAnd BitwiseOr BitwiseXor".split()
@@ -188,6 +190,8 @@ class OnnxBuilder:
         self._attr_cache: dict[str, str] = {}
         self._cast_cache: dict[tuple[str, int], str] = {}
         self._qcast_cache: dict[str, str] = {}
+        #: value -> an earlier value of the same shape (a DequantizeLinear/Cast input), read by ``shape``
+        self._same_shape_as: dict[str, str] = {}
         self._const_count = 0
         self.integer_storage = False  # integer backend: 2- to 4-bit values are stored in int8/uint8
 
@@ -240,6 +244,9 @@ class OnnxBuilder:
                     cache[key] = new
         for key in [k for k in self._cast_cache if k[0] == old]:
             self._cast_cache[(new, key[1])] = self._cast_cache.pop(key)
+        self._same_shape_as = {
+            (new if k == old else k): (new if v == old else v) for k, v in self._same_shape_as.items()
+        }
         return new
 
     # ------------------------------------------------------------------ emitting
@@ -277,6 +284,8 @@ class OnnxBuilder:
             op_type, list(inputs), names, name=f"{base}/{op_type}_{len(self.nodes)}", **attrs
         )
         self.nodes.append(node)
+        if op_type in SHAPE_PRESERVING and inputs:
+            self._same_shape_as[names[0]] = self._same_shape_as.get(inputs[0], inputs[0])
         for name, (t, r) in zip(names, types, strict=True):
             self.set_info(name, t, r)
         return names if outputs is not None else names[0]
@@ -327,6 +336,12 @@ class OnnxBuilder:
         return self._cast_cache[key]
 
     def shape(self, name: str, start: int | None = None, end: int | None = None) -> str:
+        """``Shape`` of ``name``, read from the quantized tensor when ``name`` is its DequantizeLinear (or Cast).
+
+        onnxruntime fuses Q/DQ around a linear layer into QGemm only when nothing else reads the
+        DequantizeLinear output, so shapes never come from a dequantized value.
+        """
+        name = self._same_shape_as.get(name, name)
         return self.op("Shape", [name], dtype=TensorProto.INT64, rank=1, start=start, end=end)
 
     # ------------------------------------------------------------------ reading FX arguments
