@@ -40,7 +40,9 @@ SAGE_GAP = pytest.mark.xfail(
 def test_every_linear_layer_becomes_an_integer_kernel(kind, tmp_path):
     torch.manual_seed(0)
     x, edge_index = random_graph(60, 300, features=8, seed=1)
-    compiled = qg.compile(TwoLayer(kind).eval(), GraphData(x=x, edge_index=edge_index), policy="minmax", bits=8)
+    compiled = qg.compile(
+        TwoLayer(kind).eval(), GraphData(x=x, edge_index=edge_index), policy="minmax", bits=8
+    )
     model = compiled.to_onnx()
     produced = {o: n for n in model.graph.node for o in n.output}
     # no shape is read from a dequantized value (it would keep the DequantizeLinear alive and block the fusion)
@@ -51,5 +53,7 @@ def test_every_linear_layer_becomes_an_integer_kernel(kind, tmp_path):
     assert linear >= 2
     optimized = _optimized(model, tmp_path / "opt.onnx")
     ops = [n.op_type for n in optimized.graph.node]
-    assert "Gemm" not in ops and "MatMul" not in ops and "FusedGemm" not in ops and "FusedMatMul" not in ops, ops
+    assert (
+        "Gemm" not in ops and "MatMul" not in ops and "FusedGemm" not in ops and "FusedMatMul" not in ops
+    ), ops
     assert sum(op in INTEGER_LINEAR_OPS for op in ops) == linear, ops

@@ -103,9 +103,7 @@ def verify_onnx(model: onnx.ModelProto, compiled: CompiledModel, data: GraphData
     per_thread = {t: run_onnx(ort_session(model, t), inputs) for t in VERIFY_THREADS}
     # the report's figures are the worst over the thread counts
     ort_logits = max(per_thread.values(), key=lambda out: float(_worst_error(out, ir_logits)))
-    thread_mismatch = {
-        t: int((out != per_thread[VERIFY_THREADS[0]]).sum()) for t, out in per_thread.items()
-    }
+    thread_mismatch = {t: int((out != per_thread[VERIFY_THREADS[0]]).sum()) for t, out in per_thread.items()}
     return {
         "max_abs_error": _worst_error(ort_logits, ir_logits),
         "argmax_agreement": min(argmax_agreement(out, ir_logits) for out in per_thread.values()),
