@@ -20,13 +20,15 @@ from quantgraph.bitops import count_bitops
 from quantgraph.data import GraphData, validate_graph
 from quantgraph.errors import InputError
 from quantgraph.frontend import TracedGraph, trace, trace_exported
+from quantgraph.ir.meta import LAYER_KEY, QPARAMS_KEY, QSPEC_KEY, ROLE_KEY, SOURCE_KEY
 from quantgraph.ir.ops import DEQUANTIZE
 from quantgraph.metrics import accuracy, argmax_agreement, sqnr_db
 from quantgraph.passes import CompileContext, PassBase, PassManager, get_pass
 from quantgraph.policies import get_policy
-from quantgraph.policies.base import without_roles
+from quantgraph.policies.base import GRAPH_PASSES, without_roles
 
-GRAPH_ONLY_PASSES = ("strip-dropout", "canonicalize", "tag-roles")
+#: The FP32 reference: the graph passes, without the dropout a training-mode trace keeps.
+GRAPH_ONLY_PASSES = ("strip-dropout", *GRAPH_PASSES)
 #: Passes each backend appends to the policy's pipeline (unless the pipeline already has them).
 BACKEND_PASSES: dict[str, tuple[str, ...]] = {
     "onnx-qdq": (),
@@ -292,7 +294,7 @@ def _capture(
     class _Capture(fx.Interpreter):
         def run_node(self, n: fx.Node) -> Any:
             value = super().run_node(n)
-            key = n.meta.get("qg_source") if n.target == DEQUANTIZE else n.name
+            key = n.meta.get(SOURCE_KEY) if n.target == DEQUANTIZE else n.name
             if key in wanted and isinstance(value, Tensor):
                 captured[key] = value
             return value
@@ -306,8 +308,8 @@ def per_layer_sqnr(compiled: CompiledModel, inputs: dict[str, Tensor]) -> list[d
     """SQNR (dB) of each layer's last quantized activation against the FP32 reference."""
     last_per_layer: dict[int, fx.Node] = {}
     for node in compiled.graph_module.graph.nodes:
-        layer = node.meta.get("qg_layer")
-        if "qg_qparams" in node.meta and node.op != "get_attr" and layer is not None:
+        layer = node.meta.get(LAYER_KEY)
+        if QPARAMS_KEY in node.meta and node.op != "get_attr" and layer is not None:
             last_per_layer[layer] = node
     wanted = {n.name for n in last_per_layer.values()}
     q = _capture(compiled.graph_module, compiled.input_names, inputs, wanted)
@@ -320,7 +322,7 @@ def per_layer_sqnr(compiled: CompiledModel, inputs: dict[str, Tensor]) -> list[d
                 {
                     "layer": layer,
                     "node": node.name,
-                    "role": node.meta["qg_role"].value,
+                    "role": node.meta[ROLE_KEY].value,
                     "sqnr_db": round(value, 2) if math.isfinite(value) else None,
                 }
             )
@@ -338,7 +340,7 @@ def _report(
     inputs = data.inputs()
     q_logits, f_logits = compiled.run(inputs), compiled.run_fp32(inputs)
     mask = data.test_mask
-    annotated = [n for n in compiled.graph_module.graph.nodes if "qg_qspec" in n.meta]
+    annotated = [n for n in compiled.graph_module.graph.nodes if QSPEC_KEY in n.meta]
     report: dict[str, Any] = {
         "policy": policy,
         "bits": bits,
@@ -353,10 +355,10 @@ def _report(
         "pass_seconds": {r.name: round(r.seconds, 4) for r in manager.records},
         "quantization": {
             n.name: {
-                "role": n.meta["qg_role"].value,
-                "layer": n.meta.get("qg_layer"),
-                **n.meta["qg_qspec"].to_json(),
-                **(n.meta["qg_qparams"].to_json() if "qg_qparams" in n.meta else {}),
+                "role": n.meta[ROLE_KEY].value,
+                "layer": n.meta.get(LAYER_KEY),
+                **n.meta[QSPEC_KEY].to_json(),
+                **(n.meta[QPARAMS_KEY].to_json() if QPARAMS_KEY in n.meta else {}),
             }
             for n in annotated
         },
