@@ -439,7 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Failed to fetch module")  # torch.fx codegen noise
     warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a one-line usage error from _Parser.error
+        return done.code if isinstance(done.code, int) else EXIT_INPUT
     try:
         check_args(args)
         return args.func(args)

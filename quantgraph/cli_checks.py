@@ -165,6 +165,11 @@ def check_output_paths(outputs: list[tuple[str, str]], inputs: Iterable[str]) ->
             raise EnvironmentFailure(
                 f"{flag} {path} is a folder", f"give a file name, e.g. {target / 'out'}{_suffix(flag)}"
             )
+        if target.exists() and not target.is_file():
+            raise InputError(
+                f"{flag} {path} exists and is not a regular file (a device, pipe or socket)",
+                f"give {flag} the path of a regular file",
+            )
         parent = target.parent
         while not parent.exists() and parent != parent.parent:
             parent = parent.parent

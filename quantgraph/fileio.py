@@ -131,6 +131,8 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
+    if target.exists() and not target.is_file():  # never rename over a device, pipe or socket
+        raise FileExistsError(errno.EEXIST, "exists and is not a regular file", str(target))
     clean_stale_temps(target.parent)
     staged = _open_staged(target)
     fd = staged.fd if staged.fd is not None else os.open(staged.temp, os.O_WRONLY)
