@@ -74,7 +74,7 @@ def zip_member_mutation(rng: random.Random, data: bytes) -> tuple[bytes, bool]:
                     continue
                 body = {"garbage": garbage, "truncate": truncate, "flip": flip}[how](rng, body)
             out.writestr(name, body)
-    return buf.getvalue(), how in ("drop", "garbage")
+    return buf.getvalue(), False  # a member may be optional (a version stamp, a serialization id)
 
 
 def model_file_cases(rng: random.Random, base: dict[str, bytes], n: int) -> Iterator[Case]:
@@ -264,9 +264,12 @@ def _node_link(fields: dict, rng: random.Random):
     for i in range(n):
         node = {"id": i}
         if x is not None and getattr(x, "ndim", 0) == 2 and i < len(x):
-            node["x"] = [float(v) if np.isreal(v) else str(v) for v in x[i].tolist()]
+            node["x"] = [v if isinstance(v, (int, float)) else str(v) for v in x[i].tolist()]
         if "y" in fields and i < len(fields["y"]):
             node["y"] = fields["y"][i].item()
+        for mask in ("train_mask", "val_mask", "test_mask"):
+            if mask in fields and i < len(fields[mask]):
+                node[mask] = fields[mask][i].item()
         nodes.append(node)
     ei = fields.get("edge_index")
     links = []
@@ -376,11 +379,9 @@ def gc_cases(rng: random.Random, base: dict[str, np.ndarray], n: int) -> Iterato
         elif how == "float-y":
             p = key.split("_")[0] + "_y"
             arrays[p] = arrays[p].astype(np.float32) + 0.5
-            bad = False  # label validation of graph-classification files is another change (issue 10)
         elif how == "negative-y":
             p = key.split("_")[0] + "_y"
             arrays[p] = -arrays[p] - 1
-            bad = False
         elif how == "shape":
             arrays[key] = arrays[key].reshape(-1)[: max(1, arrays[key].size // 3)]
             bad = not key.endswith("_y")
