@@ -17,7 +17,6 @@ from rich.console import Console
 from quantgraph.cli_checks import check_args, parse_pass_spec
 from quantgraph.errors import EXIT_INPUT, InputError, describe_failure, reading
 
-BACKENDS = ("onnx-qdq", "onnx-int", "native")
 QAT_OPTIONS = ("epochs", "lr", "weight_decay", "seed", "p_min", "p_max", "batch_size")
 #: mixq search flags: argparse dest -> compile option
 MIXQ_OPTIONS = {
@@ -113,6 +112,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from quantgraph.data.task import load_task
     from quantgraph.fileio import atomic_write_json, output_transaction
     from quantgraph.frontend import load_model
+    from quantgraph.options import parse_assignments
     from quantgraph.report import render_report
 
     console = _console(args)
@@ -132,6 +132,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     options.update(
         {opt: getattr(args, dest) for dest, opt in MIXQ_OPTIONS.items() if getattr(args, dest) is not None}
     )
+    options.update(parse_assignments(args.option or []))  # generic --option key=value (checked by compile)
     compiled = qg_compile(
         model,
         task.data,
@@ -288,6 +289,8 @@ def cmd_passes(args: argparse.Namespace) -> int:
     from quantgraph.policies import available_policies
 
     console = _console(args)
+    if args.options:
+        return _print_options(args.options, console)
     passes = Table(title="passes")
     passes.add_column("name")
     passes.add_column("description")
@@ -304,7 +307,40 @@ def cmd_passes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_options(name: str, console: Console) -> int:
+    """The declared options of a pass or policy (``quantgraph passes --options NAME``)."""
+    from rich.table import Table
+
+    from quantgraph.passes import available_passes
+    from quantgraph.policies import available_policies
+
+    passes, policies = available_passes(), available_policies()
+    if name in passes:
+        declared = passes[name].options
+    elif name in policies:
+        from quantgraph.compiler import build_pipeline, declared_options
+
+        declared = tuple(declared_options(policies[name], build_pipeline(name)).values())
+    else:
+        raise InputError(
+            f"no pass or policy named '{name}'", f"choose one of {', '.join([*passes, *policies])}"
+        )
+    table = Table(title=f"options of {name} (compile --option KEY=VALUE)")
+    for column in ("name", "type", "default", "help"):
+        table.add_column(column)
+    for opt in declared:
+        row = opt.to_row()
+        table.add_row(row["name"], row["type"], row["default"], row["help"])
+    if not declared:
+        console.print(f"{name} declares no options")
+        return 0
+    console.print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from quantgraph.backends.registry import available_backends
+
     parser = _Parser(prog="quantgraph", description="Quantization compiler for graph neural networks")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -343,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         default="onnx-qdq",
-        choices=BACKENDS,
+        choices=list(available_backends()),
         help="onnx-qdq: Q/DQ around float ops; onnx-int: integer linear layers and aggregations; "
         "native: the integer model for quantgraph's own kernels (a .qgn file, run with `quantgraph run`)",
     )
@@ -361,22 +397,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--report", help="write the report JSON here")
     qat = p.add_argument_group("quantization-aware training (qat, degree-quant)")
-    qat.add_argument("--epochs", type=int, help="fine-tuning epochs (default 100)")
-    qat.add_argument("--lr", type=float, help="learning rate (default 0.005; graph tasks 0.001)")
-    qat.add_argument("--weight-decay", type=float, help="weight decay (default 5e-4; graph tasks 0)")
-    qat.add_argument("--seed", type=int, help="training seed (default 0)")
     qat.add_argument(
-        "--batch-size", type=int, help="graphs per mini-batch for graph classification (default 32)"
+        "--epochs", type=int, help="fine-tuning epochs (defaults: `quantgraph passes --options train-qat`)"
     )
+    qat.add_argument("--lr", type=float, help="learning rate (default depends on the task)")
+    qat.add_argument("--weight-decay", type=float, help="weight decay (default depends on the task)")
+    qat.add_argument("--seed", type=int, help="training seed")
+    qat.add_argument("--batch-size", type=int, help="graphs per mini-batch for graph classification")
     qat.add_argument("--p-min", type=float, help="degree-quant: lowest protection probability")
     qat.add_argument("--p-max", type=float, help="degree-quant: highest protection probability")
     mixq = p.add_argument_group("mixed precision (mixq)")
     mixq.add_argument(
-        "--lambda", dest="lambda_", type=float, help="weight of the BitOPs penalty (default 0.1)"
+        "--lambda",
+        dest="lambda_",
+        type=float,
+        help="weight of the BitOPs penalty (defaults: `quantgraph passes --options search-bits`)",
     )
     mixq.add_argument("--target-bits", type=float, help="fit the chosen bits to this mean bitwidth (at most)")
-    mixq.add_argument("--bit-candidates", help="comma-separated candidate bitwidths (default 2,4,8)")
-    mixq.add_argument("--search-epochs", type=int, help="epochs of the bitwidth search (default 40)")
+    mixq.add_argument("--bit-candidates", help="comma-separated candidate bitwidths")
+    mixq.add_argument("--search-epochs", type=int, help="epochs of the bitwidth search")
     p.add_argument(
         "--pass",
         dest="passes",
@@ -384,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a pass: module:Class[@before=NAME|@after=NAME] (repeatable)",
     )
     p.add_argument("--pipeline", help="comma-separated pass names replacing the policy's pipeline")
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set any declared option (repeatable; `quantgraph passes --options NAME` lists them)",
+    )
     p.add_argument(
         "--trust-pickle", action="store_true", help="allow loading a pickled module (runs its code!)"
     )
@@ -422,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("passes", help="list passes and policies")
+    p.add_argument(
+        "--options", metavar="NAME", help="print the options a pass (or a policy's pipeline) declares"
+    )
     p.set_defaults(func=cmd_passes)
     return parser
 

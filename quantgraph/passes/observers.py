@@ -8,6 +8,7 @@ from torch import Tensor
 from quantgraph.errors import InputError
 from quantgraph.ir.fake_quant import strided_sample
 from quantgraph.ir.qspec import Granularity, QParams, QuantSpec, default_percentile_tail
+from quantgraph.registry import Registry
 
 
 class Observer:
@@ -30,11 +31,26 @@ class Observer:
             return x, x
         return x.amin(dim=dims), x.amax(dim=dims)
 
-    def update(self, x: Tensor) -> None:
+    def group_bounds(self, x: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
+        """PER_GROUP: the range of the rows of each group (empty groups: +inf/-inf, i.e. no range yet)."""
+        count = int(self.spec.num_groups or 0)
+        rows = x.reshape(x.shape[0], -1)
+        lo = torch.full((count,), float("inf")).scatter_reduce(0, groups.long(), rows.amin(1), "amin")
+        hi = torch.full((count,), float("-inf")).scatter_reduce(0, groups.long(), rows.amax(1), "amax")
+        return lo, hi
+
+    def update(self, x: Tensor, groups: Tensor | None = None) -> None:
         x = x.detach().float()
         if x.numel() == 0:
             return
-        lo, hi = self.batch_bounds(x)
+        if self.spec.granularity == Granularity.PER_GROUP:
+            if groups is None:
+                raise InputError(
+                    "a per-group observer got no group index", "calibrate with the graph's groups"
+                )
+            lo, hi = self.group_bounds(x, groups)
+        else:
+            lo, hi = self.batch_bounds(x)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
 
@@ -42,7 +58,10 @@ class Observer:
         if self.lo is None or self.hi is None:
             zero = torch.zeros(())
             return QParams.from_range(zero, zero, self.spec)
-        return QParams.from_range(self.lo, self.hi, self.spec)
+        lo, hi = self.lo, self.hi
+        if self.spec.granularity == Granularity.PER_GROUP:  # a group no row fell in: the range [0, 0]
+            lo, hi = torch.where(torch.isfinite(lo), lo, 0.0), torch.where(torch.isfinite(hi), hi, 0.0)
+        return QParams.from_range(lo, hi, self.spec)
 
 
 class MinMaxObserver(Observer):
@@ -68,10 +87,28 @@ class PercentileObserver(Observer):
         return lo, hi
 
 
-OBSERVERS: dict[str, type[Observer]] = {"minmax": MinMaxObserver, "percentile": PercentileObserver}
+#: Range methods by name (``QuantSpec.observer``); add one with :func:`register_observer` or the
+#: entry-point group ``quantgraph.observers``.
+def _adapt(name: str, obj: object) -> tuple[str, type[Observer]] | None:
+    return (name, obj) if isinstance(obj, type) and issubclass(obj, Observer) else None
+
+
+REGISTRY: Registry[type[Observer]] = Registry("observer", "quantgraph.observers", _adapt)
+REGISTRY.add("minmax", MinMaxObserver)
+REGISTRY.add("percentile", PercentileObserver)
+OBSERVERS = REGISTRY.entries  # name -> class (the registry's own table)
+
+
+def register_observer(name: str, cls: type[Observer]) -> type[Observer]:
+    """Make ``cls`` the range method called ``name`` (an :class:`Observer` subclass)."""
+    if not (isinstance(cls, type) and issubclass(cls, Observer)):
+        raise TypeError(f"{cls!r} is not an Observer subclass")
+    return REGISTRY.add(name, cls)
+
+
+def available_observers() -> dict[str, type[Observer]]:
+    return REGISTRY.available()
 
 
 def make_observer(spec: QuantSpec) -> Observer:
-    if spec.observer not in OBSERVERS:
-        raise InputError(f"unknown observer '{spec.observer}'", f"use one of {', '.join(OBSERVERS)}")
-    return OBSERVERS[spec.observer](spec)
+    return REGISTRY.get(spec.observer)(spec)
