@@ -11,7 +11,7 @@ from pathlib import Path
 from quantgraph.errors import EnvironmentFailure, InputError
 
 #: the most kernel threads ``run --threads`` accepts (OpenMP crashes when thread creation runs out)
-MAX_THREADS = 1024
+MAX_THREADS = 1024  # = quantgraph.native.kernels.MAX_THREADS (not imported: that module loads numpy/ctypes)
 MAX_HIDDEN = 1 << 16
 MAX_EPOCHS = 1_000_000
 MAX_SEED = 2**32 - 1  # numpy's seed range

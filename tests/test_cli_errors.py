@@ -242,21 +242,12 @@ def test_eval_of_an_onnx_model_with_an_infinite_loop_stops(work, capsys):
 
 
 def test_run_with_100000_threads_is_refused_not_a_segfault(qgn_model):
-    cmd = [
-        sys.executable,
-        "-m",
-        "quantgraph.cli",
-        "run",
-        str(qgn_model),
-        "--data",
-        SYN,
-        "--threads",
-        "100000",
-    ]
+    base = [sys.executable, "-m", "quantgraph.cli", "run", str(qgn_model), "--data", SYN]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    err = res.stderr.strip().splitlines()
-    assert res.returncode == 2 and len(err) == 1 and "--threads" in err[0], (res.returncode, err)
+    for cmd, extra in (([*base, "--threads", "100000"], {}), (base, {"QUANTGRAPH_THREADS": "100000"})):
+        res = subprocess.run(cmd, capture_output=True, text=True, env={**env, **extra}, timeout=300)
+        err = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(err) == 1 and "threads" in err[0], (res.returncode, err)
 
 
 # ----- flags -----

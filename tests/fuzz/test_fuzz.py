@@ -200,11 +200,7 @@ def test_fuzz_cli(sandbox, fuzz_config):
         "tally": dict(tally),
         "by_label": dict(Counter(c.label.split("-")[0] for c in cases)),
     }
-    report = (
-        REPO / "tests" / "fuzz" / "last_run.json"
-        if fuzz_config["long"]
-        else sandbox["root"] / "last_run.json"
-    )
+    report = sandbox["root"] / "last_run.json"  # every failing case with its argv and stderr
     report.write_text(json.dumps({**summary, "failures": failures}, indent=1) + "\n")
-    print(json.dumps(summary))
+    print(json.dumps(summary), f"(cases: {report})")
     assert not failures, json.dumps(failures[:10], indent=1)
