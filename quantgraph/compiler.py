@@ -6,7 +6,6 @@ Data flows one way: frontend (trace) -> IR -> passes (policy pipeline) -> backen
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,12 @@ from quantgraph.bitops import count_bitops
 from quantgraph.data import GraphData, validate_graph
 from quantgraph.errors import InputError
 from quantgraph.frontend import TracedGraph, trace, trace_exported
-from quantgraph.ir.ops import DEQUANTIZE
-from quantgraph.metrics import accuracy, argmax_agreement, sqnr_db
+from quantgraph.metrics import accuracy, argmax_agreement
 from quantgraph.passes import CompileContext, PassBase, PassManager, get_pass
 from quantgraph.policies import get_policy
 from quantgraph.policies.base import without_roles
+from quantgraph.progress import stage
+from quantgraph.quant_error import kept_float_points, point_errors
 
 GRAPH_ONLY_PASSES = ("strip-dropout", "canonicalize", "tag-roles")
 #: Passes each backend appends to the policy's pipeline (unless the pipeline already has them).
@@ -82,10 +82,12 @@ class CompiledModel:
         from quantgraph.backends.onnx_export import save_onnx
         from quantgraph.backends.verify import verify_onnx
 
-        model = self.to_onnx()
-        fp32_model = self.to_onnx(quantized=False)
+        with stage("export ONNX"):
+            model = self.to_onnx()
+            fp32_model = self.to_onnx(quantized=False)
         data = data if data is not None else self.report.get("_data")
-        onnx_report = verify_onnx(model, self, data)
+        with stage("verify in onnxruntime"):
+            onnx_report = verify_onnx(model, self, data)
         self.report.setdefault("accuracy", {})["onnx"] = onnx_report.pop("accuracy")
         self.report["onnx"] = onnx_report
         self.report["size_bytes"] = {
@@ -124,8 +126,10 @@ class CompiledModel:
         from quantgraph.native.verify import verify_native
 
         data = data if data is not None else self.report.get("_data")
-        model = self.to_native(data)
-        native_report = verify_native(model, self, data)
+        with stage("lower to native (C build)"):
+            model = self.to_native(data)
+        with stage("verify native kernels"):
+            native_report = verify_native(model, self, data)
         self.report.setdefault("accuracy", {})["native"] = native_report.pop("accuracy")
         self.report["native"] = native_report
         self.report["size_bytes"] = {
@@ -229,7 +233,8 @@ def compile(  # noqa: A001 - mirrors the CLI command
     qconfig = without_roles(qconfig, opts.get("skip_roles"))
     width = None if isinstance(model, TracedGraph) else expected_feature_width(model)
     validate_graph(data.x, data.edge_index, expected_features=width, name=data.name)
-    traced = _trace(model, data, training=bool(opts.get("trace_training")))
+    with stage("trace"):
+        traced = _trace(model, data, training=bool(opts.get("trace_training")))
     graphs = list(calibration) if calibration else [data]
     ctx = CompileContext(
         input_names=traced.input_names,
@@ -257,7 +262,8 @@ def compile(  # noqa: A001 - mirrors the CLI command
     compiled = CompiledModel(
         result.graph_module, fp32_module, traced.input_names, traced.dim_names, backend=backend
     )
-    compiled.report = _report(compiled, ctx, manager, pol.name, bits if pol.quantizes else 32, data)
+    with stage("report (accuracy, SQNR)"):
+        compiled.report = _report(compiled, ctx, manager, pol.name, bits if pol.quantizes else 32, data)
     compiled.report["calibration"] = opts.get("calibration") or "minmax"
     return compiled
 
@@ -283,48 +289,11 @@ def _graph_only_copy(gm: fx.GraphModule) -> fx.GraphModule:
     return ref
 
 
-def _capture(
-    gm: fx.GraphModule, names: list[str], inputs: dict[str, Tensor], wanted: set[str]
-) -> dict[str, Tensor]:
-    """Values of nodes named in ``wanted`` (for Q/DQ'd nodes: the dequantized value)."""
-    captured: dict[str, Tensor] = {}
-
-    class _Capture(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            value = super().run_node(n)
-            key = n.meta.get("qg_source") if n.target == DEQUANTIZE else n.name
-            if key in wanted and isinstance(value, Tensor):
-                captured[key] = value
-            return value
-
-    with torch.no_grad():
-        _Capture(gm).run(*[inputs[n] for n in names])
-    return captured
-
-
 def per_layer_sqnr(compiled: CompiledModel, inputs: dict[str, Tensor]) -> list[dict[str, Any]]:
     """SQNR (dB) of each layer's last quantized activation against the FP32 reference."""
-    last_per_layer: dict[int, fx.Node] = {}
-    for node in compiled.graph_module.graph.nodes:
-        layer = node.meta.get("qg_layer")
-        if "qg_qparams" in node.meta and node.op != "get_attr" and layer is not None:
-            last_per_layer[layer] = node
-    wanted = {n.name for n in last_per_layer.values()}
-    q = _capture(compiled.graph_module, compiled.input_names, inputs, wanted)
-    f = _capture(compiled.fp32_module, compiled.input_names, inputs, wanted)
-    rows = []
-    for layer, node in sorted(last_per_layer.items()):
-        if node.name in q and node.name in f:
-            value = sqnr_db(f[node.name], q[node.name])
-            rows.append(
-                {
-                    "layer": layer,
-                    "node": node.name,
-                    "role": node.meta["qg_role"].value,
-                    "sqnr_db": round(value, 2) if math.isfinite(value) else None,
-                }
-            )
-    return rows
+    return point_errors(compiled.graph_module, compiled.fp32_module, compiled.input_names, inputs)[
+        "per_layer_sqnr"
+    ]
 
 
 def _report(
@@ -338,7 +307,13 @@ def _report(
     inputs = data.inputs()
     q_logits, f_logits = compiled.run(inputs), compiled.run_fp32(inputs)
     mask = data.test_mask
-    annotated = [n for n in compiled.graph_module.graph.nodes if "qg_qspec" in n.meta]
+    qdq = ctx.report.get("_qdq_module", compiled.graph_module)  # integer IR: its Q/DQ form has every point
+    annotated = [n for n in qdq.graph.nodes if "qg_qspec" in n.meta]
+    errors = (
+        point_errors(qdq, compiled.fp32_module, compiled.input_names, inputs)
+        if annotated
+        else {"points": [], "per_layer_sqnr": [], "error_by_degree": []}
+    )
     report: dict[str, Any] = {
         "policy": policy,
         "bits": bits,
@@ -360,12 +335,16 @@ def _report(
             }
             for n in annotated
         },
-        "per_layer_sqnr": per_layer_sqnr(compiled, inputs) if annotated else [],
+        "quantization_points": len(annotated),
+        "points": errors["points"],
+        "per_layer_sqnr": errors["per_layer_sqnr"],
+        "error_by_degree": errors["error_by_degree"],
         "_data": data,
     }
     if annotated:
-        counted = ctx.report.get("_qdq_module", compiled.graph_module)  # integer IR: count its Q/DQ form
-        report["bitops"] = count_bitops(counted, compiled.input_names, ctx.calibration_data[0])
+        report["bitops"] = count_bitops(qdq, compiled.input_names, ctx.calibration_data[0])
     for key, value in ctx.report.items():
         report.setdefault(key, value)
+    if "integer" in report:
+        report["integer"] = {**report["integer"], "kept_float_points": kept_float_points(qdq, report["integer"])}
     return report

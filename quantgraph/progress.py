@@ -1,9 +1,12 @@
-"""Progress bars (rich) that turn off for ``--quiet`` and non-interactive use."""
+"""Progress bars (rich) and the timed stage log, both off for ``--quiet`` and bars off when piped."""
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from contextlib import contextmanager
+from typing import TextIO, TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -34,3 +37,43 @@ def progress_iter(
         for item in items:
             yield item
             bar.advance(task)
+
+
+class StageLog:
+    """Timed compile stages (trace, passes, calibration, training, export, verify), one line each on stderr.
+
+    Off until :func:`enable_stage_log`; the CLI turns it on unless ``--quiet``. Each finished stage is one
+    plain line, ``quantgraph: <stage> <seconds> s``, on a terminal or piped alike (no escape codes).
+    """
+
+    def __init__(self) -> None:
+        self.stream: TextIO | None = None
+        self.records: list[tuple[str, float]] = []
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            self.records.append((name, seconds))
+            if self.stream is not None:
+                print(f"quantgraph: {name:<28} {seconds:7.2f} s", file=self.stream, flush=True)
+
+
+STAGES = StageLog()
+
+
+def enable_stage_log(stream: TextIO | None = None) -> None:
+    """Log every stage to ``stream`` (default stderr); ``None`` after :func:`disable_stage_log`."""
+    STAGES.stream = stream if stream is not None else sys.stderr
+
+
+def disable_stage_log() -> None:
+    STAGES.stream = None
+
+
+def stage(name: str):
+    """Context manager timing one stage; prints only when the stage log is enabled."""
+    return STAGES.stage(name)

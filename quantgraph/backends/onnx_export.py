@@ -253,9 +253,38 @@ def export_onnx(
         producer_version=quantgraph.__version__,
     )
     model.ir_version = max(IR_VERSION, helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
+    _complete_output_shapes(model)
     if check:
         onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _complete_output_shapes(model: onnx.ModelProto) -> None:
+    """Fill output dims the IR did not record (integer ops keep no shape) from ONNX shape inference.
+
+    A dim neither the IR nor inference can name gets the symbol ``<output>_dim<i>``, so a reader sees
+    ``logits[num_nodes, 7]`` rather than an unnamed size.
+    """
+
+    def unknown(dim: onnx.TensorShapeProto.Dimension) -> bool:
+        return not dim.HasField("dim_value") and not dim.HasField("dim_param")
+
+    if not any(unknown(d) for o in model.graph.output for d in o.type.tensor_type.shape.dim):
+        return
+    try:
+        inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(model).graph.output}
+    except onnx.shape_inference.InferenceError:
+        inferred = {}
+    for out in model.graph.output:
+        found = inferred.get(out.name)
+        found_dims = list(found.type.tensor_type.shape.dim) if found is not None else []
+        for i, dim in enumerate(out.type.tensor_type.shape.dim):
+            if not unknown(dim):
+                continue
+            if i < len(found_dims) and not unknown(found_dims[i]):
+                dim.CopyFrom(found_dims[i])
+            else:
+                dim.dim_param = f"{out.name}_dim{i}"
 
 
 def _fetch_attr(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
