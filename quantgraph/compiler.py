@@ -75,7 +75,13 @@ class CompiledModel:
 
         gm = self.graph_module if quantized else self.fp32_module
         integer = quantized and self.backend in INTEGER_BACKENDS
-        return export_onnx(gm, input_names=self.input_names, dim_names=self.dim_names, integer=integer)
+        return export_onnx(
+            gm,
+            input_names=self.input_names,
+            dim_names=self.dim_names,
+            integer=integer,
+            output_shapes=_output_shapes(self.fp32_module),
+        )
 
     def export_onnx(self, path: str | Path, data: GraphData | None = None) -> dict[str, Any]:
         """Export, verify in onnxruntime against the IR reference, write ``path``; returns the ONNX report."""
@@ -146,6 +152,17 @@ class CompiledModel:
 
     def public_report(self) -> dict[str, Any]:
         return {k: v for k, v in self.report.items() if not k.startswith("_")}
+
+
+def _output_shapes(gm: fx.GraphModule) -> list[Any]:
+    """The traced (symbolic) shape of each output of ``gm``, or None where it was not recorded."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    args = output.args[0] if isinstance(output.args[0], (tuple, list)) else [output.args[0]]
+    shapes = []
+    for arg in args:
+        val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
+        shapes.append(tuple(val.shape) if isinstance(val, Tensor) else None)
+    return shapes
 
 
 def _as_inputs(data: dict[str, Tensor] | GraphData) -> dict[str, Tensor]:

@@ -14,12 +14,15 @@ T = TypeVar("T")
 
 
 def make_progress(transient: bool = True) -> Progress:
+    from rich.console import Console
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
+        console=Console(stderr=True),
         transient=transient,
     )
 
@@ -27,8 +30,8 @@ def make_progress(transient: bool = True) -> Progress:
 def progress_iter(
     items: Iterable[T], description: str, *, enabled: bool, total: int | None = None
 ) -> Iterator[T]:
-    """Iterate ``items``, showing a bar when ``enabled``."""
-    if not enabled:
+    """Iterate ``items``, showing a bar on stderr when ``enabled`` and stderr is a terminal."""
+    if not enabled or not sys.stderr.isatty():
         yield from items
         return
     items = list(items)

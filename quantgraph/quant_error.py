@@ -54,7 +54,7 @@ def capture(
             value = super().run_node(n)
             key = n.meta.get("qg_source") if n.target == DEQUANTIZE else n.name
             if key in wanted and isinstance(value, Tensor):
-                captured[key] = value
+                captured[key] = value.detach()
             return value
 
     with torch.no_grad():

@@ -163,8 +163,12 @@ def export_onnx(
     example_inputs: Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | None = None,
     check: bool = True,
     integer: bool = False,
+    output_shapes: Sequence[Sequence[Any] | None] | None = None,
 ) -> onnx.ModelProto:
     """Lower ``graph_module`` to an ONNX model (see the module docstring for the conventions).
+
+    ``output_shapes`` (traced shapes, symbolic sizes allowed) names the output dims where the output
+    node keeps no shape of its own (the integer IR's requantize ops record none).
 
     ``example_inputs`` (one tensor per graph input, or a dict by input name) is only needed for placeholders without
     ``node.meta["val"]``; ``check`` runs ``onnx.checker.check_model(full_check=True)``; ``integer``
@@ -220,7 +224,8 @@ def export_onnx(
 
     ctx.current = output_node
     outputs = []
-    for arg, out_name in zip(results, names, strict=True):
+    hints = list(output_shapes) if output_shapes is not None else [None] * len(results)
+    for arg, out_name, hint in zip(results, names, hints, strict=True):
         if not isinstance(arg, fx.Node):
             raise UnsupportedOpError(
                 f"model output {out_name} is the constant {arg!r}", "return tensors only"
@@ -240,6 +245,8 @@ def export_onnx(
         val = arg.meta.get("val")
         if isinstance(val, torch.Tensor) and val.dim() == rank:
             dims = _dims(val.shape, dim_names)
+        elif hint is not None and len(hint) == rank:
+            dims = _dims(hint, dim_names)
         else:
             dims = [None] * rank
         outputs.append(helper.make_tensor_value_info(out_name, elem_type, dims))
@@ -267,7 +274,8 @@ def _complete_output_shapes(model: onnx.ModelProto) -> None:
     """
 
     def unknown(dim: onnx.TensorShapeProto.Dimension) -> bool:
-        return not dim.HasField("dim_value") and not dim.HasField("dim_param")
+        invented = dim.HasField("dim_param") and dim.dim_param.startswith("unk__")  # inference's placeholder
+        return invented or (not dim.HasField("dim_value") and not dim.HasField("dim_param"))
 
     if not any(unknown(d) for o in model.graph.output for d in o.type.tensor_type.shape.dim):
         return
