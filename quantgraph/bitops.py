@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from quantgraph.ir.fake_quant import FakeQuantize
+from quantgraph.ir.meta import LAYER_KEY, ROLE_KEY, SOURCE_KEY
 from quantgraph.ir.mixed_fake_quant import MixedPrecisionFakeQuantize
 from quantgraph.ir.ops import DEQUANTIZE, GATHER, QUANTIZE, SCATTER
 from quantgraph.ir.roles import Role
@@ -151,7 +152,7 @@ def mac_terms(gm: fx.GraphModule, shapes: dict[str, torch.Size]) -> list[MacTerm
         if node.op != "call_function" or node.name not in shapes:
             continue
         out = shapes[node.name]
-        layer = node.meta.get("qg_layer")
+        layer = node.meta.get(LAYER_KEY)
         if node.target in _LINEAR_ARGS:
             ia, ib = _LINEAR_ARGS[node.target]
             a, b = node.args[ia], node.args[ib]
@@ -162,7 +163,7 @@ def mac_terms(gm: fx.GraphModule, shapes: dict[str, torch.Size]) -> list[MacTerm
             terms.append(MacTerm(node.name, "linear", layer, macs, operands))
         elif node.target == SCATTER and node.args[3] in _AGGREGATIONS:
             src = node.args[0]
-            if node.meta.get("qg_role") == Role.STRUCTURE or src.name not in shapes:
+            if node.meta.get(ROLE_KEY) == Role.STRUCTURE or src.name not in shapes:
                 continue
             (a, b), weighted = _message_operands(src, gm)
             operands = (quant_point(a, gm), quant_point(b, gm) if weighted else None)
@@ -234,7 +235,7 @@ def count_bitops(gm: fx.GraphModule, input_names: Sequence[str], inputs: dict[st
                 "macs": term.macs,
                 "bits": [bits_of(term.operands[0]), bits_of(term.operands[1]) if term.weighted else 1.0],
                 "operands": [
-                    p.meta.get("qg_source", p.name) if p is not None else None for p in term.operands
+                    p.meta.get(SOURCE_KEY, p.name) if p is not None else None for p in term.operands
                 ],
                 "bitops": int(bitops),
             }

@@ -19,14 +19,16 @@ from quantgraph.bitops import count_bitops
 from quantgraph.data import GraphData, validate_graph
 from quantgraph.errors import InputError
 from quantgraph.frontend import TracedGraph, trace, trace_exported
+from quantgraph.ir.meta import LAYER_KEY, QPARAMS_KEY, QSPEC_KEY, ROLE_KEY
 from quantgraph.metrics import accuracy, argmax_agreement
 from quantgraph.passes import CompileContext, PassBase, PassManager, get_pass
 from quantgraph.policies import get_policy
-from quantgraph.policies.base import without_roles
+from quantgraph.policies.base import GRAPH_PASSES, without_roles
 from quantgraph.progress import stage
 from quantgraph.quant_error import kept_float_points, point_errors
 
-GRAPH_ONLY_PASSES = ("strip-dropout", "canonicalize", "tag-roles")
+#: The FP32 reference: the graph passes, without the dropout a training-mode trace keeps.
+GRAPH_ONLY_PASSES = ("strip-dropout", *GRAPH_PASSES)
 #: Passes each backend appends to the policy's pipeline (unless the pipeline already has them).
 BACKEND_PASSES: dict[str, tuple[str, ...]] = {
     "onnx-qdq": (),
@@ -325,7 +327,7 @@ def _report(
     q_logits, f_logits = compiled.run(inputs), compiled.run_fp32(inputs)
     mask = data.test_mask
     qdq = ctx.report.get("_qdq_module", compiled.graph_module)  # integer IR: its Q/DQ form has every point
-    annotated = [n for n in qdq.graph.nodes if "qg_qspec" in n.meta]
+    annotated = [n for n in qdq.graph.nodes if QSPEC_KEY in n.meta]
     errors = (
         point_errors(qdq, compiled.fp32_module, compiled.input_names, inputs)
         if annotated
@@ -345,10 +347,10 @@ def _report(
         "pass_seconds": {r.name: round(r.seconds, 4) for r in manager.records},
         "quantization": {
             n.name: {
-                "role": n.meta["qg_role"].value,
-                "layer": n.meta.get("qg_layer"),
-                **n.meta["qg_qspec"].to_json(),
-                **(n.meta["qg_qparams"].to_json() if "qg_qparams" in n.meta else {}),
+                "role": n.meta[ROLE_KEY].value,
+                "layer": n.meta.get(LAYER_KEY),
+                **n.meta[QSPEC_KEY].to_json(),
+                **(n.meta[QPARAMS_KEY].to_json() if QPARAMS_KEY in n.meta else {}),
             }
             for n in annotated
         },
@@ -363,5 +365,8 @@ def _report(
     for key, value in ctx.report.items():
         report.setdefault(key, value)
     if "integer" in report:
-        report["integer"] = {**report["integer"], "kept_float_points": kept_float_points(qdq, report["integer"])}
+        report["integer"] = {
+            **report["integer"],
+            "kept_float_points": kept_float_points(qdq, report["integer"]),
+        }
     return report

@@ -10,6 +10,7 @@ from rich.console import Console
 from torch import fx
 
 from quantgraph.errors import InputError
+from quantgraph.ir.meta import LAYER_KEY, QPARAMS_KEY, QSPEC_KEY, ROLE_KEY
 
 
 def _fmt_arg(a: object) -> str:
@@ -38,16 +39,16 @@ def format_ir(gm: fx.GraphModule) -> list[str]:
     for node in gm.graph.nodes:
         args = ", ".join(_fmt_arg(a) for a in node.args)
         tags = []
-        if "qg_role" in node.meta:
-            layer = node.meta.get("qg_layer")
-            tags.append(node.meta["qg_role"].value + ("" if layer is None else f" L{layer}"))
-        spec = node.meta.get("qg_qspec")
+        if ROLE_KEY in node.meta:
+            layer = node.meta.get(LAYER_KEY)
+            tags.append(node.meta[ROLE_KEY].value + ("" if layer is None else f" L{layer}"))
+        spec = node.meta.get(QSPEC_KEY)
         if spec is not None:
             sym = "sym" if spec.symmetric else "affine"
             tags.append(
                 f"q{spec.bits} {'s' if spec.signed else 'u'} {sym} {spec.granularity.value} {spec.observer}"
             )
-        qp = node.meta.get("qg_qparams")
+        qp = node.meta.get(QPARAMS_KEY)
         if qp is not None and qp.scale.dim() == 0:
             tags.append(f"scale={qp.scale.item():.4g} zp={int(qp.zero_point.item())}")
         suffix = f"  [{' | '.join(tags)}]" if tags else ""

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx
 
+from quantgraph.ir.meta import LAYER_KEY, QPARAMS_KEY, QSPEC_KEY, ROLE_KEY, SOURCE_KEY
 from quantgraph.ir.ops import DEQUANTIZE
 from quantgraph.metrics import sqnr_db
 
@@ -32,8 +33,8 @@ def point_labels(nodes: list[fx.Node]) -> dict[str, str]:
     seen: Counter[tuple[Any, str]] = Counter()
     labels = {}
     for node in nodes:
-        role = node.meta["qg_role"].value
-        layer = node.meta.get("qg_layer")
+        role = node.meta[ROLE_KEY].value
+        layer = node.meta.get(LAYER_KEY)
         seen[(layer, role)] += 1
         base = role_text(role) if layer is None else f"layer {layer} · {role_text(role)}"
         labels[node.name] = base
@@ -52,7 +53,7 @@ def capture(
     class _Capture(fx.Interpreter):
         def run_node(self, n: fx.Node) -> Any:
             value = super().run_node(n)
-            key = n.meta.get("qg_source") if n.target == DEQUANTIZE else n.name
+            key = n.meta.get(SOURCE_KEY) if n.target == DEQUANTIZE else n.name
             if key in wanted and isinstance(value, Tensor):
                 captured[key] = value.detach()
             return value
@@ -100,19 +101,19 @@ def point_errors(
     quantized: fx.GraphModule, fp32: fx.GraphModule, input_names: list[str], inputs: dict[str, Tensor]
 ) -> dict[str, Any]:
     """Per point: label, bits, range, SQNR and max |error|; per layer: SQNR; per degree: error of aggregations."""
-    annotated = [n for n in quantized.graph.nodes if "qg_qspec" in n.meta and "qg_role" in n.meta]
+    annotated = [n for n in quantized.graph.nodes if QSPEC_KEY in n.meta and ROLE_KEY in n.meta]
     labels = point_labels(annotated)
     wanted = {n.name for n in annotated}
     q = capture(quantized, input_names, inputs, wanted)
     f = capture(fp32, input_names, inputs, wanted)
     points = []
     for node in annotated:
-        spec, qp = node.meta["qg_qspec"], node.meta.get("qg_qparams")
+        spec, qp = node.meta[QSPEC_KEY], node.meta.get(QPARAMS_KEY)
         row: dict[str, Any] = {
             "node": node.name,
             "label": labels[node.name],
-            "layer": node.meta.get("qg_layer"),
-            "role": node.meta["qg_role"].value,
+            "layer": node.meta.get(LAYER_KEY),
+            "role": node.meta[ROLE_KEY].value,
             "bits": spec.bits,
             "granularity": spec.granularity.value,
             "range": _range(qp),
@@ -154,7 +155,7 @@ def _by_degree(
         return []
     rows = []
     for node in annotated:
-        if node.meta["qg_role"].value != "aggregation" or node.name not in q or node.name not in f:
+        if node.meta[ROLE_KEY].value != "aggregation" or node.name not in q or node.name not in f:
             continue
         ref, approx = f[node.name].double(), q[node.name].double()
         if ref.dim() < 1 or ref.shape[0] != degree.numel() or ref.shape != approx.shape:
@@ -167,16 +168,16 @@ def _by_degree(
 
 def kept_float_points(quantized: fx.GraphModule, integer: dict[str, Any]) -> list[dict[str, Any]]:
     """The quantize points ``fold-scales`` left in floating point, each with its label and the reason."""
-    annotated = [n for n in quantized.graph.nodes if "qg_qspec" in n.meta and "qg_role" in n.meta]
+    annotated = [n for n in quantized.graph.nodes if QSPEC_KEY in n.meta and ROLE_KEY in n.meta]
     labels = point_labels(annotated)
     by_name = {n.name: n for n in quantized.graph.nodes}
     overflowed = set(integer.get("overflow_kept_float", []))
     rows = []
     for name in integer.get("kept_float", []):
         q = by_name.get(name)
-        source_name = q.meta.get("qg_source", name) if q is not None else name
+        source_name = q.meta.get(SOURCE_KEY, name) if q is not None else name
         source = by_name.get(source_name)
-        role = source.meta["qg_role"].value if source is not None and "qg_role" in source.meta else None
+        role = source.meta[ROLE_KEY].value if source is not None and ROLE_KEY in source.meta else None
         if name in overflowed:
             reason = "its int32 accumulator could overflow (kept float by --int-overflow float)"
         elif role == "input":
@@ -206,8 +207,8 @@ def _from_structure(node: fx.Node | None) -> bool:
         if (
             n.op == "placeholder"
             and n.name != "edge_index"
-            and n.meta.get("qg_role") is not None
-            and n.meta["qg_role"].value == "input"
+            and n.meta.get(ROLE_KEY) is not None
+            and n.meta[ROLE_KEY].value == "input"
         ):
             return False
         stack.extend(n.all_input_nodes)

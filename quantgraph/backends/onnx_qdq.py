@@ -89,7 +89,7 @@ def _broadcast(node: fx.Node, tensors: list[torch.Tensor]) -> tuple[list[torch.T
     return out, True
 
 
-def _along(ctx: OnnxBuilder, values: np.ndarray, elem_type: int, rank: int, axis: int) -> str:
+def const_along(ctx: OnnxBuilder, values: np.ndarray, elem_type: int, rank: int, axis: int) -> str:
     """A constant broadcasting along ``axis`` of a rank-``rank`` tensor."""
     if values.ndim == 0:
         return ctx.const(values, elem_type, [])
@@ -161,8 +161,8 @@ def _quantize(ctx: OnnxBuilder, node: fx.Node) -> QValue:
     if bool((qmin64 > tmin).any()) or bool((qmax64 < tmax).any()):  # narrower than the type: clip exactly
         low = ((qmin64 - zp64).to(torch.float32) * scale.to(torch.float32)).numpy()
         high = ((qmax64 - zp64).to(torch.float32) * scale.to(torch.float32)).numpy()
-        x = ctx.op("Max", [x, _along(ctx, low, FLOAT, rank, axis)], rank=rank)
-        x = ctx.op("Min", [x, _along(ctx, high, FLOAT, rank, axis)], rank=rank)
+        x = ctx.op("Max", [x, const_along(ctx, low, FLOAT, rank, axis)], rank=rank)
+        x = ctx.op("Min", [x, const_along(ctx, high, FLOAT, rank, axis)], rank=rank)
     elif qtype in (TensorProto.INT4, TensorProto.UINT4):
         _unclip(ctx, x)
     inputs = [x, ctx.const(scale_np, FLOAT), ctx.const(zp64.numpy(), qtype)]
@@ -202,6 +202,8 @@ def _dequantize(ctx: OnnxBuilder, node: fx.Node) -> str:
         q = ctx.cast(ctx.t(q_arg), TensorProto.INT32)
     # integers wider than 8 bits (or a zero point outside the type): the IR formula in plain arithmetic
     rank = ctx.rank(q)
-    shifted = ctx.op("Sub", [q, _along(ctx, zp64.to(torch.int32).numpy(), TensorProto.INT32, rank, axis)])
+    shifted = ctx.op(
+        "Sub", [q, const_along(ctx, zp64.to(torch.int32).numpy(), TensorProto.INT32, rank, axis)]
+    )
     as_float = ctx.cast(shifted, FLOAT)
-    return ctx.op("Mul", [as_float, _along(ctx, scale_np, FLOAT, rank, axis)])
+    return ctx.op("Mul", [as_float, const_along(ctx, scale_np, FLOAT, rank, axis)])

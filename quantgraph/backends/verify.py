@@ -9,6 +9,7 @@ import onnx
 import torch
 
 from quantgraph.errors import QuantGraphError
+from quantgraph.ir.meta import SOURCE_KEY
 from quantgraph.metrics import accuracy, argmax_agreement
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def compare_integers(
     from quantgraph.ir.ops import QUANTIZE
 
     points = {
-        n.name: n.meta.get("qg_source", n.name)
+        n.name: n.meta.get(SOURCE_KEY, n.name)
         for n in compiled.graph_module.graph.nodes
         if n.target in (QUANTIZE, REQUANTIZE)
         and not (isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "get_attr")

@@ -34,6 +34,12 @@ def check_candidates(bits: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted({check_bits(b) for b in bits}))
 
 
+def argmax_prefer_last(values: Tensor) -> int:
+    """Index of the largest value; ties go to the last (candidates ascend, so: the wider bitwidth)."""
+    flipped = torch.flip(values.detach(), dims=(0,))
+    return values.numel() - 1 - int(torch.argmax(flipped))
+
+
 class MixedPrecisionFakeQuantize(nn.Module):
     """A softmax(alpha)-weighted sum of per-bitwidth fake quantizers; ``protect`` reaches every candidate."""
 
@@ -100,8 +106,7 @@ class MixedPrecisionFakeQuantize(nn.Module):
 
     def chosen_index(self) -> int:
         """Index of the most likely candidate; ties go to the wider bitwidth (zero logits: the widest)."""
-        flipped = torch.flip(self.alpha.detach(), dims=(0,))
-        return len(self.bits) - 1 - int(torch.argmax(flipped))
+        return argmax_prefer_last(self.alpha)
 
     def chosen_bits(self) -> int:
         return self.bits[self.chosen_index()]

@@ -223,6 +223,29 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.gemm_i8_pack.restype = c.c_int
     lib.gemm_i8.argtypes = [vp, i64, i64, i64, i32, vp, vp, i64, vp, c.c_int, vp, vp, i64, c.c_int]
     lib.gemm_i8.restype = c.c_int
+    lib.csr_spmm_epilogue.argtypes = [c.c_int, *spmm[:12], c.c_int, c.c_double, i32, i32, i32, vp, c.c_int]
+    lib.csr_spmm_epilogue.restype = c.c_int
+    lib.rows_epilogue.argtypes = [vp, c.c_int, i64, i64, i64, vp, c.c_int]
+    lib.rows_epilogue.restype = c.c_int
+    lib.gemm_i8_epilogue.argtypes = [
+        vp,
+        vp,
+        vp,
+        vp,
+        i64,
+        i64,
+        i64,
+        i32,
+        vp,
+        vp,
+        i64,
+        vp,
+        c.c_int,
+        vp,
+        vp,
+        c.c_int,
+    ]
+    lib.gemm_i8_epilogue.restype = c.c_int
     lib.qg_info.argtypes = [vp]
     lib.qg_info.restype = None
 

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, fx
 
 from quantgraph.errors import InputError
-from quantgraph.ir.int_ops import REQUANTIZE
+from quantgraph.ir.int_ops import INT32_MAX, REQUANTIZE
+from quantgraph.ir.meta import INTEGER_KEY
 from quantgraph.ir.ops import QUANTIZE, SCATTER
 from quantgraph.ir.reference import float64_reference, integer_values
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult, add_constant
@@ -29,7 +30,6 @@ from quantgraph.passes.int_forms import IntForm, IntFormBuilder
 from quantgraph.passes.qdq_params import quantize_params
 from quantgraph.passes.registry import register_pass
 
-INT32_MAX = 2**31 - 1
 aten = torch.ops.aten
 
 
@@ -158,7 +158,7 @@ class FoldScalesPass(PassBase):
         with gm.graph.inserting_before(node):
             requant = gm.graph.call_function(REQUANTIZE, (acc, mult_node, zp, qmin, qmax, axis))
         requant.meta.update({k: v for k, v in node.meta.items() if k != "val"})
-        requant.meta["qg_integer"] = True
+        requant.meta[INTEGER_KEY] = True
         node.replace_all_uses_with(requant)
         gm.graph.erase_node(node)
 

@@ -170,6 +170,19 @@ def node_value_is_float(node: fx.Node, gm: fx.GraphModule) -> bool:
     return is_float_value(node)
 
 
+def same_value(a: object, b: object) -> bool:
+    """Whether two IR arguments compute the same value (same op tree over the same leaves)."""
+    if a is b:
+        return True
+    if isinstance(a, fx.Node) and isinstance(b, fx.Node):
+        return (
+            (a.op, a.target) == (b.op, b.target)
+            and len(a.args) == len(b.args)
+            and all(same_value(x, y) for x, y in zip(a.args, b.args, strict=True))
+        )
+    return a == b
+
+
 __all__ = [
     "CompileContext",
     "PassBase",
@@ -182,4 +195,5 @@ __all__ = [
     "call_function_nodes",
     "is_float_value",
     "node_value_is_float",
+    "same_value",
 ]

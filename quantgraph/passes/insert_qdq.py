@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import fx
 
 from quantgraph.errors import InputError
+from quantgraph.ir.meta import LAYER_KEY, QDQ_KEY, QPARAMS_KEY, QSPEC_KEY, ROLE_KEY, SOURCE_KEY
 from quantgraph.ir.ops import DEQUANTIZE, QUANTIZE
 from quantgraph.ir.qspec import QParams
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult, add_constant
@@ -24,9 +25,9 @@ def insert_qdq_after(gm: fx.GraphModule, node: fx.Node, qp: QParams) -> fx.Node:
             QUANTIZE, (node, consts["scale"], consts["zero_point"], consts["qmin"], consts["qmax"], qp.axis)
         )
         dq = gm.graph.call_function(DEQUANTIZE, (q, consts["scale"], consts["zero_point"], qp.axis))
-    for meta_key in ("qg_role", "qg_layer"):
+    for meta_key in (ROLE_KEY, LAYER_KEY):
         q.meta[meta_key] = dq.meta[meta_key] = node.meta.get(meta_key)
-    q.meta["qg_source"] = dq.meta["qg_source"] = node.name
+    q.meta[SOURCE_KEY] = dq.meta[SOURCE_KEY] = node.name
     for user in users:
         user.replace_input_with(node, dq)
     return dq
@@ -40,18 +41,18 @@ class InsertQDQPass(PassBase):
     description = "insert quantize/dequantize pairs after every node with calibrated parameters"
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
-        if any("qg_qspec" in n.meta and "qg_qparams" not in n.meta for n in gm.graph.nodes):
+        if any(QSPEC_KEY in n.meta and QPARAMS_KEY not in n.meta for n in gm.graph.nodes):
             raise InputError(
                 "annotated nodes have no quantization parameters", "run 'calibrate' before 'insert-qdq'"
             )
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
-        targets = [n for n in gm.graph.nodes if "qg_qparams" in n.meta and "qg_qdq" not in n.meta]
+        targets = [n for n in gm.graph.nodes if QPARAMS_KEY in n.meta and QDQ_KEY not in n.meta]
         for node in targets:
-            node.meta["qg_qdq"] = insert_qdq_after(gm, node, node.meta["qg_qparams"]).name
+            node.meta[QDQ_KEY] = insert_qdq_after(gm, node, node.meta[QPARAMS_KEY]).name
         return PassResult(gm, bool(targets))
 
     def ensures(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         for node in gm.graph.nodes:
-            if "qg_qdq" in node.meta and any(u.target != QUANTIZE for u in node.users):
+            if QDQ_KEY in node.meta and any(u.target != QUANTIZE for u in node.users):
                 raise AssertionError(f"{node.name} still feeds an unquantized user")

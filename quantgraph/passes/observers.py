@@ -7,7 +7,7 @@ from torch import Tensor
 
 from quantgraph.errors import InputError
 from quantgraph.ir.fake_quant import strided_sample
-from quantgraph.ir.qspec import Granularity, QParams, QuantSpec
+from quantgraph.ir.qspec import Granularity, QParams, QuantSpec, default_percentile_tail
 
 
 class Observer:
@@ -56,7 +56,7 @@ class PercentileObserver(Observer):
     """
 
     def batch_bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        tail = dict(self.spec.observer_args).get("tail", 0.001 if self.spec.bits >= 8 else 0.01)
+        tail = dict(self.spec.observer_args).get("tail", default_percentile_tail(self.spec.bits))
         dims = self._reduce_dims(x)
         if len(dims) != x.dim():
             raise InputError(

@@ -43,9 +43,16 @@ from torch import Tensor, fx
 
 from quantgraph.bitops import FP32_BITS, mac_terms, node_shapes, point_bits, term_bitops
 from quantgraph.errors import InputError
-from quantgraph.ir.mixed_fake_quant import DEFAULT_CANDIDATES, MixedPrecisionFakeQuantize, check_candidates
+from quantgraph.ir.meta import LAYER_KEY, QSPEC_KEY, ROLE_KEY, SOURCE_KEY
+from quantgraph.ir.mixed_fake_quant import (
+    DEFAULT_CANDIDATES,
+    MixedPrecisionFakeQuantize,
+    argmax_prefer_last,
+    check_candidates,
+)
+from quantgraph.ir.qspec import default_percentile_tail
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
-from quantgraph.passes.prepare_qat import default_tail, fake_quant_nodes, require_fake_quant
+from quantgraph.passes.prepare_qat import fake_quant_nodes, require_fake_quant
 from quantgraph.passes.registry import register_pass
 from quantgraph.passes.train_qat import GRAPH_TASK_DEFAULTS, NODE_TASK_DEFAULTS, require_labelled_task
 from quantgraph.training import collate_graphs, train_graph_classifier, train_node_classifier
@@ -87,7 +94,7 @@ def _number(opts: dict[str, Any], key: str, kind: type, minimum: float) -> Any:
 
 def choose_bits(logits: Sequence[Tensor], bits: Sequence[int], target: float | None = None) -> list[int]:
     """Index of the chosen candidate per point: argmax (ties: wider), then the greedy ``target`` fit."""
-    choice = [len(bits) - 1 - int(torch.argmax(torch.flip(a.detach(), (0,)))) for a in logits]
+    choice = [argmax_prefer_last(a) for a in logits]
     if target is None or not logits:
         return choice
     total, limit = sum(bits[c] for c in choice), target * len(choice)
@@ -203,7 +210,9 @@ class SearchBitsPass(PassBase):
         for fq in nodes:
             module = gm.get_submodule(fq.target)
             tails = (
-                {b: opts.get("percentile_tail") or default_tail(b) for b in bits} if module.tail > 0 else None
+                {b: opts.get("percentile_tail") or default_percentile_tail(b) for b in bits}
+                if module.tail > 0
+                else None
             )
             mix = MixedPrecisionFakeQuantize.from_fake_quant(module, bits, tails=tails, logit_scale=scale)
             gm.add_submodule(fq.target, mix)
@@ -230,14 +239,14 @@ class SearchBitsPass(PassBase):
         for fq, mix, index in zip(nodes, mixed, choice, strict=True):
             chosen = mix.candidates[index]
             gm.add_submodule(fq.target, chosen)
-            source = next(n for n in gm.graph.nodes if n.name == fq.meta["qg_source"])
-            source.meta["qg_qspec"] = chosen.spec
-            role = fq.meta.get("qg_role")
+            source = next(n for n in gm.graph.nodes if n.name == fq.meta[SOURCE_KEY])
+            source.meta[QSPEC_KEY] = chosen.spec
+            role = fq.meta.get(ROLE_KEY)
             points.append(
                 {
                     "node": source.name,
                     "role": role.value if role is not None else None,
-                    "layer": fq.meta.get("qg_layer"),
+                    "layer": fq.meta.get(LAYER_KEY),
                     "bits": chosen.spec.bits,
                     "probabilities": [round(p, 4) for p in mix.probabilities().tolist()],
                     "elements": math.prod(shapes.get(fq.name, ())),

@@ -14,6 +14,9 @@ from quantgraph.ir.roles import Role
 #: Range methods for activations (weights always use their min/max): ORT's ``calibrate_method`` analogue.
 CALIBRATION_METHODS = ("minmax", "percentile")
 
+#: The passes that turn a traced graph into the canonical IR (every policy starts with them).
+GRAPH_PASSES = ("canonicalize", "tag-roles")
+
 QConfigBuilder = Callable[[int], dict[Role, QuantSpec]]
 
 

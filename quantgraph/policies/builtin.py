@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from quantgraph.ir.qspec import Granularity, QuantSpec
 from quantgraph.ir.roles import QUANTIZABLE_ROLES, Role
-from quantgraph.policies.base import Policy, QConfigBuilder, register_policy
+from quantgraph.policies.base import GRAPH_PASSES, Policy, QConfigBuilder, register_policy
 
-GRAPH_PASSES = ("canonicalize", "tag-roles")
 PTQ_PASSES = (*GRAPH_PASSES, "annotate", "calibrate", "insert-qdq")
 
 
