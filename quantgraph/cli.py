@@ -21,7 +21,6 @@ from quantgraph.errors import InputError, QuantGraphError
 if TYPE_CHECKING:
     from rich.console import Console
 
-BACKENDS = ("onnx-qdq", "onnx-int", "native")
 QAT_OPTIONS = ("epochs", "lr", "weight_decay", "seed", "p_min", "p_max", "batch_size")
 #: mixq search flags: argparse dest -> compile option
 MIXQ_OPTIONS = {
@@ -45,17 +44,16 @@ def _stage_log(args: argparse.Namespace) -> None:
     disable_stage_log() if getattr(args, "quiet", False) else enable_stage_log()
 
 
-#: artifact suffix each backend writes
-BACKEND_SUFFIX = {"onnx-qdq": ".onnx", "onnx-int": ".onnx", "native": ".qgn"}
-
-
 def _check_output_suffix(backend: str, output: str) -> None:
     """Refuse an output name whose suffix is another backend's (a .qgn zip under .onnx misleads)."""
-    want = BACKEND_SUFFIX.get(backend)
+    from quantgraph.backends.registry import available_backends
+
+    suffixes = {name: b.suffix for name, b in available_backends().items() if b.suffix}
+    want = suffixes.get(backend)
     suffix = Path(output).suffix
     if want is None or suffix == want:
         return
-    if suffix in BACKEND_SUFFIX.values():
+    if suffix in suffixes.values():
         raise InputError(
             f"--backend {backend} writes a {want} file, but -o {output} ends in {suffix}",
             f"name the output {Path(output).with_suffix(want).name}",
@@ -177,6 +175,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from quantgraph.data.task import load_task
     from quantgraph.fileio import atomic_write_json
     from quantgraph.frontend import load_model
+    from quantgraph.options import parse_assignments
     from quantgraph.report import render_report
 
     console = _console(args)
@@ -198,6 +197,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     options.update(
         {opt: getattr(args, dest) for dest, opt in MIXQ_OPTIONS.items() if getattr(args, dest) is not None}
     )
+    options.update(parse_assignments(args.option or []))  # generic --option key=value (checked by compile)
     compiled = qg_compile(
         model,
         task.data,
@@ -357,6 +357,8 @@ def cmd_passes(args: argparse.Namespace) -> int:
     from quantgraph.policies import available_policies
 
     console = _console(args)
+    if args.options:
+        return _print_options(args.options, console)
     passes = Table(title="passes")
     passes.add_column("name", no_wrap=True)
     passes.add_column("description")
@@ -434,7 +436,40 @@ def _quiet(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _print_options(name: str, console: Console) -> int:
+    """The declared options of a pass or policy (``quantgraph passes --options NAME``)."""
+    from rich.table import Table
+
+    from quantgraph.passes import available_passes
+    from quantgraph.policies import available_policies
+
+    passes, policies = available_passes(), available_policies()
+    if name in passes:
+        declared = passes[name].options
+    elif name in policies:
+        from quantgraph.compiler import build_pipeline, declared_options
+
+        declared = tuple(declared_options(policies[name], build_pipeline(name)).values())
+    else:
+        raise InputError(
+            f"no pass or policy named '{name}'", f"choose one of {', '.join([*passes, *policies])}"
+        )
+    table = Table(title=f"options of {name} (compile --option KEY=VALUE)")
+    for column in ("name", "type", "default", "help"):
+        table.add_column(column)
+    for opt in declared:
+        row = opt.to_row()
+        table.add_row(row["name"], row["type"], row["default"], row["help"])
+    if not declared:
+        console.print(f"{name} declares no options")
+        return 0
+    console.print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from quantgraph.backends.registry import available_backends
+
     parser = argparse.ArgumentParser(
         prog="quantgraph", description="Quantization compiler for graph neural networks"
     )
@@ -488,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend",
         default="onnx-qdq",
-        choices=BACKENDS,
+        choices=list(available_backends()),
         help="onnx-qdq: Q/DQ around float ops; onnx-int: integer linear layers and aggregations; "
         "native: the integer model for quantgraph's own kernels (a .qgn file, run with `quantgraph run`)",
     )
@@ -518,9 +553,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the HTML report (plots, per-point error) here (default: not written; needs matplotlib)",
     )
     qat = p.add_argument_group("quantization-aware training (qat, degree-quant, mixq)")
-    qat.add_argument("--epochs", type=int, help="fine-tuning epochs (default 100)")
-    qat.add_argument("--lr", type=float, help="learning rate (default 0.005; graph tasks 0.001)")
-    qat.add_argument("--weight-decay", type=float, help="weight decay (default 5e-4; graph tasks 0)")
+    qat.add_argument(
+        "--epochs", type=int, help="fine-tuning epochs (defaults: `quantgraph passes --options train-qat`)"
+    )
+    qat.add_argument(
+        "--lr", type=float, help="learning rate (default depends on the task: 0.005 nodes, 0.001 graphs)"
+    )
+    qat.add_argument(
+        "--weight-decay", type=float, help="weight decay (default depends on the task: 5e-4 nodes, 0 graphs)"
+    )
     qat.add_argument("--seed", type=int, help="training seed (default 0)")
     qat.add_argument(
         "--batch-size", type=int, help="graphs per mini-batch for graph classification (default 32)"
@@ -543,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="lambda_",
         type=float,
         metavar="WEIGHT",
-        help="weight of the BitOPs penalty (default 0.1)",
+        help="weight of the BitOPs penalty (default 0.1; `quantgraph passes --options search-bits`)",
     )
     mixq.add_argument(
         "--target-bits",
@@ -569,6 +610,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--pipeline",
         metavar="A,B,C",
         help="comma-separated pass names replacing the policy's pipeline (default: the policy's)",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set any declared option (repeatable; `quantgraph passes --options NAME` lists them)",
     )
     p.add_argument(
         "--trust-pickle", action="store_true", help="allow loading a pickled module (runs its code!)"
@@ -639,6 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = _sub(sub, "passes", "list passes and policies (built-in and from entry points)")
+    p.add_argument(
+        "--options", metavar="NAME", help="print the options a pass (or a policy's pipeline) declares"
+    )
     p.set_defaults(func=cmd_passes)
     return parser
 

@@ -86,7 +86,7 @@ def test_integer_backend_sqnr_is_measured_and_rows_are_named_by_layer_and_role(i
 
 def test_stage_lines_on_stderr_plain_and_quiet_silences(int_compile, checkpoint, workdir):
     err = int_compile["stderr"]
-    for stage in ("trace", "pass calibrate", "pass fold-scales", "export ONNX", "verify in onnxruntime"):
+    for stage in ("trace", "pass calibrate", "pass fold-scales", "export onnx-int", "verify onnx-int"):
         assert re.search(rf"^quantgraph: {re.escape(stage)}\s+\d+\.\d\d s$", err, re.M), err
     assert "\x1b[" not in err  # piped: no escape codes
     proc = _run_cli(

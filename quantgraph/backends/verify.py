@@ -89,13 +89,7 @@ def verify_onnx(model: onnx.ModelProto, compiled: CompiledModel, data: GraphData
     inputs = data.inputs()
     ort_logits = run_onnx(ort_session(model), inputs)
     ir_logits = compiled.run(inputs)
-    extra = (
-        {"integer_tensors": compare_integers(model, compiled, inputs)}
-        if compiled.backend == "onnx-int"
-        else {}
-    )
     return {
-        **extra,
         "max_abs_error": float((ort_logits - ir_logits).abs().max()) if ir_logits.numel() else 0.0,
         "argmax_agreement": argmax_agreement(ort_logits, ir_logits),
         "accuracy": accuracy(ort_logits, data.y, data.test_mask),

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from quantgraph.errors import InputError
 from quantgraph.ir.fake_quant import FakeQuantize
 from quantgraph.ir.qspec import QParams, QuantSpec, check_bits
+from quantgraph.ir.quantizer import Quantizer, QuantizerSettings, register_quantizer
 
 DEFAULT_CANDIDATES = (2, 4, 8)
 
@@ -40,8 +41,11 @@ def argmax_prefer_last(values: Tensor) -> int:
     return values.numel() - 1 - int(torch.argmax(flipped))
 
 
-class MixedPrecisionFakeQuantize(nn.Module):
+@register_quantizer
+class MixedPrecisionFakeQuantize(Quantizer):
     """A softmax(alpha)-weighted sum of per-bitwidth fake quantizers; ``protect`` reaches every candidate."""
+
+    kind = "mixq"
 
     def __init__(
         self,
@@ -93,6 +97,24 @@ class MixedPrecisionFakeQuantize(nn.Module):
             cand.hi.copy_(fq.hi)
             cand.initialized.copy_(fq.initialized)
         return mixed.train(fq.training)
+
+    @classmethod
+    def from_spec(
+        cls, spec: QuantSpec, init: QParams | None, settings: QuantizerSettings
+    ) -> MixedPrecisionFakeQuantize:
+        """The default candidates, each a ``fake-quant`` with ``settings`` (the same tail at every bitwidth)."""
+        tails = dict.fromkeys(DEFAULT_CANDIDATES, settings.tail)
+        return cls(spec, init, tails=tails, momentum=settings.momentum, clip_grad=settings.clip_grad)
+
+    def qparams(self) -> QParams:
+        """The chosen candidate's parameters (the search fixes a single bitwidth per point)."""
+        return self.candidates[self.chosen_index()].qparams()
+
+    def bit_count(self) -> Tensor:
+        return self.expected_bits()
+
+    def storage_bits(self) -> int:
+        return self.chosen_bits()
 
     def probabilities(self) -> Tensor:
         """softmax(logit_scale * alpha), one weight per candidate (differentiable)."""

@@ -46,13 +46,15 @@ class QuantSpec:
     symmetric: bool = False
     granularity: Granularity = Granularity.PER_TENSOR
     axis: int = 0
-    observer: str = "minmax"  # name of an observer in quantgraph.passes.observers
+    observer: str = "minmax"  # range method: a registered observer (quantgraph.passes.observers)
     observer_args: tuple[tuple[str, float], ...] = field(default_factory=tuple)
     group_index: str | None = None  # PER_GROUP: name of the IR node holding each row's group id
     num_groups: int | None = None
+    quantizer: str = "fake-quant"  # the registered Quantizer prepare-qat builds (quantgraph.ir.quantizer)
 
     def __post_init__(self) -> None:
-        check_bits(self.bits)
+        if not (self.bits == 1 and not self.signed):  # 1-bit values are unsigned {0, 1} (post-ReLU)
+            check_bits(self.bits)
         object.__setattr__(self, "granularity", Granularity(self.granularity))
 
     @property

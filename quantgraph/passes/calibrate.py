@@ -18,12 +18,14 @@ class _Recorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, observers: dict[str, Observer]) -> None:
         super().__init__(gm)
         self.observers = observers
+        self.nodes = {n.name: n for n in gm.graph.nodes}
 
     def run_node(self, n: fx.Node) -> Any:
         value = super().run_node(n)
         obs = self.observers.get(n.name)
         if obs is not None:
-            obs.update(value)
+            group = obs.spec.group_index
+            obs.update(value, self.env[self.nodes[group]] if group is not None else None)
         return value
 
 

@@ -13,6 +13,7 @@ from torch import Tensor, fx, nn
 from quantgraph.errors import InputError
 from quantgraph.ir.meta import ROWS_KEY
 from quantgraph.ir.ops import GATHER, SCATTER
+from quantgraph.options import Option
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult, same_value
 from quantgraph.passes.prepare_qat import fake_quant_nodes, require_fake_quant
 from quantgraph.passes.registry import register_pass
@@ -21,6 +22,7 @@ from quantgraph.passes.registry import register_pass
 DEGREE_MASK_MODULE = "qg_degree_mask"
 #: Degree-Quant's defaults: (p_min, p_max) by bitwidth.
 DEFAULT_PROBABILITIES = {8: (0.0, 0.1), 4: (0.1, 0.2)}
+_P = DEFAULT_PROBABILITIES
 
 
 def protection_probability(edge_index: Tensor, num_nodes: int, p_min: float, p_max: float) -> Tensor:
@@ -85,13 +87,24 @@ def source_index(node: fx.Node) -> fx.Node | None:
 
 @register_pass
 class DegreeMaskPass(PassBase):
-    """Wire a ``ProtectiveMask`` into every FakeQuantize (node rows, or source rows for per-edge values).
-
-    Options: ``p_min``/``p_max`` (default by bits: INT8 [0, 0.1], INT4 and below [0.1, 0.2]).
-    """
+    """Wire a ``ProtectiveMask`` into every FakeQuantize (node rows, or source rows for per-edge values)."""
 
     name = "degree-mask"
     description = "Degree-Quant protective masks: degree-CDF Bernoulli bypass of quantization in training"
+    options = (
+        Option(
+            "p_min",
+            float,
+            None,
+            f"lowest protection probability (unset: {_P[8][0]} at INT8, {_P[4][0]} below)",
+        ),
+        Option(
+            "p_max",
+            float,
+            None,
+            f"highest protection probability (unset: {_P[8][1]} at INT8, {_P[4][1]} below)",
+        ),
+    )
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         require_fake_quant(gm, self.name)
@@ -102,8 +115,9 @@ class DegreeMaskPass(PassBase):
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         p_min, p_max = DEFAULT_PROBABILITIES[8 if ctx.bits >= 8 else 4]
-        p_min = float(ctx.options.get("p_min", p_min))
-        p_max = float(ctx.options.get("p_max", p_max))
+        given_min, given_max = self.option(ctx, "p_min"), self.option(ctx, "p_max")
+        p_min = p_min if given_min is None else given_min
+        p_max = p_max if given_max is None else given_max
         if not 0 <= p_min <= p_max <= 1:
             raise InputError(
                 f"protection probabilities [{p_min}, {p_max}] are invalid", "use 0 <= p_min <= p_max <= 1"

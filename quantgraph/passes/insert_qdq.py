@@ -5,20 +5,30 @@ from __future__ import annotations
 from torch import fx
 
 from quantgraph.errors import InputError
-from quantgraph.ir.meta import LAYER_KEY, QDQ_KEY, QPARAMS_KEY, QSPEC_KEY, ROLE_KEY, SOURCE_KEY
-from quantgraph.ir.ops import DEQUANTIZE, QUANTIZE
+from quantgraph.ir.meta import LAYER_KEY, QDQ_KEY, QPARAMS_KEY, QSPEC_KEY, ROLE_KEY, ROWS_KEY, SOURCE_KEY
+from quantgraph.ir.ops import DEQUANTIZE, GATHER, QUANTIZE
 from quantgraph.ir.qspec import QParams
+from quantgraph.ir.roles import Role
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult, add_constant
 from quantgraph.passes.registry import register_pass
 
 
-def insert_qdq_after(gm: fx.GraphModule, node: fx.Node, qp: QParams) -> fx.Node:
-    """Insert ``dequantize(quantize(node))`` and reroute the node's users to it; returns the dequantize."""
+def insert_qdq_after(gm: fx.GraphModule, node: fx.Node, qp: QParams, group: fx.Node | None = None) -> fx.Node:
+    """Insert ``dequantize(quantize(node))`` and reroute the node's users to it; returns the dequantize.
+
+    ``group`` (per-group quantization): the int64 node holding each row's group; the parameters are
+    then tables (one entry per group) and each row's parameters are ``gather(table, group)``.
+    """
     anchor = node.next
     consts = {
         k: add_constant(gm, f"qg_{node.name}_{k}", getattr(qp, k), anchor)
         for k in ("scale", "zero_point", "qmin", "qmax")
     }
+    if group is not None:
+        with gm.graph.inserting_before(anchor):
+            consts = {k: gm.graph.call_function(GATHER, (table, group)) for k, table in consts.items()}
+        for row_params in consts.values():
+            row_params.meta.update({ROLE_KEY: Role.STRUCTURE, ROWS_KEY: "node"})
     users = list(node.users)
     with gm.graph.inserting_before(anchor):
         q = gm.graph.call_function(
@@ -48,8 +58,11 @@ class InsertQDQPass(PassBase):
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         targets = [n for n in gm.graph.nodes if QPARAMS_KEY in n.meta and QDQ_KEY not in n.meta]
+        by_name = {n.name: n for n in gm.graph.nodes}
         for node in targets:
-            node.meta[QDQ_KEY] = insert_qdq_after(gm, node, node.meta[QPARAMS_KEY]).name
+            group = node.meta[QSPEC_KEY].group_index if QSPEC_KEY in node.meta else None
+            dq = insert_qdq_after(gm, node, node.meta[QPARAMS_KEY], by_name[group] if group else None)
+            node.meta[QDQ_KEY] = dq.name
         return PassResult(gm, bool(targets))
 
     def ensures(self, gm: fx.GraphModule, ctx: CompileContext) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
 import torch
 from torch import Tensor
 
@@ -30,11 +32,26 @@ class Observer:
             return x, x
         return x.amin(dim=dims), x.amax(dim=dims)
 
-    def update(self, x: Tensor) -> None:
+    def group_bounds(self, x: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
+        """PER_GROUP: the range of the rows of each group (empty groups: +inf/-inf, i.e. no range yet)."""
+        count = int(self.spec.num_groups or 0)
+        rows = x.reshape(x.shape[0], -1)
+        lo = torch.full((count,), float("inf")).scatter_reduce(0, groups.long(), rows.amin(1), "amin")
+        hi = torch.full((count,), float("-inf")).scatter_reduce(0, groups.long(), rows.amax(1), "amax")
+        return lo, hi
+
+    def update(self, x: Tensor, groups: Tensor | None = None) -> None:
         x = x.detach().float()
         if x.numel() == 0:
             return
-        lo, hi = self.batch_bounds(x)
+        if self.spec.granularity == Granularity.PER_GROUP:
+            if groups is None:
+                raise InputError(
+                    "a per-group observer got no group index", "calibrate with the graph's groups"
+                )
+            lo, hi = self.group_bounds(x, groups)
+        else:
+            lo, hi = self.batch_bounds(x)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
 
@@ -42,7 +59,10 @@ class Observer:
         if self.lo is None or self.hi is None:
             zero = torch.zeros(())
             return QParams.from_range(zero, zero, self.spec)
-        return QParams.from_range(self.lo, self.hi, self.spec)
+        lo, hi = self.lo, self.hi
+        if self.spec.granularity == Granularity.PER_GROUP:  # a group no row fell in: the range [0, 0]
+            lo, hi = torch.where(torch.isfinite(lo), lo, 0.0), torch.where(torch.isfinite(hi), hi, 0.0)
+        return QParams.from_range(lo, hi, self.spec)
 
 
 class MinMaxObserver(Observer):
@@ -68,10 +88,31 @@ class PercentileObserver(Observer):
         return lo, hi
 
 
+#: Range methods by name (``QuantSpec.observer``); add one with :func:`register_observer` or the
+#: entry-point group ``quantgraph.observers``.
 OBSERVERS: dict[str, type[Observer]] = {"minmax": MinMaxObserver, "percentile": PercentileObserver}
+_entry_points_loaded = False
+
+
+def register_observer(name: str, cls: type[Observer]) -> type[Observer]:
+    """Make ``cls`` the range method called ``name`` (an :class:`Observer` subclass)."""
+    if not (isinstance(cls, type) and issubclass(cls, Observer)):
+        raise TypeError(f"{cls!r} is not an Observer subclass")
+    OBSERVERS[name] = cls
+    return cls
+
+
+def available_observers() -> dict[str, type[Observer]]:
+    global _entry_points_loaded
+    if not _entry_points_loaded:
+        _entry_points_loaded = True
+        for ep in entry_points(group="quantgraph.observers"):
+            OBSERVERS.setdefault(ep.name, ep.load())
+    return dict(OBSERVERS)
 
 
 def make_observer(spec: QuantSpec) -> Observer:
-    if spec.observer not in OBSERVERS:
-        raise InputError(f"unknown observer '{spec.observer}'", f"use one of {', '.join(OBSERVERS)}")
-    return OBSERVERS[spec.observer](spec)
+    observers = available_observers()
+    if spec.observer not in observers:
+        raise InputError(f"unknown observer '{spec.observer}'", f"use one of {', '.join(observers)}")
+    return observers[spec.observer](spec)

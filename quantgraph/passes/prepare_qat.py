@@ -1,11 +1,14 @@
-"""Prepare quantization-aware training: a trainable ``FakeQuantize`` module after each annotated node."""
+"""Prepare quantization-aware training: a trainable quantizer module after each annotated node.
+
+The quantizer is the registered implementation the spec names (``spec.quantizer``, default
+``fake-quant``: :class:`~quantgraph.ir.fake_quant.FakeQuantize`).
+"""
 
 from __future__ import annotations
 
 from torch import fx
 
 from quantgraph.errors import InputError
-from quantgraph.ir.fake_quant import FakeQuantize
 from quantgraph.ir.meta import (
     FAKE_QUANT_PREFIX,
     LAYER_KEY,
@@ -16,58 +19,60 @@ from quantgraph.ir.meta import (
     SOURCE_KEY,
 )
 from quantgraph.ir.qspec import default_percentile_tail
+from quantgraph.ir.quantizer import QuantizerSettings, get_quantizer, is_quantizer
+from quantgraph.options import PERCENTILE_TAIL, Option
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
 from quantgraph.passes.registry import register_pass
 
+STES = ("gc", "plain")
+
 
 def fake_quant_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    return [
-        n
-        for n in gm.graph.nodes
-        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), FakeQuantize)
-    ]
+    return [n for n in gm.graph.nodes if n.op == "call_module" and is_quantizer(gm.get_submodule(n.target))]
 
 
 def require_fake_quant(gm: fx.GraphModule, pass_name: str) -> None:
     """Precondition shared by the passes that work on prepared (fake-quantized) graphs."""
     if not fake_quant_nodes(gm):
-        raise InputError("the graph has no FakeQuantize modules", f"run 'prepare-qat' before '{pass_name}'")
+        raise InputError(
+            "the graph has no FakeQuantize modules (quantizers)", f"run 'prepare-qat' before '{pass_name}'"
+        )
 
 
 @register_pass
 class PrepareQATPass(PassBase):
-    """Insert ``FakeQuantize`` after every annotated node (ranges start from calibration when present).
+    """Insert the spec's quantizer (``FakeQuantize`` by default) after every annotated node (ranges start from calibration when present).
 
     Each quantizer tracks percentile ranges when its spec's observer is "percentile", else min/max.
-    Options (``ctx.options``): ``percentile_tail``,
-    ``ema_momentum`` (None: running min/max), ``ste`` ("gc": zero gradient where saturated; "plain").
     """
 
     name = "prepare-qat"
     description = "insert trainable FakeQuantize modules (percentile/min-max ranges, STE) at annotated nodes"
+    options = (
+        Option(
+            "ste", str, "gc", "straight-through gradient: gc zeroes it where values saturate", choices=STES
+        ),
+        Option(
+            "ema_momentum", float, None, "range tracking by EMA with this momentum (unset: running min/max)"
+        ),
+        PERCENTILE_TAIL,
+    )
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         if not any(QSPEC_KEY in n.meta for n in gm.graph.nodes):
             raise InputError("no node is annotated for quantization", "run 'annotate' before 'prepare-qat'")
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
-        opts = ctx.options
-        ste = opts.get("ste", "gc")
-        if ste not in ("gc", "plain"):
-            raise InputError(f"unknown STE variant '{ste}'", "use ste='gc' (saturation-aware) or 'plain'")
+        ste, momentum = self.option(ctx, "ste"), self.option(ctx, "ema_momentum")
+        tail_option = self.option(ctx, "percentile_tail")
         targets = [n for n in gm.graph.nodes if QSPEC_KEY in n.meta]
         last_placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
         for node in targets:
             spec = node.meta[QSPEC_KEY]
             percentile = spec.observer == "percentile"
-            tail = (opts.get("percentile_tail") or default_percentile_tail(spec.bits)) if percentile else 0.0
-            module = FakeQuantize(
-                spec,
-                node.meta.get(QPARAMS_KEY),
-                tail=tail,
-                momentum=opts.get("ema_momentum"),
-                clip_grad=ste == "gc",
-            )
+            tail = (tail_option or default_percentile_tail(spec.bits)) if percentile else 0.0
+            settings = QuantizerSettings(tail=tail, momentum=momentum, clip_grad=ste == "gc")
+            module = get_quantizer(spec.quantizer).from_spec(spec, node.meta.get(QPARAMS_KEY), settings)
             name = f"{FAKE_QUANT_PREFIX}{node.name}"
             gm.add_submodule(name, module)
             users = list(node.users)

@@ -10,9 +10,8 @@ from typing import Any
 from quantgraph.errors import InputError
 from quantgraph.ir.qspec import QuantSpec, check_bits
 from quantgraph.ir.roles import Role
-
-#: Range methods for activations (weights always use their min/max): ORT's ``calibrate_method`` analogue.
-CALIBRATION_METHODS = ("minmax", "percentile")
+from quantgraph.options import Option
+from quantgraph.passes.observers import available_observers
 
 #: The passes that turn a traced graph into the canonical IR (every policy starts with them).
 GRAPH_PASSES = ("canonicalize", "tag-roles")
@@ -22,7 +21,11 @@ QConfigBuilder = Callable[[int], dict[Role, QuantSpec]]
 
 @dataclass(frozen=True)
 class Policy:
-    """A named pipeline: pass names in order, a bits -> (role -> spec) builder, and default options."""
+    """A named pipeline: pass names in order, a bits -> (role -> spec) builder, and default options.
+
+    ``defaults`` override declared options' defaults for this policy (a choice of the method, e.g. plain
+    STE for ``qat``); ``options`` declares keys only this policy's builder reads.
+    """
 
     name: str
     description: str
@@ -31,6 +34,7 @@ class Policy:
     default_bits: int = 8
     quantizes: bool = True
     defaults: dict[str, Any] = field(default_factory=dict)
+    options: tuple[Option, ...] = ()
 
     def build_qconfig(
         self, bits: int, calibration: str | None = None, tail: float | None = None
@@ -43,9 +47,10 @@ class Policy:
         qconfig = self.qconfig(bits) if self.qconfig is not None else {}
         if calibration is None:
             return qconfig
-        if calibration not in CALIBRATION_METHODS:
+        methods = available_observers()  # range methods, ORT's ``calibrate_method`` analogue
+        if calibration not in methods:
             raise InputError(
-                f"unknown calibration method '{calibration}'", f"use one of {', '.join(CALIBRATION_METHODS)}"
+                f"unknown calibration method '{calibration}'", f"use one of {', '.join(methods)}"
             )
         args = (("tail", float(tail)),) if calibration == "percentile" and tail is not None else ()
         fixed = (Role.WEIGHT, Role.INPUT)  # weights and input data keep their full min/max range

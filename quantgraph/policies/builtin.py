@@ -78,7 +78,7 @@ QAT = register_policy(
         description="plain quantization-aware training: fake-quant at every role, min/max ranges, plain STE",
         pipeline=QAT_PASSES,
         qconfig=per_tensor_affine_qconfig("minmax"),
-        defaults={"trace_training": True, "ste": "plain", "epochs": 100},
+        defaults={"trace_training": True, "ste": "plain"},
     )
 )
 
@@ -88,7 +88,7 @@ DEGREE_QUANT = register_policy(
         description="Degree-Quant QAT: percentile ranges, saturation-aware STE, degree-based protective masks",
         pipeline=DEGREE_QUANT_PASSES,
         qconfig=per_tensor_affine_qconfig("percentile"),
-        defaults={"trace_training": True, "ste": "gc", "epochs": 100},
+        defaults={"trace_training": True},
     )
 )
 
@@ -121,6 +121,6 @@ MIXQ = register_policy(
         description="MixQ mixed precision: a learned bitwidth per quantization point (BitOPs penalty), then QAT",
         pipeline=MIXQ_PASSES,
         qconfig=mixq_qconfig,
-        defaults={"trace_training": True, "ste": "gc", "epochs": 100},
+        defaults={"trace_training": True},
     )
 )
