@@ -6,13 +6,14 @@ Heavy modules (torch, onnx) are imported inside the commands, so ``quantgraph --
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import os
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,11 +38,21 @@ def _console(args: argparse.Namespace) -> Console:
     return Console(quiet=getattr(args, "quiet", False), stderr=False)
 
 
-def _stage_log(args: argparse.Namespace) -> None:
-    """Timed stage lines on stderr unless ``--quiet``."""
-    from quantgraph.progress import disable_stage_log, enable_stage_log
+def _logs_stages(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run ``command`` with timed stage lines on stderr unless ``--quiet`` (off again afterwards)."""
 
-    disable_stage_log() if getattr(args, "quiet", False) else enable_stage_log()
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from quantgraph.progress import disable_stage_log, enable_stage_log
+
+        if not getattr(args, "quiet", False):
+            enable_stage_log()
+        try:
+            return command(args)
+        finally:
+            disable_stage_log()
+
+    return run
 
 
 def _check_output_suffix(backend: str, output: str) -> None:
@@ -170,6 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_logs_stages
 def cmd_compile(args: argparse.Namespace) -> int:
     from quantgraph.compiler import compile as qg_compile
     from quantgraph.data.task import load_task
@@ -179,7 +191,6 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from quantgraph.report import render_report
 
     console = _console(args)
-    _stage_log(args)
     _check_output_suffix(args.backend, args.output)
     _refuse_compiled_input(args.model)
     if args.imports and not args.trust_pickle:
@@ -322,17 +333,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+@_logs_stages
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from quantgraph.compiler import compile as qg_compile
     from quantgraph.data import load_dataset
     from quantgraph.models import build_model
+    from quantgraph.progress import stage
     from quantgraph.report import render_report
     from quantgraph.training import train_node_classifier
 
     console = _console(args)
-    _stage_log(args)
     data = load_dataset("synthetic")
     console.print(
         f"demo: {data.name}: {data.num_nodes} nodes, {data.num_edges} edges, "
@@ -340,9 +352,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     torch.manual_seed(0)
     model = build_model("gcn", data.num_features, data.num_classes)
-    train_node_classifier(
-        model, data, epochs=100, lr=0.01, weight_decay=5e-4, seed=0, progress=not args.quiet
-    )
+    with stage("train FP32 (demo)"):
+        train_node_classifier(
+            model, data, epochs=100, lr=0.01, weight_decay=5e-4, seed=0, progress=not args.quiet
+        )
     compiled = qg_compile(model, data, policy="minmax", bits=8, progress=not args.quiet)
     with tempfile.TemporaryDirectory() as tmp:
         compiled.export_onnx(Path(tmp) / "demo.onnx", data)

@@ -6,7 +6,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TextIO, TypeVar
+from typing import TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -50,31 +50,27 @@ class StageLog:
     """
 
     def __init__(self) -> None:
-        self.stream: TextIO | None = None
-        self.records: list[tuple[str, float]] = []
+        self.enabled = False
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
-        try:
-            yield
-        finally:
+        yield  # a failing stage prints nothing: its error line follows
+        if self.enabled:
             seconds = time.perf_counter() - start
-            self.records.append((name, seconds))
-            if self.stream is not None:
-                print(f"quantgraph: {name:<28} {seconds:7.2f} s", file=self.stream, flush=True)
+            print(f"quantgraph: {name:<28} {seconds:7.2f} s", file=sys.stderr, flush=True)
 
 
 STAGES = StageLog()
 
 
-def enable_stage_log(stream: TextIO | None = None) -> None:
-    """Log every stage to ``stream`` (default stderr); ``None`` after :func:`disable_stage_log`."""
-    STAGES.stream = stream if stream is not None else sys.stderr
+def enable_stage_log() -> None:
+    """Print a line for every finished stage to stderr (the stream at print time)."""
+    STAGES.enabled = True
 
 
 def disable_stage_log() -> None:
-    STAGES.stream = None
+    STAGES.enabled = False
 
 
 def stage(name: str):
