@@ -71,6 +71,12 @@ def _e(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _db(value: float) -> str:
+    """One decimal; a value that rounds to zero prints as 0.0, not -0.0."""
+    text = f"{value:.1f}"
+    return "0.0" if text == "-0.0" else text
+
+
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f}%"
 
@@ -187,7 +193,7 @@ def _points(report: dict[str, Any], Figure: Any) -> str:
                 "—" if not rng else f"[{rng[0]:.4g}, {rng[1]:.4g}]",
                 "exact"
                 if p.get("sqnr_db") is None and p.get("max_abs_error") == 0
-                else ("—" if p.get("sqnr_db") is None else f"{p['sqnr_db']:.1f}"),
+                else ("—" if p.get("sqnr_db") is None else _db(p["sqnr_db"])),
                 "—" if p.get("max_abs_error") is None else f"{p['max_abs_error']:.3g}",
             ]
         )
@@ -272,6 +278,9 @@ def _degree(report: dict[str, Any], Figure: Any) -> str:
 
 
 def _bits_degree(report: dict[str, Any], Figure: Any) -> str:
+    buckets = report.get("degree_buckets")
+    if buckets and buckets.get("nodes"):
+        return _group_scales(report, buckets, Figure)
     rows = report.get("bits_by_degree")
     if not rows:
         body = (
@@ -285,6 +294,45 @@ def _bits_degree(report: dict[str, Any], Figure: Any) -> str:
     ax.set_xlabel("in-degree")
     ax.set_ylabel("mean bits")
     return _section("bits-degree", "Bits by in-degree", f"<figure>{_svg(fig)}</figure>")
+
+
+def _bucket_labels(boundaries: Sequence[int]) -> list[str]:
+    edges = [0, *boundaries]
+    labels = [
+        f"{lo}–{hi - 1}" if hi - 1 > lo else str(lo) for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+    ]
+    return [*labels, f"{edges[-1]}+"]
+
+
+def _group_scales(report: dict[str, Any], buckets: dict[str, Any], Figure: Any) -> str:
+    """Per-group (``degree-buckets``) points: bits and scale of each in-degree bucket."""
+    labels = {p["node"]: p["label"] for p in report.get("points", [])}
+    quant = report.get("quantization", {})
+    names = _bucket_labels(buckets["boundaries"])
+    fig = Figure(figsize=(7, 3.2))
+    ax = fig.subplots()
+    rows = []
+    for node in buckets["nodes"]:
+        q = quant.get(node, {})
+        scales = q.get("scale")
+        if not isinstance(scales, list) or len(scales) != len(names):
+            continue
+        ax.plot(names, scales, marker="o", label=labels.get(node, node))
+        rows.append([labels.get(node, node), q.get("bits"), *[f"{v:.4g}" for v in scales]])
+    ax.set_xlabel("in-degree bucket")
+    ax.set_ylabel("scale")
+    ax.set_yscale("log")
+    ax.set_title("per-group scale by in-degree (same bits in every group)")
+    if rows:
+        ax.legend(fontsize=7)
+    table = _table(["point", "bits (every group)", *[f"scale, degree {n}" for n in names]], rows)
+    note = (
+        '<p class="note">degree-buckets gives each in-degree bucket its own scale and zero point at the '
+        "same bitwidth; bits do not vary with in-degree in this policy.</p>"
+    )
+    return _section(
+        "bits-degree", "Bits and scale by in-degree (per-group)", f"<figure>{_svg(fig)}</figure>{table}{note}"
+    )
 
 
 def _curves(ax: Any, history: list[dict[str, float]], best: int | None, title: str) -> None:

@@ -64,7 +64,8 @@ def capture(
 
 
 def _finite(value: float) -> float | None:
-    return round(value, 2) if math.isfinite(value) else None
+    """Rounded to 0.01 dB (``-0.0`` shown as ``0.0``), or None when infinite."""
+    return round(value, 2) + 0.0 if math.isfinite(value) else None
 
 
 def _range(qp: Any) -> list[float] | None:

@@ -8,6 +8,12 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _db(value: float) -> str:
+    """One decimal; a value that rounds to zero prints as 0.0, not -0.0."""
+    text = f"{value:.1f}"
+    return "0.0" if text == "-0.0" else text
+
+
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f}%"
 
@@ -121,7 +127,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         if row.get("sqnr_db") is None:
             continue  # no measurable error (never the integer backends' real points; see points)
         label = row.get("label") or f"layer {row['layer']} · {row['role']}"
-        table.add_row(f"SQNR {label}", "", f"{row['sqnr_db']:.1f} dB")
+        table.add_row(f"SQNR {label}", "", f"{_db(row['sqnr_db'])} dB")
     console.print(table)
     note = accuracy_note(report)
     if note:
@@ -132,7 +138,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     console.print(
         "passes: "
         + " → ".join(
-            f"{name} ({seconds[name]:.2f} s)" if name in seconds else name for name in report.get("passes", [])
+            f"{name} ({seconds[name]:.2f} s)" if name in seconds else name
+            for name in report.get("passes", [])
         ),
         highlight=False,
     )

@@ -323,3 +323,28 @@ def test_report_of_a_bad_json_is_one_line(workdir, capsys):
     assert "is not JSON" in _error_line(capsys)
     with pytest.raises(InputError, match="does not exist"):
         read_report(workdir / "missing.json")
+
+
+def test_html_per_group_scales_by_degree(checkpoint, workdir):
+    rep, page = workdir / "pg.json", workdir / "pg.html"
+    pipeline = "canonicalize,tag-roles,annotate,degree-buckets,calibrate,insert-qdq"
+    args = [
+        "compile",
+        str(checkpoint),
+        "--data",
+        SYN,
+        "--pipeline",
+        pipeline,
+        "--option",
+        "degree_boundaries=2,4,8",
+    ]
+    assert (
+        main([*args, "-o", str(workdir / "pg.onnx"), "--report", str(rep), "--html", str(page), "--quiet"])
+        == 0
+    )
+    text = page.read_text()
+    section = text[text.index('<section id="bits-degree">') :]
+    section = section[: section.index("</section>")]
+    assert "per-group" in section and "<svg" in section
+    assert "scale, degree 0–1" in section and "scale, degree 8+" in section
+    assert "layer 0 · aggregation" in section
