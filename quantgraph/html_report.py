@@ -135,16 +135,17 @@ def _summary(report: dict[str, Any]) -> str:
                 "",
             ]
         )
-    mixq_bitops = (report.get("mixq") or {}).get("bitops_mixq") or bitops.get("mixq_convention")
-    if isinstance(mixq_bitops, dict) and "bitops" in mixq_bitops:
-        rows.append(
-            [
-                "BitOPs (MixQ-GNN convention)",
-                f"{mixq_bitops.get('fp32_bitops', float('nan')):.3g}",
-                f"{mixq_bitops['bitops']:.3g}",
-                "",
-            ]
-        )
+    for key, other in bitops.items():  # other conventions (e.g. MixQ-GNN's), whatever key they use
+        if isinstance(other, dict) and isinstance(other.get("bitops"), (int, float)):
+            fp32 = other.get("fp32_bitops")
+            rows.append(
+                [
+                    f"BitOPs ({key.replace('_', ' ')})",
+                    "" if not isinstance(fp32, (int, float)) else f"{fp32:.3g}",
+                    f"{other['bitops']:.3g}",
+                    "",
+                ]
+            )
     rows.append(["quantization points", "", str(report.get("quantization_points", 0)), ""])
     parts = [
         _table(["", "FP32 (IR)", f"quantized ({_bits_label(report)}, IR)", runtime], rows),

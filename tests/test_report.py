@@ -302,6 +302,12 @@ def test_html_report_sections_self_contained(int_compile, workdir, capsys):
     again = workdir / "again.html"
     assert main(["report", str(int_compile["json"]), "-o", str(again)]) == 0
     assert again.read_text() == page
+    # a second BitOPs convention (e.g. MixQ-GNN's) gets its own summary row when the report has one
+    from quantgraph.html_report import render_html
+
+    rep = json.loads(int_compile["json"].read_text())
+    rep["bitops"]["mixq_convention"] = {"bitops": 1.5e9, "fp32_bitops": 3.0e10}
+    assert "<td>BitOPs (mixq convention)</td><td>3e+10</td><td>1.5e+09</td>" in render_html(rep)
 
 
 def test_compare_page_and_pareto(int_compile, workdir, checkpoint):
