@@ -192,6 +192,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     console = _console(args)
     _check_output_suffix(args.backend, args.output)
+    if args.html:  # before the compile: no artifact is written when the HTML cannot be
+        from quantgraph.html_report import require_matplotlib
+
+        require_matplotlib()
     _refuse_compiled_input(args.model)
     if args.imports and not args.trust_pickle:
         raise InputError("--import is only used with --trust-pickle", "add --trust-pickle or drop --import")

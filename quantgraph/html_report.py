@@ -49,6 +49,11 @@ def read_report(path: str | Path) -> dict[str, Any]:
     return report
 
 
+def require_matplotlib() -> None:
+    """Raise the one-line install hint when matplotlib is missing."""
+    _matplotlib()
+
+
 def _matplotlib():
     try:
         import matplotlib

@@ -354,3 +354,24 @@ def test_html_per_group_scales_by_degree(checkpoint, workdir):
     assert "per-group" in section and "<svg" in section
     assert "scale, degree 0–1" in section and "scale, degree 8+" in section
     assert "layer 0 · aggregation" in section
+
+
+def test_html_without_matplotlib_says_how_to_install_and_writes_nothing(
+    checkpoint, workdir, capsys, monkeypatch
+):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    out = workdir / "nomp.onnx"
+    args = ["compile", str(checkpoint), "--data", SYN, "-o", str(out), "--html", str(workdir / "nomp.html")]
+    assert main([*args, "--quiet"]) == 2
+    line = _error_line(capsys)
+    assert "needs matplotlib" in line and "pip install" in line
+    assert not out.exists() and not (workdir / "nomp.html").exists()
