@@ -12,7 +12,7 @@ from quantgraph.ir.qspec import QuantSpec, check_bits
 from quantgraph.ir.roles import Role
 
 #: Range methods for activations (weights always use their min/max): ORT's ``calibrate_method`` analogue.
-CALIBRATION_METHODS = ("minmax", "percentile")
+CALIBRATION_METHODS = ("minmax", "percentile", "mse", "relative-mse", "entropy")
 
 QConfigBuilder = Callable[[int], dict[Role, QuantSpec]]
 
@@ -34,7 +34,8 @@ class Policy:
     ) -> dict[Role, QuantSpec]:
         """Role -> spec at ``bits``; ``calibration`` overrides the range method of activations.
 
-        Input features keep min/max: a percentile cut zeroes sparse bag-of-words inputs.
+        Input features keep min/max: a percentile cut zeroes sparse bag-of-words inputs. ``mse`` picks
+        each activation range minimising the quantization error on the calibration graph (no labels).
         """
         check_bits(bits)
         qconfig = self.qconfig(bits) if self.qconfig is not None else {}
