@@ -10,8 +10,8 @@ Counted terms (on the concrete shapes of one run of the graph, e.g. the calibrat
   ``bits(message)`` (its second factor is 1 at every precision).
 
 An operand's bits are those of the quantizer feeding it (through views, gathers, dropout and dequantize):
-a ``quantgraph.quantize`` (its ``qmin``/``qmax``), a ``FakeQuantize`` (its spec) or a
-``MixedPrecisionFakeQuantize`` (its expected bits, differentiable); 32 when no quantizer feeds it.
+a ``quantgraph.quantize`` (its ``qmin``/``qmax``) or a quantizer module (its ``bit_count()``: the spec's
+bits, or a differentiable expected/learned bitwidth); 32 when no quantizer feeds it.
 Element-wise work (bias, activations, normalisation, max-aggregation) is not counted.
 """
 
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from quantgraph.ir.fake_quant import FakeQuantize
-from quantgraph.ir.mixed_fake_quant import MixedPrecisionFakeQuantize
+from quantgraph.ir.meta import LAYER_KEY, ROLE_KEY, SOURCE_KEY
 from quantgraph.ir.ops import DEQUANTIZE, GATHER, QUANTIZE, SCATTER
+from quantgraph.ir.quantizer import Quantizer
 from quantgraph.ir.roles import Role
 
 aten = torch.ops.aten
@@ -82,7 +82,7 @@ class MacTerm:
 
 
 def is_quantizer(module: nn.Module) -> bool:
-    return isinstance(module, (FakeQuantize, MixedPrecisionFakeQuantize))
+    return isinstance(module, Quantizer)
 
 
 def node_shapes(gm: fx.GraphModule, args: Sequence[Tensor]) -> dict[str, torch.Size]:
@@ -151,7 +151,7 @@ def mac_terms(gm: fx.GraphModule, shapes: dict[str, torch.Size]) -> list[MacTerm
         if node.op != "call_function" or node.name not in shapes:
             continue
         out = shapes[node.name]
-        layer = node.meta.get("qg_layer")
+        layer = node.meta.get(LAYER_KEY)
         if node.target in _LINEAR_ARGS:
             ia, ib = _LINEAR_ARGS[node.target]
             a, b = node.args[ia], node.args[ib]
@@ -162,7 +162,7 @@ def mac_terms(gm: fx.GraphModule, shapes: dict[str, torch.Size]) -> list[MacTerm
             terms.append(MacTerm(node.name, "linear", layer, macs, operands))
         elif node.target == SCATTER and node.args[3] in _AGGREGATIONS:
             src = node.args[0]
-            if node.meta.get("qg_role") == Role.STRUCTURE or src.name not in shapes:
+            if node.meta.get(ROLE_KEY) == Role.STRUCTURE or src.name not in shapes:
                 continue
             (a, b), weighted = _message_operands(src, gm)
             operands = (quant_point(a, gm), quant_point(b, gm) if weighted else None)
@@ -173,20 +173,19 @@ def mac_terms(gm: fx.GraphModule, shapes: dict[str, torch.Size]) -> list[MacTerm
 
 
 def point_bits(gm: fx.GraphModule, point: fx.Node | None) -> Bits:
-    """Bits of a quantization point: quantize (from qmin/qmax), FakeQuantize, or expected mixed bits."""
+    """Bits of a quantization point: quantize (from qmin/qmax) or a quantizer module's ``bit_count()``."""
     if point is None:
         return float(FP32_BITS)
     if point.op == "call_module":
-        module = gm.get_submodule(point.target)
-        if isinstance(module, MixedPrecisionFakeQuantize):
-            return module.expected_bits()
-        return float(module.spec.bits)
+        return gm.get_submodule(point.target).bit_count()
     qmin, qmax = (_constant(gm, a) for a in point.args[3:5])
     levels = int((qmax.long() - qmin.long()).max()) + 1
     return float(math.ceil(math.log2(max(levels, 2))))
 
 
 def _constant(gm: fx.GraphModule, arg: Any) -> Tensor:
+    if isinstance(arg, fx.Node) and arg.target == GATHER:  # per-group parameters: the table they index
+        arg = arg.args[0]
     if isinstance(arg, fx.Node) and arg.op == "get_attr":
         obj: Any = gm
         for part in arg.target.split("."):
@@ -234,7 +233,7 @@ def count_bitops(gm: fx.GraphModule, input_names: Sequence[str], inputs: dict[st
                 "macs": term.macs,
                 "bits": [bits_of(term.operands[0]), bits_of(term.operands[1]) if term.weighted else 1.0],
                 "operands": [
-                    p.meta.get("qg_source", p.name) if p is not None else None for p in term.operands
+                    p.meta.get(SOURCE_KEY, p.name) if p is not None else None for p in term.operands
                 ],
                 "bitops": int(bitops),
             }

@@ -6,7 +6,6 @@ Data flows one way: frontend (trace) -> IR -> passes (policy pipeline) -> backen
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,24 +15,32 @@ import torch
 from torch import Tensor, fx
 
 import quantgraph
+from quantgraph.backends.registry import OnnxQDQBackend, available_backends, get_backend
 from quantgraph.bitops import count_bitops
 from quantgraph.data import GraphData, validate_graph
 from quantgraph.errors import InputError
 from quantgraph.frontend import TracedGraph, trace, trace_exported
-from quantgraph.ir.ops import DEQUANTIZE
-from quantgraph.metrics import accuracy, argmax_agreement, sqnr_db
-from quantgraph.passes import CompileContext, PassBase, PassManager, get_pass
+from quantgraph.ir.meta import LAYER_KEY, QPARAMS_KEY, QSPEC_KEY, ROLE_KEY
+from quantgraph.metrics import accuracy, argmax_agreement
+from quantgraph.options import (
+    CALIBRATION,
+    COMPILE_OPTIONS,
+    PERCENTILE_TAIL,
+    SEED,
+    SKIP_ROLES,
+    TRACE_TRAINING,
+    Option,
+    check_options,
+    index_options,
+)
+from quantgraph.passes import CompileContext, PassBase, PassManager, available_passes, get_pass
 from quantgraph.policies import get_policy
-from quantgraph.policies.base import without_roles
+from quantgraph.policies.base import GRAPH_PASSES, Policy, available_policies, without_roles
+from quantgraph.progress import stage
+from quantgraph.quant_error import kept_float_points, point_errors
 
-GRAPH_ONLY_PASSES = ("strip-dropout", "canonicalize", "tag-roles")
-#: Passes each backend appends to the policy's pipeline (unless the pipeline already has them).
-BACKEND_PASSES: dict[str, tuple[str, ...]] = {
-    "onnx-qdq": (),
-    "onnx-int": ("quantize-bias", "fold-scales"),
-    "native": ("quantize-bias", "fold-scales"),
-}
-INTEGER_BACKENDS = ("onnx-int", "native")
+#: The FP32 reference: the graph passes, without the dropout a training-mode trace keeps.
+GRAPH_ONLY_PASSES = ("strip-dropout", *GRAPH_PASSES)
 
 
 @dataclass
@@ -55,6 +62,10 @@ class CompiledModel:
     dim_names: dict[str, str]
     report: dict[str, Any] = field(default_factory=dict)
     backend: str = "onnx-qdq"
+    #: the graph it was compiled on (the default for export checks)
+    data: GraphData | None = None
+    #: integer backends: the Q/DQ form before ``fold-scales`` rewrote it
+    qdq_module: fx.GraphModule | None = None
 
     def run(self, inputs: dict[str, Tensor] | GraphData) -> Tensor:
         """Logits of the quantized IR (the fake-quant reference semantics)."""
@@ -74,37 +85,36 @@ class CompiledModel:
         from quantgraph.backends.onnx_export import export_onnx
 
         gm = self.graph_module if quantized else self.fp32_module
-        integer = quantized and self.backend in INTEGER_BACKENDS
-        return export_onnx(gm, input_names=self.input_names, dim_names=self.dim_names, integer=integer)
+        integer = quantized and get_backend(self.backend).integer_ir
+        return export_onnx(
+            gm,
+            input_names=self.input_names,
+            dim_names=self.dim_names,
+            integer=integer,
+            output_shapes=_output_shapes(self.fp32_module),
+        )
 
     def export_onnx(self, path: str | Path, data: GraphData | None = None) -> dict[str, Any]:
-        """Export, verify in onnxruntime against the IR reference, write ``path``; returns the ONNX report."""
-        from quantgraph.backends.onnx_export import save_onnx
-        from quantgraph.backends.verify import verify_onnx
+        """Export, verify in onnxruntime against the IR reference, write ``path``; returns the ONNX report.
 
-        model = self.to_onnx()
-        fp32_model = self.to_onnx(quantized=False)
-        data = data if data is not None else self.report.get("_data")
-        onnx_report = verify_onnx(model, self, data)
-        self.report.setdefault("accuracy", {})["onnx"] = onnx_report.pop("accuracy")
-        self.report["onnx"] = onnx_report
-        self.report["size_bytes"] = {
-            "fp32": len(fp32_model.SerializeToString()),
-            "quantized": len(model.SerializeToString()),
-        }
-        save_onnx(model, path)
-        return onnx_report
+        Uses this model's backend when it writes ONNX, else ``onnx-qdq`` (the ONNX form of its IR).
+        """
+        backend = get_backend(self.backend)
+        if not isinstance(backend, OnnxQDQBackend):
+            backend = get_backend("onnx-qdq")
+        return backend.export(self, path, data if data is not None else self.data)
 
     def to_native(self, data: GraphData | None = None, threads: int | None = None):
         """The native program of the integer IR (``backend="native"``), as a runnable ``NativeModel``."""
         from quantgraph.native.lower import lower_to_native
         from quantgraph.native.runtime import NativeModel
 
-        if self.backend != "native":
+        if not get_backend(self.backend).integer_ir:
             raise InputError(
-                f"this model was compiled for {self.backend}", "compile it with backend='native'"
+                f"this model was compiled for {self.backend}, not to the integer IR",
+                "compile it with backend='native'",
             )
-        data = data if data is not None else self.report.get("_data")
+        data = data if data is not None else self.data
         meta = {
             "quantgraph_version": quantgraph.__version__,
             "policy": self.report.get("policy"),
@@ -121,24 +131,11 @@ class CompiledModel:
 
     def export_native(self, path: str | Path, data: GraphData | None = None) -> dict[str, Any]:
         """Lower to a native program, check it against the IR on ``data``, write ``path`` (``.qgn``)."""
-        from quantgraph.native.verify import verify_native
-
-        data = data if data is not None else self.report.get("_data")
-        model = self.to_native(data)
-        native_report = verify_native(model, self, data)
-        self.report.setdefault("accuracy", {})["native"] = native_report.pop("accuracy")
-        self.report["native"] = native_report
-        self.report["size_bytes"] = {
-            "fp32": len(self.to_onnx(quantized=False).SerializeToString()),
-            "quantized": model.save(path),
-        }
-        return native_report
+        return get_backend("native").export(self, path, data if data is not None else self.data)
 
     def export(self, path: str | Path, data: GraphData | None = None) -> dict[str, Any]:
-        """Write the backend's artifact: ONNX for ``onnx-qdq``/``onnx-int``, ``.qgn`` for ``native``."""
-        if self.backend == "native":
-            return self.export_native(path, data)
-        return self.export_onnx(path, data)
+        """Write this model's backend artifact (checked against the IR on ``data`` first)."""
+        return get_backend(self.backend).export(self, path, data if data is not None else self.data)
 
     def public_report(self) -> dict[str, Any]:
         return {k: v for k, v in self.report.items() if not k.startswith("_")}
@@ -167,6 +164,26 @@ def expected_feature_width(model: torch.nn.Module | torch.export.ExportedProgram
     if isinstance(config, dict) and "in_channels" in config:
         return int(config["in_channels"])
     return None
+
+
+def declared_options(policy: Policy, pass_list: Sequence[PassBase]) -> dict[str, Option]:
+    """Every option a compile with ``policy`` and these passes reads: compile's own, the policy's, the passes'."""
+    declared = [*COMPILE_OPTIONS, *policy.options]
+    for p in pass_list:
+        declared.extend(type(p).options)
+    return index_options(declared)
+
+
+def known_option_names() -> set[str]:
+    """Option names declared anywhere (every registered pass and policy): valid in some pipeline."""
+    names = {o.name for o in COMPILE_OPTIONS}
+    for cls in available_passes().values():
+        names.update(o.name for o in cls.options)
+    for pol in available_policies().values():
+        names.update(o.name for o in pol.options)
+    for backend in available_backends().values():
+        names.update(o.name for o in backend.options)
+    return names
 
 
 def build_pipeline(
@@ -209,8 +226,9 @@ def compile(  # noqa: A001 - mirrors the CLI command
 
     ``data`` is the graph used for calibration (and for accuracy when it has labels); ``calibration``
     may give more graphs. ``pipeline`` replaces the policy's pass list; ``passes`` adds user passes.
-    ``options``: ``calibration`` ("minmax" or "percentile") and ``percentile_tail`` set the activation
-    range method; ``skip_roles`` (role names) removes the policy's quantizers at those roles; QAT policies read ``epochs``, ``lr``, ``weight_decay``, ``seed``, ``p_min``/``p_max``.
+    ``options``: keys declared by compile (:data:`quantgraph.options.COMPILE_OPTIONS`: ``seed``,
+    ``calibration``, ``percentile_tail``, ``skip_roles``, ``trace_training``), the policy and the pipeline's
+    passes (``quantgraph passes --options NAME``); a key nothing declares is an error naming the valid ones.
     ``task_data``: labelled data for training passes (default ``{"node": data}``; graph
     classification: ``{"graphs": {"train": [...], "val": [...]}}``).
     Passes run under ``torch.manual_seed(options["seed"])`` (default 0), so a compile is repeatable.
@@ -218,18 +236,28 @@ def compile(  # noqa: A001 - mirrors the CLI command
     ``fold-scales``: integer linear layers and aggregations; ``options["int_overflow"]``) or "native" (the
     same integer IR, for the native kernels: ``CompiledModel.to_native`` / ``export_native``).
     """
-    if backend not in BACKEND_PASSES:
-        raise InputError(f"unknown backend '{backend}'", f"use one of {', '.join(BACKEND_PASSES)}")
+    target = get_backend(backend)
     pol = get_policy(policy)
     bits = pol.default_bits if bits is None else bits
-    opts = {**pol.defaults, **(options or {})}
+    pass_list = build_pipeline(policy, pipeline, passes)
+    if target.integer_ir and not pol.quantizes:
+        raise InputError(
+            f"backend {backend} needs a quantizing policy", "use --policy minmax, degree-quant or mixq"
+        )
+    for name in target.passes:
+        if not any(p.display_name == name for p in pass_list):
+            pass_list.append(get_pass(name))
+    given = {k: v for k, v in {**pol.defaults, **(options or {})}.items() if v is not None}
+    declared = index_options([*declared_options(pol, pass_list).values(), *target.options])
+    opts = check_options(given, declared, known_option_names())
     qconfig = (
-        pol.build_qconfig(bits, opts.get("calibration"), opts.get("percentile_tail")) if pol.quantizes else {}
+        pol.build_qconfig(bits, CALIBRATION.read(opts), PERCENTILE_TAIL.read(opts)) if pol.quantizes else {}
     )
-    qconfig = without_roles(qconfig, opts.get("skip_roles"))
+    qconfig = without_roles(qconfig, SKIP_ROLES.read(opts))
     width = None if isinstance(model, TracedGraph) else expected_feature_width(model)
     validate_graph(data.x, data.edge_index, expected_features=width, name=data.name)
-    traced = _trace(model, data, training=bool(opts.get("trace_training")))
+    with stage("trace"):
+        traced = _trace(model, data, training=TRACE_TRAINING.read(opts))
     graphs = list(calibration) if calibration else [data]
     ctx = CompileContext(
         input_names=traced.input_names,
@@ -242,23 +270,22 @@ def compile(  # noqa: A001 - mirrors the CLI command
         task_data=dict(task_data) if task_data is not None else {"node": data},
     )
     fp32_module = _graph_only_copy(traced.graph_module)
-    pass_list = build_pipeline(policy, pipeline, passes)
-    if BACKEND_PASSES[backend] and not pol.quantizes:
-        raise InputError(
-            f"backend {backend} needs a quantizing policy", "use --policy minmax, degree-quant or mixq"
-        )
-    for name in BACKEND_PASSES[backend]:
-        if not any(p.display_name == name for p in pass_list):
-            pass_list.append(get_pass(name))
     manager = PassManager(pass_list)
     with torch.random.fork_rng():  # seeded, without touching the caller's generator
-        torch.manual_seed(int(opts.get("seed") or 0))
+        torch.manual_seed(SEED.read(opts))
         result = manager(traced.graph_module, ctx)
     compiled = CompiledModel(
-        result.graph_module, fp32_module, traced.input_names, traced.dim_names, backend=backend
+        result.graph_module,
+        fp32_module,
+        traced.input_names,
+        traced.dim_names,
+        backend=backend,
+        data=data,
+        qdq_module=ctx.qdq_module,
     )
-    compiled.report = _report(compiled, ctx, manager, pol.name, bits if pol.quantizes else 32, data)
-    compiled.report["calibration"] = opts.get("calibration") or "minmax"
+    with stage("report (accuracy, SQNR)"):
+        compiled.report = _report(compiled, ctx, manager, pol.name, bits if pol.quantizes else 32, data)
+    compiled.report["calibration"] = CALIBRATION.read(opts) or "minmax"
     return compiled
 
 
@@ -283,48 +310,22 @@ def _graph_only_copy(gm: fx.GraphModule) -> fx.GraphModule:
     return ref
 
 
-def _capture(
-    gm: fx.GraphModule, names: list[str], inputs: dict[str, Tensor], wanted: set[str]
-) -> dict[str, Tensor]:
-    """Values of nodes named in ``wanted`` (for Q/DQ'd nodes: the dequantized value)."""
-    captured: dict[str, Tensor] = {}
-
-    class _Capture(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            value = super().run_node(n)
-            key = n.meta.get("qg_source") if n.target == DEQUANTIZE else n.name
-            if key in wanted and isinstance(value, Tensor):
-                captured[key] = value
-            return value
-
-    with torch.no_grad():
-        _Capture(gm).run(*[inputs[n] for n in names])
-    return captured
-
-
 def per_layer_sqnr(compiled: CompiledModel, inputs: dict[str, Tensor]) -> list[dict[str, Any]]:
     """SQNR (dB) of each layer's last quantized activation against the FP32 reference."""
-    last_per_layer: dict[int, fx.Node] = {}
-    for node in compiled.graph_module.graph.nodes:
-        layer = node.meta.get("qg_layer")
-        if "qg_qparams" in node.meta and node.op != "get_attr" and layer is not None:
-            last_per_layer[layer] = node
-    wanted = {n.name for n in last_per_layer.values()}
-    q = _capture(compiled.graph_module, compiled.input_names, inputs, wanted)
-    f = _capture(compiled.fp32_module, compiled.input_names, inputs, wanted)
-    rows = []
-    for layer, node in sorted(last_per_layer.items()):
-        if node.name in q and node.name in f:
-            value = sqnr_db(f[node.name], q[node.name])
-            rows.append(
-                {
-                    "layer": layer,
-                    "node": node.name,
-                    "role": node.meta["qg_role"].value,
-                    "sqnr_db": round(value, 2) if math.isfinite(value) else None,
-                }
-            )
-    return rows
+    return point_errors(compiled.graph_module, compiled.fp32_module, compiled.input_names, inputs)[
+        "per_layer_sqnr"
+    ]
+
+
+def _output_shapes(gm: fx.GraphModule) -> list[Any]:
+    """The traced (symbolic) shape of each output of ``gm``, or None where it was not recorded."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    args = output.args[0] if isinstance(output.args[0], (tuple, list)) else [output.args[0]]
+    shapes = []
+    for arg in args:
+        val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
+        shapes.append(tuple(val.shape) if isinstance(val, Tensor) else None)
+    return shapes
 
 
 def _report(
@@ -338,7 +339,13 @@ def _report(
     inputs = data.inputs()
     q_logits, f_logits = compiled.run(inputs), compiled.run_fp32(inputs)
     mask = data.test_mask
-    annotated = [n for n in compiled.graph_module.graph.nodes if "qg_qspec" in n.meta]
+    qdq = ctx.qdq_module or compiled.graph_module  # integer IR: its Q/DQ form has every point
+    annotated = [n for n in qdq.graph.nodes if QSPEC_KEY in n.meta]
+    errors = (
+        point_errors(qdq, compiled.fp32_module, compiled.input_names, inputs)
+        if annotated
+        else {"points": [], "per_layer_sqnr": [], "error_by_degree": []}
+    )
     report: dict[str, Any] = {
         "policy": policy,
         "bits": bits,
@@ -353,19 +360,25 @@ def _report(
         "pass_seconds": {r.name: round(r.seconds, 4) for r in manager.records},
         "quantization": {
             n.name: {
-                "role": n.meta["qg_role"].value,
-                "layer": n.meta.get("qg_layer"),
-                **n.meta["qg_qspec"].to_json(),
-                **(n.meta["qg_qparams"].to_json() if "qg_qparams" in n.meta else {}),
+                "role": n.meta[ROLE_KEY].value,
+                "layer": n.meta.get(LAYER_KEY),
+                **n.meta[QSPEC_KEY].to_json(),
+                **(n.meta[QPARAMS_KEY].to_json() if QPARAMS_KEY in n.meta else {}),
             }
             for n in annotated
         },
-        "per_layer_sqnr": per_layer_sqnr(compiled, inputs) if annotated else [],
-        "_data": data,
+        "quantization_points": len(annotated),
+        "points": errors["points"],
+        "per_layer_sqnr": errors["per_layer_sqnr"],
+        "error_by_degree": errors["error_by_degree"],
     }
     if annotated:
-        counted = ctx.report.get("_qdq_module", compiled.graph_module)  # integer IR: count its Q/DQ form
-        report["bitops"] = count_bitops(counted, compiled.input_names, ctx.calibration_data[0])
+        report["bitops"] = count_bitops(qdq, compiled.input_names, ctx.calibration_data[0])
     for key, value in ctx.report.items():
         report.setdefault(key, value)
+    if "integer" in report:
+        report["integer"] = {
+            **report["integer"],
+            "kept_float_points": kept_float_points(qdq, report["integer"]),
+        }
     return report

@@ -20,8 +20,8 @@ from quantgraph.ir.qspec import QuantSpec
 from quantgraph.ir.roles import Role
 from quantgraph.models import build_model
 from quantgraph.passes import CompileContext, PassManager, get_pass
-from quantgraph.passes.canonicalize import _same_value
 from quantgraph.passes.degree_mask import ProtectiveMask, protection_probability
+from quantgraph.passes.infra import same_value
 from quantgraph.passes.prepare_qat import fake_quant_nodes
 from quantgraph.policies import get_policy
 from quantgraph.training import train_node_classifier
@@ -149,8 +149,8 @@ def test_masks_are_wired_by_node_and_by_source_node(small_gcn):
         gathered = f.args[1]
         assert gathered.target == GATHER and gathered.args[0] is mask
         idx = gathered.args[1]
-        assert any(_same_value(idx, g) for g in feature_gathers)  # the source index of the messages
-        assert not any(_same_value(idx, t) for t in scatter_targets)
+        assert any(same_value(idx, g) for g in feature_gathers)  # the source index of the messages
+        assert not any(same_value(idx, t) for t in scatter_targets)
     assert ctx.report["degree_mask"] == {
         "p_min": 0.1,
         "p_max": 0.2,

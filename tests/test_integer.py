@@ -85,7 +85,7 @@ def test_integer_ir_equals_float64_reference_exactly(kind, bits):
     assert check["points"] >= 5
     assert compiled.report["integer"]["folded"], "no linear layer or aggregation was folded"
     # the rewrite left the Q/DQ reference untouched; run it ourselves on an unseen graph as well
-    reference = float64_reference(compiled.report["_qdq_module"])
+    reference = float64_reference(compiled.qdq_module)
     other = _graph(77, 500, seed=5)
     inputs = [other.inputs()[n] for n in compiled.input_names]
     expected, actual = integer_values(reference, inputs), integer_values(compiled.graph_module, inputs)
@@ -225,7 +225,7 @@ def test_bias_is_quantized_at_the_accumulator_scale():
     torch.manual_seed(0)
     data = _graph(40, 200)
     compiled = qg.compile(TwoLayer("sage").eval(), data, policy="minmax", backend="onnx-int")
-    qdq = compiled.report["_qdq_module"]
+    qdq = compiled.qdq_module
     bias_dqs = [n for n in qdq.graph.nodes if n.name.startswith("dequantize") and "qg_exact_scale" in n.meta]
     assert bias_dqs
     for dq in bias_dqs:

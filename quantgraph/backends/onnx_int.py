@@ -19,7 +19,7 @@ from torch import fx
 
 from quantgraph.backends.onnx_builder import OnnxBuilder, QValue, unsupported
 from quantgraph.backends.onnx_ops import register
-from quantgraph.backends.onnx_qdq import BYTE_OF, _along, choose_qtype
+from quantgraph.backends.onnx_qdq import BYTE_OF, choose_qtype, const_along
 from quantgraph.ir.int_ops import LINEAR_INT, REQUANTIZE
 
 DOUBLE, INT32 = TensorProto.DOUBLE, TensorProto.INT32
@@ -78,7 +78,7 @@ def _requantize(ctx: OnnxBuilder, node: fx.Node) -> QValue:
     axis = int(axis or 0)
     multiplier = ctx.attr_tensor(mult_arg)
     if multiplier is not None:
-        mult = _along(ctx, multiplier.to(torch.float64).numpy(), DOUBLE, rank, axis)
+        mult = const_along(ctx, multiplier.to(torch.float64).numpy(), DOUBLE, rank, axis)
     else:  # computed per row (mean aggregation): [rows] -> [rows, 1, ...]
         mult = ctx.cast(ctx.t(mult_arg), DOUBLE)
         if ctx.rank(mult) == 1 and rank > 1:
@@ -86,7 +86,7 @@ def _requantize(ctx: OnnxBuilder, node: fx.Node) -> QValue:
 
     def bound(values: torch.Tensor) -> str:
         flat = values.to(torch.float64)
-        return _along(ctx, (flat.reshape(()) if flat.numel() == 1 else flat).numpy(), DOUBLE, rank, axis)
+        return const_along(ctx, (flat.reshape(()) if flat.numel() == 1 else flat).numpy(), DOUBLE, rank, axis)
 
     y = ctx.op("Round", [ctx.op("Mul", [acc, mult], dtype=DOUBLE, rank=rank)])
     y = ctx.op("Add", [y, bound(zp)], dtype=DOUBLE, rank=rank)

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -89,7 +90,7 @@ def _broadcast(node: fx.Node, tensors: list[torch.Tensor]) -> tuple[list[torch.T
     return out, True
 
 
-def _along(ctx: OnnxBuilder, values: np.ndarray, elem_type: int, rank: int, axis: int) -> str:
+def const_along(ctx: OnnxBuilder, values: np.ndarray, elem_type: int, rank: int, axis: int) -> str:
     """A constant broadcasting along ``axis`` of a rank-``rank`` tensor."""
     if values.ndim == 0:
         return ctx.const(values, elem_type, [])
@@ -123,11 +124,50 @@ def _unclip(ctx: OnnxBuilder, value: str) -> None:
     ctx.nodes[index : index + 1] = nodes
 
 
+def _computed(ctx: OnnxBuilder, args: Sequence[Any]) -> bool:
+    """Whether any parameter is computed in the graph (per-group: a Gather of a table by the row's group)."""
+    return any(isinstance(a, fx.Node) and ctx.attr_tensor(a) is None for a in args)
+
+
+def _per_row(ctx: OnnxBuilder, node: fx.Node, arg: Any, elem_type: int, rank: int, axis: int) -> str:
+    """A computed per-row parameter ``[N]`` as ``[N, 1, ...]`` of ``elem_type`` (broadcasts along rows)."""
+    if axis % rank != 0:
+        raise unsupported(node, "its computed parameters are not per row (axis 0)", "quantize per row")
+    value = ctx.cast(ctx.t(arg), elem_type)
+    if rank == 1:
+        return value
+    axes = ctx.const(np.arange(1, rank, dtype=np.int64), TensorProto.INT64, [rank - 1])
+    return ctx.op("Unsqueeze", [value, axes], dtype=elem_type, rank=rank)
+
+
+def _quantize_computed(ctx: OnnxBuilder, node: fx.Node, x_arg: Any, params: Sequence[Any], axis: int) -> str:
+    """``clamp(round(x / s) + z, qmin, qmax)`` with per-row parameters gathered in the graph (int32 out)."""
+    x = ctx.cast(ctx.t(x_arg), FLOAT)
+    rank = ctx.rank(x)
+    scale, zp, qmin, qmax = (_per_row(ctx, node, a, FLOAT, rank, axis) for a in params)
+    q = ctx.op("Round", [ctx.op("Div", [x, scale])])
+    q = ctx.op("Min", [ctx.op("Max", [ctx.op("Add", [q, zp]), qmin]), qmax])
+    return ctx.op("Cast", [q], dtype=TensorProto.INT32, rank=rank, to=TensorProto.INT32)
+
+
+def _dequantize_computed(
+    ctx: OnnxBuilder, node: fx.Node, q_arg: Any, params: Sequence[Any], axis: int
+) -> str:
+    """``float32(q - z) * s`` with per-row parameters gathered in the graph."""
+    q = ctx.cast(ctx.t(q_arg), TensorProto.INT32)
+    rank = ctx.rank(q)
+    shifted = ctx.op("Sub", [q, _per_row(ctx, node, params[1], TensorProto.INT32, rank, axis)])
+    as_float = ctx.op("Cast", [shifted], dtype=FLOAT, rank=rank, to=FLOAT)
+    return ctx.op("Mul", [as_float, _per_row(ctx, node, params[0], FLOAT, rank, axis)])
+
+
 @register(qg_ops.QUANTIZE)
-def _quantize(ctx: OnnxBuilder, node: fx.Node) -> QValue:
+def _quantize(ctx: OnnxBuilder, node: fx.Node) -> QValue | str:
     x_arg, scale_arg, zp_arg, qmin_arg, qmax_arg, axis = _call_args(
         node, ("x", "scale", "zero_point", "qmin", "qmax", "axis")
     )
+    if _computed(ctx, (scale_arg, zp_arg, qmin_arg, qmax_arg)):
+        return _quantize_computed(ctx, node, x_arg, (scale_arg, zp_arg, qmin_arg, qmax_arg), int(axis or 0))
     raw = _constants(
         ctx, node, {"scale": scale_arg, "zero_point": zp_arg, "qmin": qmin_arg, "qmax": qmax_arg}
     )
@@ -161,8 +201,8 @@ def _quantize(ctx: OnnxBuilder, node: fx.Node) -> QValue:
     if bool((qmin64 > tmin).any()) or bool((qmax64 < tmax).any()):  # narrower than the type: clip exactly
         low = ((qmin64 - zp64).to(torch.float32) * scale.to(torch.float32)).numpy()
         high = ((qmax64 - zp64).to(torch.float32) * scale.to(torch.float32)).numpy()
-        x = ctx.op("Max", [x, _along(ctx, low, FLOAT, rank, axis)], rank=rank)
-        x = ctx.op("Min", [x, _along(ctx, high, FLOAT, rank, axis)], rank=rank)
+        x = ctx.op("Max", [x, const_along(ctx, low, FLOAT, rank, axis)], rank=rank)
+        x = ctx.op("Min", [x, const_along(ctx, high, FLOAT, rank, axis)], rank=rank)
     elif qtype in (TensorProto.INT4, TensorProto.UINT4):
         _unclip(ctx, x)
     inputs = [x, ctx.const(scale_np, FLOAT), ctx.const(zp64.numpy(), qtype)]
@@ -173,6 +213,8 @@ def _quantize(ctx: OnnxBuilder, node: fx.Node) -> QValue:
 @register(qg_ops.DEQUANTIZE)
 def _dequantize(ctx: OnnxBuilder, node: fx.Node) -> str:
     q_arg, scale_arg, zp_arg, axis = _call_args(node, ("q", "scale", "zero_point", "axis"))
+    if _computed(ctx, (scale_arg, zp_arg)):
+        return _dequantize_computed(ctx, node, q_arg, (scale_arg, zp_arg), int(axis or 0))
     (scale, zp), per_axis = _broadcast(
         node, _constants(ctx, node, {"scale": scale_arg, "zero_point": zp_arg})
     )
@@ -202,6 +244,8 @@ def _dequantize(ctx: OnnxBuilder, node: fx.Node) -> str:
         q = ctx.cast(ctx.t(q_arg), TensorProto.INT32)
     # integers wider than 8 bits (or a zero point outside the type): the IR formula in plain arithmetic
     rank = ctx.rank(q)
-    shifted = ctx.op("Sub", [q, _along(ctx, zp64.to(torch.int32).numpy(), TensorProto.INT32, rank, axis)])
+    shifted = ctx.op(
+        "Sub", [q, const_along(ctx, zp64.to(torch.int32).numpy(), TensorProto.INT32, rank, axis)]
+    )
     as_float = ctx.cast(shifted, FLOAT)
-    return ctx.op("Mul", [as_float, _along(ctx, scale_np, FLOAT, rank, axis)])
+    return ctx.op("Mul", [as_float, const_along(ctx, scale_np, FLOAT, rank, axis)])

@@ -9,6 +9,7 @@ import onnx
 import torch
 
 from quantgraph.errors import QuantGraphError
+from quantgraph.ir.meta import SOURCE_KEY
 from quantgraph.metrics import accuracy, argmax_agreement
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def compare_integers(
     from quantgraph.ir.ops import QUANTIZE
 
     points = {
-        n.name: n.meta.get("qg_source", n.name)
+        n.name: n.meta.get(SOURCE_KEY, n.name)
         for n in compiled.graph_module.graph.nodes
         if n.target in (QUANTIZE, REQUANTIZE)
         and not (isinstance(n.args[0], torch.fx.Node) and n.args[0].op == "get_attr")
@@ -88,13 +89,7 @@ def verify_onnx(model: onnx.ModelProto, compiled: CompiledModel, data: GraphData
     inputs = data.inputs()
     ort_logits = run_onnx(ort_session(model), inputs)
     ir_logits = compiled.run(inputs)
-    extra = (
-        {"integer_tensors": compare_integers(model, compiled, inputs)}
-        if compiled.backend == "onnx-int"
-        else {}
-    )
     return {
-        **extra,
         "max_abs_error": float((ort_logits - ir_logits).abs().max()) if ir_logits.numel() else 0.0,
         "argmax_agreement": argmax_agreement(ort_logits, ir_logits),
         "accuracy": accuracy(ort_logits, data.y, data.test_mask),

@@ -3,15 +3,22 @@ with an explicit opt-in, a pickled full module."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import pickle
+import types
+import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from quantgraph.errors import InputError
+from quantgraph.frontend.pt2_check import PT2_LIMITS, check_pt2_members
+from quantgraph.safe_zip import inspect_zip
 
 
 def load_model(
@@ -24,7 +31,7 @@ def load_model(
             f"model file {path} does not exist", "check the path (train one with `quantgraph train`)"
         )
     if path.suffix == ".pt2":
-        return _load_exported(path)
+        return load_exported(path, trust_pickle=trust_pickle)
     if trust_pickle:
         return _load_pickled_module(path, imports)
     from quantgraph.models import load_checkpoint
@@ -33,14 +40,85 @@ def load_model(
     return model
 
 
-def _load_exported(path: Path) -> torch.export.ExportedProgram:
+def load_exported(path: str | Path, *, trust_pickle: bool = False) -> torch.export.ExportedProgram:
+    """Load a ``torch.export.save`` archive; without ``trust_pickle`` nothing in it is ever unpickled.
+
+    ``torch.export.load`` unpickles in several places; see :mod:`quantgraph.frontend.pt2_check`, which refuses
+    every such member before the archive is opened, and loads with ``torch.load`` forced to weights-only.
+    """
+    path = Path(path)
+    inspect_zip(path, "torch.export program (.pt2)", PT2_LIMITS)
+    if not trust_pickle:
+        check_pt2_members(path)
     try:
-        return torch.export.load(str(path))
-    except (zipfile.BadZipFile, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as err:
+        with _quiet_torch_logs(), _weights_only(enforce=not trust_pickle), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if trust_pickle:
+                return torch.export.load(str(path))
+            from torch.export.pt2_archive._package import load_pt2
+
+            programs = load_pt2(str(path)).exported_programs
+    except InputError:
+        raise
+    except Exception as err:  # torch raises many types on malformed archives (AssertionError, KeyError, ...)
+        detail = " ".join(str(err).split())[:160]
         raise InputError(
-            f"{path} is not a readable torch.export program ({type(err).__name__})",
+            f"{path} is not a readable torch.export program ({type(err).__name__}: {detail})",
             "save it with torch.export.save(torch.export.export(model, args), path)",
-        ) from err
+        ) from None
+    if "model" not in programs:
+        raise InputError(
+            f"{path} holds no exported program named 'model'",
+            "save it with torch.export.save(torch.export.export(model, args), path)",
+        )
+    return programs["model"]
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """Silence torch.export's logger (it logs tracebacks of errors we report in one line)."""
+    names = (
+        "torch.export",
+        "torch._export",
+        "torch.export.pt2_archive._package",
+        "torch._export.serde.serialize",
+    )
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _weights_only(enforce: bool) -> Iterator[None]:
+    """While loading a ``.pt2``: every ``torch.load`` is weights-only and ``pickle.loads`` of the archive
+    reader refuses (a second line of defence behind ``check_pt2_members``)."""
+    if not enforce:
+        yield
+        return
+    from torch.export.pt2_archive import _package
+
+    original = torch.load
+
+    def weights_only_load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return original(f, *args, **kwargs)
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise InputError("the .pt2 archive holds a pickled object", "pass --trust-pickle if you trust it")
+
+    guarded_pickle = types.SimpleNamespace(loads=refuse, load=refuse)
+    saved_pickle = _package.pickle
+    torch.load, _package.pickle = weights_only_load, guarded_pickle  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.load, _package.pickle = original, saved_pickle  # type: ignore[assignment]
 
 
 def _load_pickled_module(path: Path, imports: Sequence[str]) -> torch.nn.Module:

@@ -10,9 +10,10 @@ value saturated.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from quantgraph.ir.qspec import QParams, QuantSpec
+from quantgraph.ir.quantizer import Quantizer, QuantizerSettings, register_quantizer
 
 #: Percentiles are estimated on at most this many values (a deterministic strided sample).
 PERCENTILE_SAMPLE = 1 << 20
@@ -43,8 +44,14 @@ class _RoundSTE(torch.autograd.Function):
         return grad, None, None, None, None, None
 
 
-class FakeQuantize(nn.Module):
-    """Per-tensor affine fake quantizer with percentile/min-max range tracking and mask bypass."""
+@register_quantizer
+class FakeQuantize(Quantizer):
+    """Per-tensor affine fake quantizer with percentile/min-max range tracking and mask bypass.
+
+    The built-in ``fake-quant`` quantizer: min/max ranges (``tail`` 0) or percentile ranges (Degree-Quant).
+    """
+
+    kind = "fake-quant"
 
     def __init__(
         self,
@@ -67,6 +74,10 @@ class FakeQuantize(nn.Module):
         self.register_buffer("lo", lo)
         self.register_buffer("hi", hi)
         self.register_buffer("initialized", torch.tensor(init is not None))
+
+    @classmethod
+    def from_spec(cls, spec: QuantSpec, init: QParams | None, settings: QuantizerSettings) -> FakeQuantize:
+        return cls(spec, init, tail=settings.tail, momentum=settings.momentum, clip_grad=settings.clip_grad)
 
     def _batch_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
         flat = x.detach().flatten().float()

@@ -18,7 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from quantgraph.ir.ops import _along
+from quantgraph.ir.ops import along
+
+#: The largest value an int32 accumulator holds; integer passes and kernels prove their bounds against it.
+INT32_MAX = 2**31 - 1
 
 
 @torch.library.custom_op("quantgraph::linear_int", mutates_args=())
@@ -45,9 +48,9 @@ def _(
 def requantize(
     acc: Tensor, multiplier: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor, axis: int
 ) -> Tensor:
-    m = _along(multiplier.to(torch.float64), acc, axis)
-    z = _along(zero_point.to(torch.float64), acc, axis)
-    lo, hi = _along(qmin.to(torch.float64), acc, axis), _along(qmax.to(torch.float64), acc, axis)
+    m = along(multiplier.to(torch.float64), acc, axis)
+    z = along(zero_point.to(torch.float64), acc, axis)
+    lo, hi = along(qmin.to(torch.float64), acc, axis), along(qmax.to(torch.float64), acc, axis)
     q = torch.round(acc.to(torch.float64) * m) + z
     return torch.maximum(torch.minimum(q, hi), lo).to(torch.int32)
 

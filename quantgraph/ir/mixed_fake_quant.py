@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from quantgraph.errors import InputError
 from quantgraph.ir.fake_quant import FakeQuantize
 from quantgraph.ir.qspec import QParams, QuantSpec, check_bits
+from quantgraph.ir.quantizer import Quantizer, QuantizerSettings, register_quantizer
 
 DEFAULT_CANDIDATES = (2, 4, 8)
 
@@ -34,8 +35,17 @@ def check_candidates(bits: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted({check_bits(b) for b in bits}))
 
 
-class MixedPrecisionFakeQuantize(nn.Module):
+def argmax_prefer_last(values: Tensor) -> int:
+    """Index of the largest value; ties go to the last (candidates ascend, so: the wider bitwidth)."""
+    flipped = torch.flip(values.detach(), dims=(0,))
+    return values.numel() - 1 - int(torch.argmax(flipped))
+
+
+@register_quantizer
+class MixedPrecisionFakeQuantize(Quantizer):
     """A softmax(alpha)-weighted sum of per-bitwidth fake quantizers; ``protect`` reaches every candidate."""
+
+    kind = "mixq"
 
     def __init__(
         self,
@@ -88,6 +98,24 @@ class MixedPrecisionFakeQuantize(nn.Module):
             cand.initialized.copy_(fq.initialized)
         return mixed.train(fq.training)
 
+    @classmethod
+    def from_spec(
+        cls, spec: QuantSpec, init: QParams | None, settings: QuantizerSettings
+    ) -> MixedPrecisionFakeQuantize:
+        """The default candidates, each a ``fake-quant`` with ``settings`` (the same tail at every bitwidth)."""
+        tails = dict.fromkeys(DEFAULT_CANDIDATES, settings.tail)
+        return cls(spec, init, tails=tails, momentum=settings.momentum, clip_grad=settings.clip_grad)
+
+    def qparams(self) -> QParams:
+        """The chosen candidate's parameters (the search fixes a single bitwidth per point)."""
+        return self.candidates[self.chosen_index()].qparams()
+
+    def bit_count(self) -> Tensor:
+        return self.expected_bits()
+
+    def storage_bits(self) -> int:
+        return self.chosen_bits()
+
     def probabilities(self) -> Tensor:
         """softmax(logit_scale * alpha), one weight per candidate (differentiable)."""
         alpha = self.alpha.detach() if self.detach_alpha else self.alpha
@@ -100,8 +128,7 @@ class MixedPrecisionFakeQuantize(nn.Module):
 
     def chosen_index(self) -> int:
         """Index of the most likely candidate; ties go to the wider bitwidth (zero logits: the widest)."""
-        flipped = torch.flip(self.alpha.detach(), dims=(0,))
-        return len(self.bits) - 1 - int(torch.argmax(flipped))
+        return argmax_prefer_last(self.alpha)
 
     def chosen_bits(self) -> int:
         return self.bits[self.chosen_index()]

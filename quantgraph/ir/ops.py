@@ -20,7 +20,7 @@ from torch import Tensor
 REDUCTIONS = ("sum", "mean", "max")
 
 
-def _along(param: Tensor, x: Tensor, axis: int) -> Tensor:
+def along(param: Tensor, x: Tensor, axis: int) -> Tensor:
     """Reshape a 0-d or 1-d parameter so it broadcasts along ``axis`` of ``x``."""
     if param.dim() == 0 or param.numel() == 1 and x.dim() == 0:
         return param.reshape(())
@@ -62,8 +62,8 @@ def _(src: Tensor, index: Tensor, num_nodes: int, reduce: str) -> Tensor:
 
 @torch.library.custom_op("quantgraph::quantize", mutates_args=())
 def quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor, axis: int) -> Tensor:
-    s, z = _along(scale, x, axis), _along(zero_point, x, axis)
-    lo, hi = _along(qmin, x, axis), _along(qmax, x, axis)
+    s, z = along(scale, x, axis), along(zero_point, x, axis)
+    lo, hi = along(qmin, x, axis), along(qmax, x, axis)
     q = torch.round(x / s) + z.to(x.dtype)
     return torch.maximum(torch.minimum(q, hi.to(q.dtype)), lo.to(q.dtype)).to(torch.int32)
 
@@ -75,7 +75,7 @@ def _(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor, 
 
 @torch.library.custom_op("quantgraph::dequantize", mutates_args=())
 def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor, axis: int) -> Tensor:
-    s, z = _along(scale, q, axis), _along(zero_point, q, axis)
+    s, z = along(scale, q, axis), along(zero_point, q, axis)
     return ((q - z.to(q.dtype)).to(torch.float32) * s).to(torch.float32)
 
 

@@ -22,6 +22,11 @@ class Granularity(StrEnum):
     PER_GROUP = "per_group"  # rows pick a set through a group index tensor (e.g. a degree bucket)
 
 
+def default_percentile_tail(bits: int) -> float:
+    """Degree-Quant's percentile tails (fraction cut per side): 0.001 at INT8, 0.01 below."""
+    return 0.001 if bits >= 8 else 0.01
+
+
 def check_bits(bits: int) -> int:
     """Validate a bitwidth against the supported range."""
     if not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
@@ -34,20 +39,22 @@ def check_bits(bits: int) -> int:
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """How one IR value is quantized; stored in ``node.meta["qg_qspec"]`` by an annotation pass."""
+    """How one IR value is quantized; stored in ``node.meta[QSPEC_KEY]`` by an annotation pass."""
 
     bits: int = 8
     signed: bool = True
     symmetric: bool = False
     granularity: Granularity = Granularity.PER_TENSOR
     axis: int = 0
-    observer: str = "minmax"  # name of an observer in quantgraph.passes.observers
+    observer: str = "minmax"  # range method: a registered observer (quantgraph.passes.observers)
     observer_args: tuple[tuple[str, float], ...] = field(default_factory=tuple)
     group_index: str | None = None  # PER_GROUP: name of the IR node holding each row's group id
     num_groups: int | None = None
+    quantizer: str = "fake-quant"  # the registered Quantizer prepare-qat builds (quantgraph.ir.quantizer)
 
     def __post_init__(self) -> None:
-        check_bits(self.bits)
+        if not (self.bits == 1 and not self.signed):  # 1-bit values are unsigned {0, 1} (post-ReLU)
+            check_bits(self.bits)
         object.__setattr__(self, "granularity", Granularity(self.granularity))
 
     @property
@@ -70,7 +77,7 @@ class QuantSpec:
 
 @dataclass
 class QParams:
-    """Calibrated parameters of one quantized value; stored in ``node.meta["qg_qparams"]``.
+    """Calibrated parameters of one quantized value; stored in ``node.meta[QPARAMS_KEY]``.
 
     ``scale``/``zero_point``/``qmin``/``qmax`` are 0-d tensors (per tensor) or 1-d along ``axis``.
     """

@@ -14,14 +14,13 @@ import torch
 from torch import Tensor, fx
 
 from quantgraph.ir.int_ops import REQUANTIZE
-from quantgraph.ir.ops import DEQUANTIZE, QUANTIZE, _along
-
-EXACT_SCALE = "qg_exact_scale"  # meta key set by the quantize-bias pass
+from quantgraph.ir.meta import EXACT_SCALE_KEY, SOURCE_KEY
+from quantgraph.ir.ops import DEQUANTIZE, QUANTIZE, along
 
 
 def dequantize64(q: Tensor, scale: Tensor, zero_point: Tensor, axis: int) -> Tensor:
     """``(q - zp) * scale`` in float64."""
-    s, z = _along(scale.to(torch.float64), q, axis), _along(zero_point, q, axis)
+    s, z = along(scale.to(torch.float64), q, axis), along(zero_point, q, axis)
     return (q - z.to(q.dtype)).to(torch.float64) * s
 
 
@@ -43,7 +42,7 @@ def float64_reference(gm: fx.GraphModule) -> fx.GraphModule:
                     double = torch.nn.Parameter(double, requires_grad=False)
                 setattr(module, name, double)
         elif node.target == DEQUANTIZE:
-            exact = node.meta.get(EXACT_SCALE)
+            exact = node.meta.get(EXACT_SCALE_KEY)
             if exact is not None:
                 target = f"{node.name}_exact_scale"
                 ref.register_buffer(target, exact.to(torch.float64))
@@ -63,7 +62,7 @@ def integer_values(gm: fx.GraphModule, inputs: list[Tensor]) -> dict[str, Tensor
         def run_node(self, n: fx.Node) -> Any:
             value = super().run_node(n)
             if n.target in (QUANTIZE, REQUANTIZE) and isinstance(value, Tensor):
-                values[n.meta.get("qg_source", n.name)] = value
+                values[n.meta.get(SOURCE_KEY, n.name)] = value
             return value
 
     with torch.no_grad():

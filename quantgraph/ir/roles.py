@@ -6,7 +6,7 @@ from enum import StrEnum
 
 
 class Role(StrEnum):
-    """The role of an IR value, stored in ``node.meta["qg_role"]``."""
+    """The role of an IR value, stored in ``node.meta[ROLE_KEY]``."""
 
     STRUCTURE = "structure"  # computed from the graph structure only (degrees, normalisation, indices)
     INPUT = "input"  # float model input (node features)

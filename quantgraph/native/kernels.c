@@ -43,7 +43,7 @@
 #include <omp.h>
 #endif
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -182,6 +182,158 @@ static void requant_row_i32(const int32_t *restrict acc, int64_t n, int64_t row,
     }
 }
 
+
+/* ------------------------------------------------------------------------------------------------ */
+/* fused epilogues: requantize chains, packing and dequantize in the producing kernel                */
+
+/*
+ * A kernel's int32 output row goes through n_stages requantizes before it is stored:
+ *     stage s:  t = requantize_s(relu_in_s ? max(t - zin_s + bias_s, 0) : t - zin_s + bias_s)
+ * (t = acc at stage 0) with requantize(v) = clamp(nearbyint(v * m) + z, qmin, qmax) (relu_out: lower clamp at z),
+ * the same arithmetic as the separate requantize / requantize_affine kernels, so the integers are those of the
+ * unfused steps. The last stage's integers are stored as int8 (out_kind 8), packed 4/2-bit fields (4, 2; the
+ * values must lie in that range) or dequantized to float32 (32): (float)(t - dq_zero) * dq_scale.
+ */
+#define QG_MAX_STAGES 4
+typedef struct {
+    const double *mult;
+    const int32_t *zp;
+    const int32_t *bias; /* [F] or NULL (stages >= 1) */
+    int32_t mult_mode, zp_mode, qmin, qmax, zin, relu_in, relu_out, pad;
+} qg_stage;
+
+typedef struct {
+    int32_t n_stages;
+    int32_t out_kind;
+    float dq_scale;
+    int32_t dq_zero;
+    void *out;
+    int64_t out_stride; /* bytes per output row */
+    qg_stage st[QG_MAX_STAGES];
+} qg_epilogue;
+
+static int epilogue_check(const qg_epilogue *e, int64_t F) {
+    if (!e || !e->out || e->n_stages < 1 || e->n_stages > QG_MAX_STAGES) return QG_EBADARG;
+    const int k = e->out_kind;
+    if (k != 8 && k != 4 && k != 2 && k != 32) return QG_EBADARG;
+    const int64_t need = k == 32 ? 4 * F : (F * (k == 32 ? 8 : k) + 7) / 8;
+    if (e->out_stride < need) return QG_EBADARG;
+    for (int s = 0; s < e->n_stages; ++s) {
+        const qg_stage *g = &e->st[s];
+        if (!g->mult || !g->zp || g->qmin > g->qmax) return QG_EBADARG;
+        if (k != 32 && s == e->n_stages - 1) {
+            const int32_t lo = k == 8 ? -128 : -(1 << (k - 1)), hi = k == 8 ? 127 : (1 << (k - 1)) - 1;
+            if (g->qmin < lo || g->qmax > hi) return QG_EBADARG;
+        }
+    }
+    return QG_OK;
+}
+
+/* t[f] = clamp(nearbyint(t[f] * m) + z, qmin, qmax) in place (torch's order: min with qmax, then max). One
+ * loop per parameter layout, so each vectorizes. */
+#define QG_STAGE_LOOP(M, Z)                                                                                    \
+    for (int64_t f = 0; f < F; ++f) {                                                                          \
+        const double z_ = (Z);                                                                                 \
+        double v = nearbyint((double)t[f] * (M)) + z_;                                                         \
+        v = v > hi ? hi : v;                                                                                   \
+        v = v < qmin ? qmin : v;                                                                               \
+        if (relu) v = v < z_ ? z_ : v;                                                                         \
+        t[f] = (int32_t)v;                                                                                     \
+    }
+static void stage_requant(int32_t *restrict t, int64_t F, int64_t row, const qg_stage *g) {
+    const double hi = (double)g->qmax, qmin = (double)g->qmin;
+    const int relu = g->relu_out;
+    const double *restrict mp = g->mult + (g->mult_mode == QG_PER_ROW ? row : 0);
+    const int32_t *restrict zp = g->zp + (g->zp_mode == QG_PER_ROW ? row : 0);
+    const int mcol = g->mult_mode == QG_PER_COL, zcol = g->zp_mode == QG_PER_COL;
+#if defined(__AVX512F__)
+    /* 8 values per step, the row's tail masked (short rows, e.g. F = 7, never fall to scalar code).
+     * roundscale with the current rounding mode and no exceptions is nearbyint. */
+    const __m512d H = _mm512_set1_pd(hi), Q = _mm512_set1_pd(qmin);
+    const __m512d M0 = _mm512_set1_pd(mp[0]), Z0 = _mm512_set1_pd((double)zp[0]);
+    for (int64_t f = 0; f < F; f += 8) {
+        const __mmask8 k = F - f >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (F - f)) - 1u);
+        const __m512d v0 = _mm512_cvtepi32_pd(_mm256_maskz_loadu_epi32(k, t + f));
+        const __m512d m = mcol ? _mm512_maskz_loadu_pd(k, mp + f) : M0;
+        const __m512d z = zcol ? _mm512_cvtepi32_pd(_mm256_maskz_loadu_epi32(k, zp + f)) : Z0;
+        __m512d v = _mm512_add_pd(_mm512_roundscale_pd(_mm512_mul_pd(v0, m), _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC), z);
+        v = _mm512_min_pd(v, H);
+        v = _mm512_max_pd(v, Q);
+        if (relu) v = _mm512_max_pd(v, z);
+        _mm256_mask_storeu_epi32(t + f, k, _mm512_cvtpd_epi32(v));
+    }
+    return;
+#endif
+    if (mcol && zcol) {
+        QG_STAGE_LOOP(mp[f], (double)zp[f])
+    } else if (mcol) {
+        const double z = (double)zp[0];
+        QG_STAGE_LOOP(mp[f], z)
+    } else if (zcol) {
+        const double m = mp[0];
+        QG_STAGE_LOOP(m, (double)zp[f])
+    } else {
+        const double m = mp[0], z = (double)zp[0];
+        QG_STAGE_LOOP(m, z)
+    }
+}
+#undef QG_STAGE_LOOP
+
+/* Store the final integers t[F] of row `row` in the epilogue's output. */
+static void epilogue_store(const qg_epilogue *e, const int32_t *restrict t, int64_t F, int64_t row) {
+    uint8_t *o = (uint8_t *)e->out + row * e->out_stride;
+    if (e->out_kind == 8) {
+        int8_t *restrict q = (int8_t *)o;
+        for (int64_t f = 0; f < F; ++f) q[f] = (int8_t)t[f];
+    } else if (e->out_kind == 32) {
+        float *restrict y = (float *)o;
+        const float s = e->dq_scale;
+        const uint32_t z = (uint32_t)e->dq_zero;
+        for (int64_t f = 0; f < F; ++f) y[f] = (float)(int32_t)((uint32_t)t[f] - z) * s;
+    } else {
+        const int bits = e->out_kind, per = 8 / bits;
+        const uint32_t mask = (1u << bits) - 1u;
+        const int64_t nbytes = (F + per - 1) / per, full = F / per;
+        uint8_t *restrict q = o;
+        if (bits == 4) {
+            for (int64_t k = 0; k < full; ++k)
+                q[k] = (uint8_t)(((uint32_t)t[2 * k] & mask) | (((uint32_t)t[2 * k + 1] & mask) << 4));
+        } else {
+            for (int64_t k = 0; k < full; ++k)
+                q[k] = (uint8_t)(((uint32_t)t[4 * k] & mask) | (((uint32_t)t[4 * k + 1] & mask) << 2) |
+                                 (((uint32_t)t[4 * k + 2] & mask) << 4) | (((uint32_t)t[4 * k + 3] & mask) << 6));
+        }
+        for (int64_t k = full; k < nbytes; ++k) {
+            uint32_t b = 0;
+            for (int j = 0; j < per; ++j)
+                if (k * per + j < F) b |= ((uint32_t)t[k * per + j] & mask) << (j * bits);
+            q[k] = (uint8_t)b;
+        }
+    }
+}
+
+/* The whole epilogue of one int32 row, in place in acc (which holds F int32 values). */
+static void epilogue_row(const qg_epilogue *e, int32_t *restrict acc, int64_t F, int64_t row) {
+    for (int s = 0; s < e->n_stages; ++s) {
+        const qg_stage *g = &e->st[s];
+        const uint32_t zin = (uint32_t)g->zin;
+        if (!g->bias && !zin && !g->relu_in) {
+            stage_requant(acc, F, row, g);
+            continue;
+        }
+        if (g->bias) {
+            const int32_t *restrict b = g->bias;
+            for (int64_t f = 0; f < F; ++f) acc[f] = (int32_t)((uint32_t)acc[f] - zin + (uint32_t)b[f]);
+        } else {
+            for (int64_t f = 0; f < F; ++f) acc[f] = (int32_t)((uint32_t)acc[f] - zin);
+        }
+        if (g->relu_in)
+            for (int64_t f = 0; f < F; ++f) acc[f] = acc[f] > 0 ? acc[f] : 0;
+        stage_requant(acc, F, row, g);
+    }
+    epilogue_store(e, acc, F, row);
+}
+
 /* ------------------------------------------------------------------------------------------------ */
 /* CSR aggregation                                                                                  */
 
@@ -225,6 +377,7 @@ typedef struct {
     int64_t q_stride;
     qg_requant rq;
     qg_msg msg; /* per-edge message quantizer (msg.on = 0: none) */
+    const qg_epilogue *epi; /* fused epilogue (then acc_out and q_out are NULL), or NULL */
 } spmm_args;
 
 static inline int64_t col_at(const spmm_args *a, int64_t e) {
@@ -644,6 +797,70 @@ static uint32_t accumulate_weighted_reg_i8(const spmm_args *a, int64_t e0, int64
 #define QG_REG_ROWS 0
 #endif
 
+#if !QG_AVX512BW && defined(__AVX2__)
+/*
+ * AVX2 short int8 rows (no AVX-512BW masked loads): one 16-byte load per edge, from the row itself when 16
+ * bytes fit before the end of the feature array, else from a zero-padded copy. Lanes >= F are never stored.
+ * Same arithmetic as accumulate_weighted / accumulate_unweighted: bit-identical results.
+ */
+#define QG_AVX2_ROWS 1
+static QG_ALWAYS_INLINE __m128i row16(const spmm_args *a, int64_t e, int64_t e_end) {
+    if (e + QG_PREFETCH_DIST < e_end) QG_PREFETCH(a->x + col_at(a, e + QG_PREFETCH_DIST) * a->x_stride);
+    const int64_t off = col_at(a, e) * a->x_stride;
+    if (off + 16 <= a->n_src * a->x_stride) return _mm_loadu_si128((const __m128i *)(a->x + off));
+    uint8_t tmp[16] = {0};
+    memcpy(tmp, a->x + off, (size_t)a->F);
+    return _mm_loadu_si128((const __m128i *)tmp);
+}
+
+/* Weighted int8 rows with F <= 16: 32-bit lanes, acc += w * x mod 2**32. Returns sum of w. */
+static uint32_t accumulate_weighted_avx2_i8(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc) {
+    const int64_t e_end = a->indptr[a->n_rows];
+    uint32_t wsum = 0;
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+    for (int64_t e = e0; e < e1; ++e) {
+        const int32_t w = weight_at(a, e);
+        wsum += (uint32_t)w;
+        const __m256i W = _mm256_set1_epi32(w);
+        const __m128i b = row16(a, e, e_end);
+        s0 = _mm256_add_epi32(s0, _mm256_mullo_epi32(_mm256_cvtepi8_epi32(b), W));
+        if (a->F > 8) s1 = _mm256_add_epi32(s1, _mm256_mullo_epi32(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)), W));
+    }
+    uint32_t lanes[16];
+    _mm256_storeu_si256((__m256i *)lanes, s0);
+    _mm256_storeu_si256((__m256i *)(lanes + 8), s1);
+    memcpy(acc, lanes, (size_t)a->F * sizeof(uint32_t));
+    return wsum;
+}
+
+/* Unweighted int8 rows with F <= 16: signed 16-bit partial sums flushed every FLUSH_I8 edges (same contract
+ * as accumulate_unweighted). */
+static int accumulate_unweighted_avx2_i8(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc,
+                                         uint16_t *restrict part) {
+    const int64_t F = a->F;
+    const int64_t e_end = a->indptr[a->n_rows];
+    int first = 1;
+    int64_t e = e0;
+    do {
+        const int64_t stop = e1 - e > FLUSH_I8 ? e + FLUSH_I8 : e1;
+        __m256i s0 = _mm256_setzero_si256();
+        for (; e < stop; ++e) s0 = _mm256_add_epi16(s0, _mm256_cvtepi8_epi16(row16(a, e, e_end)));
+        uint16_t lanes[16];
+        _mm256_storeu_si256((__m256i *)lanes, s0);
+        memcpy(part, lanes, (size_t)F * sizeof(uint16_t));
+        if (first && e == e1) return 1;
+        if (first)
+            for (int64_t f = 0; f < F; ++f) acc[f] = (uint32_t)(int32_t)(int16_t)part[f];
+        else
+            for (int64_t f = 0; f < F; ++f) acc[f] += (uint32_t)(int32_t)(int16_t)part[f];
+        first = 0;
+    } while (e < e1);
+    return 0;
+}
+#else
+#define QG_AVX2_ROWS 0
+#endif
+
 /* ------------------------------------------------------------------------------------------------ */
 /* aggregation of quantized messages                                                                */
 
@@ -1039,6 +1256,9 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
     const int reg_w8 = a->bits == 8 && a->F <= 64;
     const int reg_wn = a->bits != 8 && a->x_stride <= 32;
 #endif
+#if QG_AVX2_ROWS
+    const int avx2_i8 = a->bits == 8 && a->F <= 16;
+#endif
     for (int64_t i = r0; i < r1; ++i) {
         const int64_t e0 = a->indptr[i], e1 = a->indptr[i + 1];
         int32_t *dst = a->acc_out ? a->acc_out + i * a->acc_stride : row;
@@ -1062,6 +1282,11 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
                 wsum = accumulate_weighted_narrow_reg(a, e0, e1, acc, (int16_t *)part, narrow_flush);
             else
 #endif
+#if QG_AVX2_ROWS
+            if (avx2_i8)
+                wsum = accumulate_weighted_avx2_i8(a, e0, e1, acc);
+            else
+#endif
                 wsum = narrow_flush > 1 ? accumulate_weighted_narrow(a, e0, e1, acc, (int16_t *)part, narrow_flush)
                                         : accumulate_weighted(a, e0, e1, acc);
             finish_wide(a, acc, a->x_stride, shift * wsum, dst);
@@ -1070,12 +1295,16 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
             reg_u8 ? accumulate_unweighted_reg_i8(a, e0, e1, acc, (uint16_t *)part)
             : reg_up ? accumulate_unweighted_reg_packed(a, e0, e1, acc, (uint8_t *)part) :
 #endif
+#if QG_AVX2_ROWS
+            avx2_i8 ? accumulate_unweighted_avx2_i8(a, e0, e1, acc, (uint16_t *)part) :
+#endif
                      accumulate_unweighted(a, e0, e1, acc, part)) {
             finish_narrow(a, part, shift * (uint32_t)(e1 - e0), dst);
         } else {
             finish_wide(a, acc, a->x_stride, shift * (uint32_t)(e1 - e0), dst);
         }
         if (a->q_out) requant_row_i8(dst, a->F, i, &a->rq, a->q_out + i * a->q_stride);
+        if (a->epi) epilogue_row(a->epi, dst, a->F, i);
     }
 }
 
@@ -1099,7 +1328,7 @@ static int64_t chunk_start(const int64_t *indptr, int64_t n_rows, int64_t c, int
 static int spmm_run(const spmm_args *a, int threads) {
     if (!a->indptr || !a->x || a->n_rows < 0 || a->F < 0 || (a->bits != 8 && a->bits != 4 && a->bits != 2))
         return QG_EBADARG;
-    if (a->x_stride < (a->F * a->bits + 7) / 8 || (!a->acc_out && !a->q_out)) return QG_EBADARG;
+    if (a->x_stride < (a->F * a->bits + 7) / 8 || (!a->acc_out && !a->q_out && !a->epi)) return QG_EBADARG;
     if (a->n_rows == 0 || a->F == 0) return QG_OK;
     const int64_t L = a->msg.on && a->msg.lanes > lanes_of(a) ? a->msg.lanes : lanes_of(a);
     const int T = qg_threads(threads);
@@ -1311,6 +1540,67 @@ int csr_spmm_requant(int bits, int64_t n_rows, int64_t n_src, int64_t F, const i
     a.rq.qmax = qmax;
     a.rq.relu = relu;
     return spmm_run(&a, threads);
+}
+
+/*
+ * Aggregation with a fused epilogue (see qg_epilogue): the int32 sums of each row (with the per-edge message
+ * quantizer when msg_on) go through the epilogue's requantize stages and are stored as int8, packed 4/2-bit
+ * rows or float32. No int32 [n_rows, F] intermediate.
+ */
+int csr_spmm_epilogue(int bits, int64_t n_rows, int64_t n_src, int64_t F, const int64_t *indptr,
+                      const void *indices, int idx64, const void *x, int64_t x_stride, int32_t zx, const void *w,
+                      int w_bytes, int32_t zw, int msg_on, double msg_mult, int32_t msg_zp, int32_t msg_qmin,
+                      int32_t msg_qmax, const qg_epilogue *epi, int threads) {
+    spmm_args a;
+    int s = spmm_setup(&a, bits, n_rows, n_src, F, indptr, indices, idx64, x, x_stride, zx, w, w_bytes, zw);
+    if (s != QG_OK) return s;
+    if ((s = epilogue_check(epi, F)) != QG_OK) return s;
+    a.epi = epi;
+    if (!msg_on) return spmm_run(&a, threads);
+    if ((s = msg_setup(&a, msg_mult, msg_zp, msg_qmin, msg_qmax)) != QG_OK) return s;
+    return msg_run(&a, threads);
+}
+
+/*
+ * Elementwise epilogue of int8 (in_bytes 1) or int32 (4) rows: requantize chains and packing in one pass,
+ * e.g. requantize -> pack (a 4-bit GEMM output, when the GEMM is not fused) or requantize_affine chains.
+ */
+int rows_epilogue(const void *in, int in_bytes, int64_t rows, int64_t cols, int64_t in_stride,
+                  const qg_epilogue *epi, int threads) {
+    if (rows < 0 || cols < 0 || in_stride < cols || (in_bytes != 1 && in_bytes != 4)) return QG_EBADARG;
+    if (rows == 0 || cols == 0) return QG_OK;
+    int s = epilogue_check(epi, cols);
+    if (s != QG_OK || !in) return s != QG_OK ? s : QG_EBADARG;
+    const int T = qg_threads(threads);
+    int status = QG_OK;
+    (void)T;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T) if (rows * cols > 32768)
+#endif
+    {
+        int32_t *t = (int32_t *)qg_alloc((size_t)cols * sizeof(int32_t));
+        if (!t) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            status = QG_ENOMEM;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int64_t i = 0; i < rows; ++i) {
+            if (!t) continue;
+            if (in_bytes == 1) {
+                const int8_t *restrict r = (const int8_t *)in + i * in_stride;
+                for (int64_t f = 0; f < cols; ++f) t[f] = r[f];
+            } else {
+                memcpy(t, (const int32_t *)in + i * in_stride, (size_t)cols * sizeof(int32_t));
+            }
+            epilogue_row(epi, t, cols, i);
+        }
+        free(t);
+    }
+    return status;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -1589,18 +1879,27 @@ static inline uint32_t vnni_row(const int8_t *a, int64_t K, uint8_t *au) {
 }
 #endif
 
-/*
- * C[M, N] (row stride ldc) = (A - za) @ (B - zb) + bias, A int8 [M, K] (row stride lda), B given packed by
- * gemm_i8_pack with its colsum; zb per tensor (zb_per_col = 0, zb[0]) or per column (zb[N]); bias int32 [N]
- * or NULL. All arithmetic modulo 2**32 (exact whenever C fits in int32). With AVX512-VNNI: vpdpbusd on
- * u8(A + 128) x s8(B) in register tiles, corrected by 128 * colsum; else plain C.
- */
-int gemm_i8(const int8_t *a, int64_t M, int64_t K, int64_t lda, int32_t za, const int8_t *packed,
-            const int32_t *colsum, int64_t N, const int32_t *zb, int zb_per_col, const int32_t *bias, int32_t *c,
-            int64_t ldc, int threads) {
-    if (M < 0 || K < 0 || N < 0 || lda < K || ldc < N) return QG_EBADARG;
+/* One float32 row quantized as quantize_f32 does (xq = {scale, zero point, qmin, qmax}) into q; returns q. */
+static const int8_t *quantize_row(const float *restrict x, int64_t K, const float *xq, int8_t *restrict q) {
+    const float scale = xq[0], zp = xq[1], qmin = xq[2], qmax = xq[3];
+    for (int64_t k = 0; k < K; ++k) {
+        float v = nearbyintf(x[k] / scale) + zp;
+        v = v > qmax ? qmax : v;
+        v = v < qmin ? qmin : v;
+        q[k] = (int8_t)(int32_t)v;
+    }
+    return q;
+}
+
+/* The GEMM behind gemm_i8 / gemm_i8_epilogue: int32 output c, or the epilogue epi per row. */
+static int gemm_core(const int8_t *a, const float *af, const float *xq, const int64_t *row_index, int64_t M,
+                     int64_t K, int64_t lda, int32_t za, const int8_t *packed, const int32_t *colsum, int64_t N,
+                     const int32_t *zb, int zb_per_col, const int32_t *bias, int32_t *c, int64_t ldc,
+                     const qg_epilogue *epi, int threads) {
+    if (M < 0 || K < 0 || N < 0 || lda < K) return QG_EBADARG;
     if (M == 0 || N == 0) return QG_OK;
-    if (!a || !packed || !colsum || !zb || !c) return QG_EBADARG;
+    if ((!a && !af) || !packed || !colsum || !zb || (!c && !epi)) return QG_EBADARG;
+    const int64_t ldcb = 16 * ((N + 15) / 16); /* row stride of the per-task int32 tile buffer (epilogue) */
     const int64_t Kb = (K + 3) / 4, Kp = 4 * Kb, Nb = (N + 15) / 16;
     const uint32_t shift = QG_VNNI ? 128u : 0u;
     /* per-column constant: bias - (shift + za) * colsum + K * za * zb */
@@ -1629,7 +1928,9 @@ int gemm_i8(const int8_t *a, int64_t M, int64_t K, int64_t lda, int32_t za, cons
         /* the task's A rows: u8(a + 128) (VNNI) or a itself, zero-padded to Kp, and their plain sums */
         uint8_t *au = (uint8_t *)qg_alloc((size_t)(GEMM_MB * Kp));
         uint32_t *rowsum = (uint32_t *)qg_alloc(GEMM_MB * sizeof(uint32_t));
-        const int ok = au && rowsum;
+        int32_t *cbuf = epi ? (int32_t *)qg_alloc((size_t)(GEMM_MB * ldcb) * sizeof(int32_t)) : NULL;
+        int8_t *qrow = af ? (int8_t *)qg_alloc((size_t)K + 64) : NULL;
+        const int ok = au && rowsum && (!epi || cbuf) && (!af || qrow);
         if (!ok) {
 #ifdef _OPENMP
 #pragma omp atomic write
@@ -1646,12 +1947,19 @@ int gemm_i8(const int8_t *a, int64_t M, int64_t K, int64_t lda, int32_t za, cons
             if (!ok) continue;
             const int64_t m0 = t * GEMM_MB;
             const int64_t mb = M - m0 < GEMM_MB ? M - m0 : GEMM_MB;
+            int32_t *cb = epi ? cbuf : c + m0 * ldc;
+            const int64_t ldo = epi ? ldcb : ldc;
 #if QG_VNNI
-            for (int64_t i = 0; i < mb; ++i) rowsum[i] = vnni_row(a + (m0 + i) * lda, K, au + i * Kp);
-            vnni_task(au, Kp, mb, packed, Kb, Nb, colterm, zbv, rowsum, c + m0 * ldc, ldc, N);
+            for (int64_t i = 0; i < mb; ++i) {
+                const int64_t src = row_index ? row_index[m0 + i] : m0 + i;
+                const int8_t *ar = af ? quantize_row(af + src * lda, K, xq, qrow) : a + src * lda;
+                rowsum[i] = vnni_row(ar, K, au + i * Kp);
+            }
+            vnni_task(au, Kp, mb, packed, Kb, Nb, colterm, zbv, rowsum, cb, ldo, N);
 #else
             for (int64_t i = 0; i < mb; ++i) {
-                const int8_t *ar = a + (m0 + i) * lda;
+                const int64_t src = row_index ? row_index[m0 + i] : m0 + i;
+                const int8_t *ar = af ? quantize_row(af + src * lda, K, xq, qrow) : a + src * lda;
                 uint32_t s = 0;
                 for (int64_t k = 0; k < K; ++k) {
                     au[i * Kp + k] = (uint8_t)ar[k];
@@ -1661,7 +1969,7 @@ int gemm_i8(const int8_t *a, int64_t M, int64_t K, int64_t lda, int32_t za, cons
             }
             for (int64_t i = 0; i < mb; ++i) {
                 const int8_t *ar = (const int8_t *)(au + i * Kp); /* shift == 0: the bytes are A itself */
-                int32_t *crow = c + (m0 + i) * ldc;
+                int32_t *crow = cb + i * ldo;
                 for (int64_t jb = 0; jb < Nb; ++jb) {
                     uint32_t acc[16] = {0};
                     for (int64_t kb = 0; kb < Kb; ++kb) {
@@ -1677,13 +1985,47 @@ int gemm_i8(const int8_t *a, int64_t M, int64_t K, int64_t lda, int32_t za, cons
                 }
             }
 #endif
+            if (epi)
+                for (int64_t i = 0; i < mb; ++i) epilogue_row(epi, cbuf + i * ldcb, N, m0 + i);
         }
         free(au);
         free(rowsum);
+        free(cbuf);
+        free(qrow);
     }
     free(colterm);
     free(zbv);
     return status;
+}
+
+/*
+ * C[M, N] (row stride ldc) = (A - za) @ (B - zb) + bias, A int8 [M, K] (row stride lda), B given packed by
+ * gemm_i8_pack with its colsum; zb per tensor (zb_per_col = 0, zb[0]) or per column (zb[N]); bias int32 [N]
+ * or NULL. All arithmetic modulo 2**32 (exact whenever C fits in int32). With AVX512-VNNI: vpdpbusd on
+ * u8(A + 128) x s8(B) in register tiles, corrected by 128 * colsum; else plain C.
+ */
+int gemm_i8(const int8_t *a, int64_t M, int64_t K, int64_t lda, int32_t za, const int8_t *packed,
+            const int32_t *colsum, int64_t N, const int32_t *zb, int zb_per_col, const int32_t *bias, int32_t *c,
+            int64_t ldc, int threads) {
+    if (ldc < N || (M > 0 && N > 0 && !c)) return QG_EBADARG;
+    return gemm_core(a, NULL, NULL, NULL, M, K, lda, za, packed, colsum, N, zb, zb_per_col, bias, c, ldc, NULL,
+                     threads);
+}
+
+/*
+ * gemm_i8 with a fused epilogue (requantize chain, packing; see qg_epilogue) instead of the int32 output, and
+ * optionally the input quantize fused in front: af (float32 [*, K], row stride lda) quantized per row as
+ * quantize_f32 with xq = {scale, zero point, qmin, qmax}, in place of a. row_index (or NULL): output row m
+ * reads input row row_index[m] (a node renumbering applied on the fly).
+ */
+int gemm_i8_epilogue(const int8_t *a, const float *af, const float *xq, const int64_t *row_index, int64_t M,
+                     int64_t K, int64_t lda, int32_t za, const int8_t *packed, const int32_t *colsum, int64_t N,
+                     const int32_t *zb, int zb_per_col, const int32_t *bias, const qg_epilogue *epi, int threads) {
+    const int s = epilogue_check(epi, N);
+    if (s != QG_OK) return s;
+    if (af && (!xq || !(xq[0] > 0.0f) || !(xq[2] <= xq[3]) || xq[2] < -128.0f || xq[3] > 127.0f)) return QG_EBADARG;
+    return gemm_core(a, af, xq, row_index, M, K, lda, za, packed, colsum, N, zb, zb_per_col, bias, NULL, 0, epi,
+                     threads);
 }
 
 /* ------------------------------------------------------------------------------------------------ */

@@ -16,6 +16,7 @@ an explicit count, else ``$QUANTGRAPH_THREADS``, else OpenMP's default (``$OMP_N
 
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -702,4 +703,201 @@ def gemm_i8(
         int(zb.size > 1), _ptr(bias_arr), _ptr(out), n, _threads(threads),
     )  # fmt: skip
     _raise(status, "gemm_i8")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- fused epilogues
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One requantize of a fused epilogue: ``requantize(relu_in ? max(t - input_zero_point + bias, 0) : ...)``.
+
+    ``requantize(v) = clamp(round_half_even(float64(v) * multiplier) + zero_point, qmin, qmax)``; ``relu`` raises
+    the lower clamp to the zero point (as ``spmm_requantize``'s ``relu``). ``multiplier``/``zero_point``: one
+    value or one per row (``axis=0``) or column (``axis=1``); ``bias``: int32, one per column, or None.
+    """
+
+    multiplier: Any
+    zero_point: Any
+    qmin: int = -128
+    qmax: int = 127
+    axis: int | None = None
+    input_zero_point: int = 0
+    bias: Any = None
+    relu_in: bool = False
+    relu: bool = False
+
+
+class _StageC(ctypes.Structure):
+    _fields_ = [
+        ("mult", ctypes.c_void_p), ("zp", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+        ("mult_mode", ctypes.c_int32), ("zp_mode", ctypes.c_int32), ("qmin", ctypes.c_int32),
+        ("qmax", ctypes.c_int32), ("zin", ctypes.c_int32), ("relu_in", ctypes.c_int32),
+        ("relu_out", ctypes.c_int32), ("pad", ctypes.c_int32),
+    ]  # fmt: skip
+
+
+MAX_STAGES = 4
+
+
+class _EpilogueC(ctypes.Structure):
+    _fields_ = [
+        ("n_stages", ctypes.c_int32), ("out_kind", ctypes.c_int32), ("dq_scale", ctypes.c_float),
+        ("dq_zero", ctypes.c_int32), ("out", ctypes.c_void_p), ("out_stride", ctypes.c_int64),
+        ("st", _StageC * MAX_STAGES),
+    ]  # fmt: skip
+
+
+def _epilogue(
+    rows: int, cols: int, stages: list[Stage], out_bits: int, dequantize: tuple[float, int] | None
+) -> tuple[_EpilogueC, np.ndarray, list[np.ndarray]]:
+    """The C epilogue of ``stages`` for a ``[rows, cols]`` result, its output array and the arrays it points to."""
+    if not 1 <= len(stages) <= MAX_STAGES:
+        raise InputError(f"an epilogue takes 1 to {MAX_STAGES} stages, got {len(stages)}", "split the chain")
+    epi = _EpilogueC()
+    keep: list[np.ndarray] = []
+    for k, st in enumerate(stages):
+        ax = _axis(st.axis, 2)
+        m, m_mode = _requant_param(st.multiplier, "multiplier", rows, cols, ax, np.float64)
+        z, z_mode = _requant_param(st.zero_point, "zero_point", rows, cols, ax, np.int32)
+        _check_range(st.qmin, st.qmax, np.int32)
+        b = None
+        if st.bias is not None:
+            b = np.ascontiguousarray(_array(st.bias, "bias"), dtype=np.int32).reshape(-1)
+            if b.size == 1:
+                b = np.full(cols, b[0], dtype=np.int32)
+            if b.size != cols:
+                raise InputError(f"bias has {b.size} values for {cols} columns", "pass one bias per column")
+        keep += [m, z] + ([b] if b is not None else [])
+        epi.st[k] = _StageC(
+            m.ctypes.data, z.ctypes.data, _ptr(b), m_mode, z_mode, int(st.qmin), int(st.qmax),
+            _int32(st.input_zero_point, "input_zero_point"), int(bool(st.relu_in)), int(bool(st.relu)), 0,
+        )  # fmt: skip
+    epi.n_stages = len(stages)
+    if dequantize is not None:
+        out = np.empty((rows, cols), dtype=np.float32)
+        epi.out_kind, epi.dq_scale, epi.dq_zero = 32, float(np.float32(dequantize[0])), int(dequantize[1])
+    else:
+        bits = _check_bits(out_bits)
+        out = (
+            np.empty((rows, cols), dtype=np.int8)
+            if bits == 8
+            else aligned_empty((rows, row_bytes(cols, bits)), np.uint8)
+        )
+        epi.out_kind = bits
+    epi.out = out.ctypes.data
+    epi.out_stride = out.strides[0] if out.ndim == 2 and rows else out.shape[-1] * out.itemsize
+    return epi, out, keep
+
+
+def spmm_epilogue(
+    csr: CSR,
+    q: Any,
+    bits: int,
+    zero_point: int,
+    stages: list[Stage],
+    *,
+    out_bits: int = 8,
+    dequantize: tuple[float, int] | None = None,
+    weight_zero_point: int = 0,
+    num_features: int | None = None,
+    message: MessageQuant | tuple[float, int, int, int] | None = None,
+    threads: int | None = None,
+) -> np.ndarray:
+    """``spmm`` followed by the requantize ``stages`` in the row loop (no int32 intermediate).
+
+    The last stage's integers are returned as int8 (``out_bits=8``), packed 4/2-bit rows (``out_bits=4/2``, the
+    layout of ``pack``) or, with ``dequantize=(scale, zero_point)``, float32 ``float(t - zero_point) * scale``.
+    Equal to ``spmm`` then ``requantize_affine`` per stage (then ``pack`` / the IR's ``dequantize``).
+    """
+    lib = load().lib
+    args, f = _spmm_args(csr, q, bits, zero_point, None, weight_zero_point, num_features)
+    epi, out, keep = _epilogue(csr.num_rows, f, stages, out_bits, dequantize)
+    msg = [1, *_message_args(message)] if message is not None else [0, 0.0, 0, 0, 0]
+    status = lib.csr_spmm_epilogue(bits, *args, *msg, ctypes.byref(epi), _threads(threads))
+    _raise(status, "spmm_epilogue")
+    del keep
+    return out
+
+
+def rows_epilogue(
+    x: Any,
+    stages: list[Stage],
+    *,
+    out_bits: int = 8,
+    dequantize: tuple[float, int] | None = None,
+    threads: int | None = None,
+) -> np.ndarray:
+    """The requantize ``stages`` (then packing or dequantize, as in ``spmm_epilogue``) of int8/int32 rows."""
+    lib = load().lib
+    a = _array(x, "x")
+    a = _check(a, "x", (np.int8, np.int32), 2)
+    epi, out, keep = _epilogue(a.shape[0], a.shape[1], stages, out_bits, dequantize)
+    status = lib.rows_epilogue(_ptr(a), a.dtype.itemsize, a.shape[0], a.shape[1], a.shape[1], ctypes.byref(epi),
+                               _threads(threads))  # fmt: skip
+    _raise(status, "rows_epilogue")
+    del keep
+    return out
+
+
+def gemm_epilogue(
+    a: Any,
+    b: PackedWeight,
+    a_zero_point: int,
+    b_zero_point: Any,
+    bias: Any,
+    stages: list[Stage],
+    *,
+    out_bits: int = 8,
+    dequantize: tuple[float, int] | None = None,
+    input_quant: tuple[float, int, int, int] | None = None,
+    row_index: np.ndarray | None = None,
+    threads: int | None = None,
+) -> np.ndarray:
+    """``gemm_i8`` with the requantize ``stages`` (then packing/dequantize) fused into its tile loop.
+
+    ``input_quant=(scale, zero_point, qmin, qmax)``: ``a`` is float32 and is quantized per row as ``quantize``
+    does, inside the GEMM (no int8 copy of it). ``row_index`` (int64 ``[M]``): output row m reads row
+    ``row_index[m]`` of ``a`` (``M = len(row_index)``).
+    """
+    lib = load().lib
+    arr = _check(_array(a, "a"), "a", (np.float32,) if input_quant else (np.int8,), 2)
+    k = arr.shape[1]
+    if k != b.in_features:
+        raise InputError(
+            f"a has {k} columns, the weight has {b.in_features} input features", "match the inner sizes"
+        )
+    m = arr.shape[0]
+    idx = None
+    if row_index is not None:
+        idx = _check(np.ascontiguousarray(_array(row_index, "row_index")), "row_index", (np.int64,), 1)
+        if idx.size and (idx.min() < 0 or idx.max() >= m):
+            raise InputError(f"row_index falls outside [0, {m})", "pass row numbers of a")
+        m = idx.shape[0]
+    n = b.out_features
+    zb = np.ascontiguousarray(_array(b_zero_point, "b_zero_point"), dtype=np.int32).reshape(-1)
+    if zb.size not in (1, n):
+        raise InputError(
+            f"b_zero_point has {zb.size} values for {n} columns", "pass one value or one per column"
+        )
+    bias_arr = None if bias is None else _check(_array(bias, "bias"), "bias", (np.int32,), 1)
+    if bias_arr is not None and bias_arr.shape[0] != n:
+        raise InputError(f"bias has {bias_arr.shape[0]} values for {n} columns", "pass one bias per column")
+    xq = None
+    if input_quant is not None:
+        scale, zp, qmin, qmax = input_quant
+        s = float(np.float32(scale))
+        if not np.isfinite(s) or s <= 0:
+            raise InputError(f"scale {scale} is not a positive finite number", "pass the quantizer's scale")
+        _check_range(qmin, qmax, np.int8)
+        xq = np.array([s, zp, qmin, qmax], dtype=np.float32)
+    epi, out, keep = _epilogue(m, n, stages, out_bits, dequantize)
+    status = lib.gemm_i8_epilogue(
+        None if xq is not None else _ptr(arr), _ptr(arr) if xq is not None else None, _ptr(xq), _ptr(idx), m, k, k,
+        _int32(a_zero_point, "a_zero_point"), _ptr(b.data), _ptr(b.colsum), n, _ptr(zb), int(zb.size > 1),
+        _ptr(bias_arr), ctypes.byref(epi), _threads(threads),
+    )  # fmt: skip
+    _raise(status, "gemm_epilogue")
+    del keep
     return out

@@ -20,7 +20,6 @@ shape (``sym_size``) become ``input.size`` steps, so they do not need the featur
 from __future__ import annotations
 
 import math
-import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,10 +31,11 @@ from torch import Tensor, fx
 
 from quantgraph.errors import UnsupportedOpError
 from quantgraph.ir.int_ops import LINEAR_INT, REQUANTIZE
+from quantgraph.ir.meta import ACCUMULATOR_KEY, SOURCE_KEY
 from quantgraph.ir.ops import GATHER, QUANTIZE, SCATTER
 from quantgraph.native.artifact import Program, Step, references
+from quantgraph.native.opnames import OPERATOR_NAMES
 
-OPERATORS = {operator.add: "add", operator.sub: "sub", operator.mul: "mul", operator.floordiv: "floordiv"}
 DROPPED_KWARGS = ("device", "pin_memory", "layout")
 SUB = torch.ops.aten.sub.Tensor
 MUL = torch.ops.aten.mul.Tensor
@@ -178,7 +178,7 @@ class _Lowering:
         if user is not None and user.target == REQUANTIZE and user.args[0] is node:
             requant = self.requant_kwargs(user)
             if requant is not None:
-                return user, requant, user.meta.get("qg_source", user.name)
+                return user, requant, user.meta.get(SOURCE_KEY, user.name)
         return node, None, None
 
     # ------------------------------------------------------------------------------------------ patterns
@@ -240,7 +240,7 @@ class _Lowering:
         csr_args = [self.encode(src_index), self.encode(index), self.encode(num_nodes), self.encode(weight)]
         lo, hi = rng
         safety = {
-            "proven_max_in_degree": self.proven_degrees.get(scatter.meta.get("qg_accumulator", "")),
+            "proven_max_in_degree": self.proven_degrees.get(scatter.meta.get(ACCUMULATOR_KEY, "")),
             "feature_bound": max(abs(lo - zx), abs(hi - zx)),
             "message_bound": None if message is None else max(abs(message["qmin"] - sub_zp),
                                                              abs(message["qmax"] - sub_zp)),
@@ -358,7 +358,7 @@ class _Lowering:
         if not INT8_RANGE[0] <= rng[0] <= rng[1] <= INT8_RANGE[1]:
             return None
         kwargs = {"scale": float(s.reshape(())), "zero_point": z, "qmin": rng[0], "qmax": rng[1]}
-        source = node.meta.get("qg_source", node.name)
+        source = node.meta.get(SOURCE_KEY, node.name)
         return Step("native.quantize", [self.encode(x)], node.name, "feature", kwargs, source)
 
     def match_requantize(self, node: fx.Node) -> Step | None:
@@ -381,7 +381,7 @@ class _Lowering:
             return None
         self.fused.update(chain)
         kwargs = {"requant": params, "input_zero_point": zin, "bias": bias, "relu": relu}
-        source = node.meta.get("qg_source", node.name)
+        source = node.meta.get(SOURCE_KEY, node.name)
         return Step("native.requantize", [self.encode(arg)], node.name, "feature", kwargs, source)
 
     @staticmethod
@@ -395,14 +395,14 @@ class _Lowering:
         feature = node in self.feature
         if isinstance(node.target, torch._ops.OpOverload):
             op = str(node.target)
-        elif node.target in OPERATORS:
-            op = f"operator.{OPERATORS[node.target]}"
+        elif node.target in OPERATOR_NAMES:
+            op = f"operator.{OPERATOR_NAMES[node.target]}"
         else:
             raise UnsupportedOpError(
                 f"op {node.target} of node {node.name} has no native lowering", "use --backend onnx-int"
             )
         kwargs = {k: self.encode(v) for k, v in node.kwargs.items() if k not in DROPPED_KWARGS}
-        source = node.meta.get("qg_source", node.name) if node.target in (QUANTIZE, REQUANTIZE) else None
+        source = node.meta.get(SOURCE_KEY, node.name) if node.target in (QUANTIZE, REQUANTIZE) else None
         stage = "feature" if feature else "graph"
         return Step(op, self.encode(list(node.args)), node.name, stage, kwargs, source)
 

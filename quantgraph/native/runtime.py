@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import operator
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,15 +28,13 @@ from torch import Tensor
 import quantgraph.ir.int_ops  # noqa: F401  (registers quantgraph::linear_int / requantize)
 import quantgraph.ir.ops  # noqa: F401  (registers quantgraph::gather / scatter / quantize / dequantize)
 from quantgraph.errors import InputError
+from quantgraph.ir.int_ops import INT32_MAX
 from quantgraph.native import kernels
 from quantgraph.native.artifact import Program, Step, load_program, references, save_program
+from quantgraph.native.fusion import FusedStep, plan
+from quantgraph.native.opnames import OPERATORS
+from quantgraph.native.order import ORDERS, inverse, node_order
 
-OPERATORS: dict[str, Callable[..., Any]] = {
-    "add": operator.add,
-    "sub": operator.sub,
-    "mul": operator.mul,
-    "floordiv": operator.floordiv,
-}
 NATIVE_OPS = (
     "native.csr",
     "native.aggregate",
@@ -47,7 +44,6 @@ NATIVE_OPS = (
     "input.size",
 )
 LIBRARIES = ("aten", "quantgraph")
-INT32_MAX = 2**31 - 1
 
 
 def resolve_op(op: str) -> Callable[..., Any] | None:
@@ -76,6 +72,9 @@ class PreparedGraph:
     values: dict[str, Any]
     shapes: dict[str, tuple[int, ...]]
     seconds: float = 0.0
+    perm: np.ndarray | None = None  # renumbered: new node id -> input id (None: the input order)
+    inv: np.ndarray | None = None  # input id -> new id
+    order: str = "none"
 
 
 @dataclass
@@ -94,6 +93,7 @@ class NativeModel:
     program: Program
     threads: int | None = None
     profile: list[StepTime] = field(default_factory=list)
+    order: str = "none"  # node order of prepare: none, degree or rcm (see NativeModel.prepare)
 
     def __post_init__(self) -> None:
         self._ops = {s.out: resolve_op(s.op) for s in self.program.steps}
@@ -118,6 +118,15 @@ class NativeModel:
         self.feature_inputs = [
             n for n in self.program.meta.get("feature_inputs", []) if n in self.program.inputs
         ]
+        self._plan = plan(self.program)
+        self._quantized_in_gemm = {  # feature inputs read only by a GEMM that quantizes them itself
+            f.input_quantize.args[0]["value"]
+            for f in self._plan
+            if isinstance(f, FusedStep) and f.input_quantize is not None
+        }
+        self._stage_params = {  # decoded once: multipliers, zero points and biases of every fused stage
+            id(f): self._stages(f) for f in self._plan if isinstance(f, FusedStep)
+        }
 
     # ---------------------------------------------------------------------------------------------- files
     @classmethod
@@ -136,13 +145,30 @@ class NativeModel:
         return self.program.meta
 
     # ---------------------------------------------------------------------------------------------- running
-    def prepare(self, inputs: Mapping[str, Any]) -> PreparedGraph:
-        """Run the graph stage on a graph's structure inputs (feature inputs give only their shapes)."""
+    def prepare(self, inputs: Mapping[str, Any], order: str | None = None) -> PreparedGraph:
+        """Run the graph stage on a graph's structure inputs (feature inputs give only their shapes).
+
+        ``order`` (default: the model's ``order``) renumbers the nodes for locality first (see
+        ``native.order``): every kernel then runs in that order and ``run`` maps its outputs back, so results
+        do not change (docs/benchmarks.md measures the orders; ``none`` is the default). Programs whose inputs are not node features plus ``[2, E]`` edge indices keep the input order.
+        """
         start = time.perf_counter()
         shapes = {n: tuple(np.shape(self._input(inputs, n))) for n in self.feature_inputs}
         values: dict[str, Any] = {
             n: torch.as_tensor(self._input(inputs, n)) for n in self.program.inputs if n not in shapes
         }
+        order = self.order if order is None else order
+        num_nodes = self._renumberable(values, shapes)
+        perm = inv = None
+        if order not in ORDERS:
+            node_order(np.zeros((2, 0), dtype=np.int64), 0, order)  # refuses an unknown order
+        if num_nodes is not None and order != "none":
+            edges = [n for n in values if values[n].dim() == 2]
+            perm = node_order(values[edges[0]].numpy(), num_nodes, order)
+            inv = inverse(perm)
+            inv_t = torch.from_numpy(inv)
+            for n in edges:
+                values[n] = inv_t[values[n].long()].to(values[n].dtype)
         for step in self._steps("graph"):
             if step.op == "input.size":
                 name, axis = step.args
@@ -150,7 +176,22 @@ class NativeModel:
             else:
                 values[step.out] = self._execute(step, values)
         kept = {n: v for n, v in values.items() if n in self._feature_reads}  # drop intermediates
-        return PreparedGraph(kept, shapes, time.perf_counter() - start)
+        used = order if perm is not None else "none"
+        return PreparedGraph(kept, shapes, time.perf_counter() - start, perm, inv, used)
+
+    def _renumberable(self, structure: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> int | None:
+        """The node count when nodes may be renumbered: every feature input is [N, ...], every other input an
+        integer [2, E] edge index with E != N; else None."""
+        sizes = {shape[0] for shape in shapes.values() if shape}
+        if len(sizes) != 1 or len(shapes) != len(self.feature_inputs) or not shapes:
+            return None
+        (n,) = sizes
+        for v in structure.values():
+            if not (isinstance(v, Tensor) and v.dim() == 2 and v.shape[0] == 2 and not v.is_floating_point()):
+                return None
+            if v.shape[1] == n:
+                return None
+        return n if structure else None
 
     def run_all(
         self,
@@ -161,8 +202,11 @@ class NativeModel:
     ) -> list[Any]:
         """All outputs; ``capture`` (a dict) receives the integers of every quantize/requantize step."""
         if prepared is None:
-            prepared = self.prepare(inputs)
+            prepared = self.prepare(inputs, order="none" if capture is not None else None)
+        elif capture is not None and prepared.perm is not None:
+            prepared = self.prepare(inputs, order="none")  # integers are compared in the input order
         values = dict(prepared.values)
+        perm = prepared.perm
         for name in self.feature_inputs:
             x = torch.as_tensor(self._input(inputs, name))
             if tuple(x.shape) != prepared.shapes[name]:
@@ -170,20 +214,33 @@ class NativeModel:
                     f"input {name} has shape {tuple(x.shape)}, the graph was prepared for {prepared.shapes[name]}",
                     "prepare the graph again for these inputs",
                 )
+            if perm is not None and name not in self._quantized_in_gemm:
+                x = x[torch.from_numpy(perm)]  # the GEMM that quantizes x reads its rows through perm itself
             values[name] = x
         self.profile = []
-        for step in self._steps("feature"):
+        steps: list[Step | FusedStep] = self._steps("feature") if capture is not None else self._plan
+        for step in steps:
             start = time.perf_counter() if profile else 0.0
-            values[step.out] = self._execute(step, values)
+            if isinstance(step, FusedStep):
+                values[step.out] = self._fused(step, values, perm)
+            else:
+                values[step.out] = self._execute(step, values)
             if profile:
-                self.profile.append(StepTime(step.op, step.out, time.perf_counter() - start))
+                op = "+".join(s.op for s in step.steps) if isinstance(step, FusedStep) else step.op
+                self.profile.append(StepTime(op, step.out, time.perf_counter() - start))
             if capture is not None and step.source is not None:
                 capture[step.source] = self._widen(step.out, values[step.out])
         if capture is not None:
             for step in self._steps("graph"):
                 if step.source is not None:
                     capture[step.source] = values[step.out]
-        return [values[n] for n in self.program.outputs]
+        outs = [values[n] for n in self.program.outputs]
+        if perm is not None:  # back to the input order
+            inv = torch.from_numpy(prepared.inv)
+            outs = [
+                o[inv] if isinstance(o, Tensor) and o.dim() and o.shape[0] == len(inv) else o for o in outs
+            ]
+        return outs
 
     def run(self, inputs: Mapping[str, Any], prepared: PreparedGraph | None = None) -> Tensor:
         """The first output (the logits)."""
@@ -278,21 +335,34 @@ class NativeModel:
     def _int8(self, arg: Any, values: dict[str, Any]) -> np.ndarray:
         return np.ascontiguousarray(self._numpy(arg, values), dtype=np.int8)
 
+    def _aggregate_input(self, step: Step, values: dict[str, Any]) -> tuple[np.ndarray, int]:
+        """The aggregation's features as the kernel reads them (packed at 4/2 bits) and their width."""
+        value = values[step.args[1]["value"]]
+        if isinstance(value, PackedRows):  # packed by the kernel that produced them
+            return value.data, value.num_features
+        q = self._int8(step.args[1], values)
+        bits = int(step.kwargs["bits"])
+        return (q if bits == 8 else kernels.pack(q, bits, check=False, threads=self.threads)), q.shape[1]
+
+    @staticmethod
+    def _message(step: Step) -> kernels.MessageQuant | None:
+        message = step.kwargs.get("message")
+        if message is None:
+            return None
+        return kernels.MessageQuant(
+            float(message["multiplier"]),
+            int(message["zero_point"]),
+            int(message["qmin"]),
+            int(message["qmax"]),
+        )
+
     def _aggregate(self, step: Step, values: dict[str, Any]) -> Tensor:
         graph_csr: GraphCSR = values[step.args[0]["value"]]
         csr, wz = graph_csr.csr, graph_csr.weight_zero_point
-        q = self._int8(step.args[1], values)
         kw = step.kwargs
-        bits, zx, num_features = int(kw["bits"]), int(kw["zero_point"]), q.shape[1]
-        feats = q if bits == 8 else kernels.pack(q, bits, check=False, threads=self.threads)
-        message = kw.get("message")
-        if message is not None:
-            message = kernels.MessageQuant(
-                float(message["multiplier"]),
-                int(message["zero_point"]),
-                int(message["qmin"]),
-                int(message["qmax"]),
-            )
+        bits, zx = int(kw["bits"]), int(kw["zero_point"])
+        feats, num_features = self._aggregate_input(step, values)
+        message = self._message(step)
         if kw["requant"] is None:
             out = kernels.spmm(
                 csr, feats, bits, zx, threads=self.threads, num_features=num_features, message=message,
@@ -333,11 +403,97 @@ class NativeModel:
         )  # fmt: skip
         return torch.from_numpy(out)
 
+    # ---------------------------------------------------------------------------------------------- fused
+    def _stage(self, step: Step) -> kernels.Stage:
+        """The epilogue stage of a requantize (of a kernel's own ``requant`` or a ``native.requantize`` step)."""
+        kw = step.kwargs
+        rq = self._requant_args(kw["requant"], {})
+        if step.op != "native.requantize":
+            return kernels.Stage(rq["multiplier"], rq["zero_point"], rq["qmin"], rq["qmax"], rq["axis"])
+        bias = None if kw.get("bias") is None else self.array(kw["bias"]).astype(np.int32)
+        return kernels.Stage(
+            rq["multiplier"], rq["zero_point"], rq["qmin"], rq["qmax"], rq["axis"],
+            int(kw.get("input_zero_point", 0)), bias, bool(kw.get("relu")),
+        )  # fmt: skip
+
+    def _stages(self, f: FusedStep) -> tuple[list[kernels.Stage], tuple[float, int] | None]:
+        stages = [self._stage(s) for s in (f.head, *f.stages)]
+        dq = None
+        if f.dequantize is not None:
+            scale, zero = (self.array(a).reshape(-1)[0] for a in f.dequantize.args[1:3])
+            dq = (float(np.float32(scale)), int(zero))
+        return stages, dq
+
+    def _fused(self, f: FusedStep, values: dict[str, Any], perm: np.ndarray | None) -> Any:
+        stages, dq = self._stage_params[id(f)]
+        out_kw = {"out_bits": f.out_bits, "dequantize": dq, "threads": self.threads}
+        head, kw = f.head, f.head.kwargs
+        if head.op == "native.linear":
+            bias = None if kw["bias"] is None else self.array(kw["bias"]).astype(np.int32).reshape(-1)
+            zb = self.array(kw["weight_zero_point"])
+            if f.input_quantize is not None:
+                q = f.input_quantize.kwargs
+                name = f.input_quantize.args[0]["value"]
+                x = np.ascontiguousarray(self._numpy(f.input_quantize.args[0], values), dtype=np.float32)
+                xq = (q["scale"], q["zero_point"], q["qmin"], q["qmax"])
+                row_index = perm if name in self._quantized_in_gemm else None
+                out = kernels.gemm_epilogue(
+                    x, self._weights[head.out], int(kw["zero_point"]), zb, bias, stages, input_quant=xq,
+                    row_index=row_index, **out_kw,
+                )  # fmt: skip
+            else:
+                x = self._int8(head.args[0], values)
+                out = kernels.gemm_epilogue(
+                    x, self._weights[head.out], int(kw["zero_point"]), zb, bias, stages, **out_kw
+                )
+            cols = self._weights[head.out].out_features
+        elif head.op == "native.aggregate":
+            graph_csr: GraphCSR = values[head.args[0]["value"]]
+            feats, num_features = self._aggregate_input(head, values)
+            out = kernels.spmm_epilogue(
+                graph_csr.csr, feats, int(kw["bits"]), int(kw["zero_point"]), stages,
+                weight_zero_point=graph_csr.weight_zero_point, num_features=num_features,
+                message=self._message(head), **out_kw,
+            )  # fmt: skip
+            cols = num_features
+        else:
+            x = self._numpy(head.args[0], values)
+            x = np.ascontiguousarray(x if x.dtype in (np.int8, np.int32) else x.astype(np.int32))
+            if x.ndim != 2:
+                return self._unfused(f, values)
+            out = kernels.rows_epilogue(x, stages, **out_kw)
+            cols = x.shape[1]
+        if f.out_bits != 8 and dq is None:
+            return PackedRows(out, f.out_bits, int(cols))
+        return torch.from_numpy(out)
+
+    def _unfused(self, f: FusedStep, values: dict[str, Any]) -> Any:
+        """``f``'s steps one by one (inputs the fused kernels do not take, e.g. 1-D values)."""
+        local = dict(values)
+        for step in f.steps:
+            local[step.out] = self._execute(step, local)
+        out = local[f.out]
+        if f.out_bits != 8 and f.dequantize is None:
+            q = np.ascontiguousarray(out.numpy(), dtype=np.int8)
+            return PackedRows(
+                kernels.pack(q, f.out_bits, check=False, threads=self.threads), f.out_bits, q.shape[1]
+            )
+        return out
+
     def _quantize(self, step: Step, values: dict[str, Any]) -> Tensor:
         kw = step.kwargs
         x = np.ascontiguousarray(self._numpy(step.args[0], values), dtype=np.float32)
         q = kernels.quantize(x, kw["scale"], kw["zero_point"], kw["qmin"], kw["qmax"], threads=self.threads)
         return torch.from_numpy(q)
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """A fused kernel's 4/2-bit output, packed for the aggregation that reads it (``kernels.pack`` layout)."""
+
+    data: np.ndarray
+    bits: int
+    num_features: int
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from quantgraph.passes import (  # noqa: F401
     calibrate,
     canonicalize,
     convert_qat,
+    degree_buckets,
     degree_mask,
     dropout,
     fold_scales,

@@ -7,6 +7,7 @@ from typing import Any
 from torch import fx
 
 from quantgraph.errors import InputError
+from quantgraph.ir.meta import QPARAMS_KEY, QSPEC_KEY
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult, attr_tensor
 from quantgraph.passes.observers import Observer, make_observer
 from quantgraph.passes.registry import register_pass
@@ -17,18 +18,20 @@ class _Recorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, observers: dict[str, Observer]) -> None:
         super().__init__(gm)
         self.observers = observers
+        self.nodes = {n.name: n for n in gm.graph.nodes}
 
     def run_node(self, n: fx.Node) -> Any:
         value = super().run_node(n)
         obs = self.observers.get(n.name)
         if obs is not None:
-            obs.update(value)
+            group = obs.spec.group_index
+            obs.update(value, self.env[self.nodes[group]] if group is not None else None)
         return value
 
 
 @register_pass
 class CalibratePass(PassBase):
-    """Run the calibration graphs once, observe every annotated value, store ``meta["qg_qparams"]``."""
+    """Run the calibration graphs once, observe every annotated value, store ``meta[QPARAMS_KEY]``."""
 
     name = "calibrate"
     description = "observe annotated values on the calibration graphs and choose scales/zero points"
@@ -41,7 +44,7 @@ class CalibratePass(PassBase):
         observers: dict[str, Observer] = {}
         constants: dict[str, fx.Node] = {}
         for node in gm.graph.nodes:
-            spec = node.meta.get("qg_qspec")
+            spec = node.meta.get(QSPEC_KEY)
             if spec is None:
                 continue
             observers[node.name] = make_observer(spec)
@@ -56,5 +59,5 @@ class CalibratePass(PassBase):
                 recorder.run(*[inputs[n] for n in ctx.input_names])
         for node in gm.graph.nodes:
             if node.name in observers:
-                node.meta["qg_qparams"] = observers[node.name].qparams()
+                node.meta[QPARAMS_KEY] = observers[node.name].qparams()
         return PassResult(gm, bool(observers))

@@ -16,7 +16,7 @@ import torch
 from torch import fx
 
 from quantgraph.ir.ops import GATHER, SCATTER
-from quantgraph.passes.infra import CompileContext, PassBase, PassResult
+from quantgraph.passes.infra import CompileContext, PassBase, PassResult, same_value
 from quantgraph.passes.registry import register_pass
 
 aten = torch.ops.aten
@@ -78,18 +78,6 @@ def _source_index(node: object) -> fx.Node | None:
             continue
         return None
     return None
-
-
-def _same_value(a: object, b: object) -> bool:
-    if a is b:
-        return True
-    if isinstance(a, fx.Node) and isinstance(b, fx.Node):
-        return (
-            (a.op, a.target) == (b.op, b.target)
-            and len(a.args) == len(b.args)
-            and all(_same_value(x, y) for x, y in zip(a.args, b.args, strict=True))
-        )
-    return a == b
 
 
 def _replace(gm: fx.GraphModule, old: fx.Node, target: object, args: tuple) -> fx.Node:
@@ -160,7 +148,7 @@ def _match_mean(node: fx.Node) -> tuple | None:
     if not (isinstance(count, fx.Node) and count.target == SCATTER and count.args[3] == "sum"):
         return None
     ones = count.args[0]
-    if not (isinstance(ones, fx.Node) and ones.target in _ONES and _same_value(count.args[1], num.args[1])):
+    if not (isinstance(ones, fx.Node) and ones.target in _ONES and same_value(count.args[1], num.args[1])):
         return None
     return (num.args[0], num.args[1], num.args[2], "mean")
 

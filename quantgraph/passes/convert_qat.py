@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import fx
 
+from quantgraph.ir.meta import QDQ_KEY, QPARAMS_KEY
 from quantgraph.passes.dropout import StripDropoutPass
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
 from quantgraph.passes.insert_qdq import insert_qdq_after
@@ -27,14 +28,13 @@ class ConvertQATPass(PassBase):
             module = gm.get_submodule(fq.target)
             source = fq.args[0]
             qp = module.qparams()
-            source.meta["qg_qparams"] = qp
+            source.meta[QPARAMS_KEY] = qp
             fq.replace_all_uses_with(source)
             gm.graph.erase_node(fq)
             gm.delete_submodule(fq.target)
-            source.meta["qg_qdq"] = insert_qdq_after(gm, source, qp).name
-        gm.graph.eliminate_dead_code()  # the protective mask and its gathers have no users left
-        if "qg_degree_mask" in dict(gm.named_children()):
-            gm.delete_submodule("qg_degree_mask")
+            source.meta[QDQ_KEY] = insert_qdq_after(gm, source, qp).name
+        gm.graph.eliminate_dead_code()  # training-only inputs of the quantizers (masks) have no users left
         StripDropoutPass()(gm, ctx)
+        gm.delete_all_unused_submodules()  # whatever module a training pass added and nothing reads now
         gm.eval()
         return PassResult(gm, True)

@@ -11,14 +11,18 @@ import torch
 from torch import Tensor, fx, nn
 
 from quantgraph.errors import InputError
+from quantgraph.ir.meta import ROWS_KEY
 from quantgraph.ir.ops import GATHER, SCATTER
-from quantgraph.passes.canonicalize import _same_value
-from quantgraph.passes.infra import CompileContext, PassBase, PassResult
+from quantgraph.options import Option
+from quantgraph.passes.infra import CompileContext, PassBase, PassResult, same_value
 from quantgraph.passes.prepare_qat import fake_quant_nodes, require_fake_quant
 from quantgraph.passes.registry import register_pass
 
+#: Name of the mask module; ``convert-qat`` drops it with every other module the graph no longer uses.
+DEGREE_MASK_MODULE = "qg_degree_mask"
 #: Degree-Quant's defaults: (p_min, p_max) by bitwidth.
 DEFAULT_PROBABILITIES = {8: (0.0, 0.1), 4: (0.1, 0.2)}
+_P = DEFAULT_PROBABILITIES
 
 
 def protection_probability(edge_index: Tensor, num_nodes: int, p_min: float, p_max: float) -> Tensor:
@@ -55,7 +59,7 @@ def _downstream_scatter_index(node: fx.Node) -> fx.Node | None:
         for user in n.users:
             if user.target == SCATTER:
                 return user.args[1]
-            if user not in seen and (user.meta.get("qg_rows") == "edge" or user.op == "call_module"):
+            if user not in seen and (user.meta.get(ROWS_KEY) == "edge" or user.op == "call_module"):
                 seen.add(user)
                 frontier.append(user)
     return None
@@ -71,25 +75,36 @@ def source_index(node: fx.Node) -> fx.Node | None:
             candidates.append(n.args[1])
             continue
         for inp in n.all_input_nodes:
-            edge_like = inp.meta.get("qg_rows") == "edge" or inp.target == GATHER or inp.op == "call_module"
+            edge_like = inp.meta.get(ROWS_KEY) == "edge" or inp.target == GATHER or inp.op == "call_module"
             if inp not in seen and edge_like:
                 seen.add(inp)
                 frontier.append(inp)
     for idx in candidates:
-        if target is None or not _same_value(idx, target):
+        if target is None or not same_value(idx, target):
             return idx
     return None
 
 
 @register_pass
 class DegreeMaskPass(PassBase):
-    """Wire a ``ProtectiveMask`` into every FakeQuantize (node rows, or source rows for per-edge values).
-
-    Options: ``p_min``/``p_max`` (default by bits: INT8 [0, 0.1], INT4 and below [0.1, 0.2]).
-    """
+    """Wire a ``ProtectiveMask`` into every FakeQuantize (node rows, or source rows for per-edge values)."""
 
     name = "degree-mask"
     description = "Degree-Quant protective masks: degree-CDF Bernoulli bypass of quantization in training"
+    options = (
+        Option(
+            "p_min",
+            float,
+            None,
+            f"lowest protection probability (unset: {_P[8][0]} at INT8, {_P[4][0]} below)",
+        ),
+        Option(
+            "p_max",
+            float,
+            None,
+            f"highest protection probability (unset: {_P[8][1]} at INT8, {_P[4][1]} below)",
+        ),
+    )
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         require_fake_quant(gm, self.name)
@@ -100,21 +115,22 @@ class DegreeMaskPass(PassBase):
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         p_min, p_max = DEFAULT_PROBABILITIES[8 if ctx.bits >= 8 else 4]
-        p_min = float(ctx.options.get("p_min", p_min))
-        p_max = float(ctx.options.get("p_max", p_max))
+        given_min, given_max = self.option(ctx, "p_min"), self.option(ctx, "p_max")
+        p_min = p_min if given_min is None else given_min
+        p_max = p_max if given_max is None else given_max
         if not 0 <= p_min <= p_max <= 1:
             raise InputError(
                 f"protection probabilities [{p_min}, {p_max}] are invalid", "use 0 <= p_min <= p_max <= 1"
             )
-        gm.add_submodule("qg_degree_mask", ProtectiveMask(p_min, p_max))
+        gm.add_submodule(DEGREE_MASK_MODULE, ProtectiveMask(p_min, p_max))
         placeholders = {n.name: n for n in gm.graph.nodes if n.op == "placeholder"}
         first = next(n for n in gm.graph.nodes if n.op != "placeholder")
         with gm.graph.inserting_before(first):
-            mask = gm.graph.call_module("qg_degree_mask", (placeholders["x"], placeholders["edge_index"]))
+            mask = gm.graph.call_module(DEGREE_MASK_MODULE, (placeholders["x"], placeholders["edge_index"]))
         edge_masks: dict[fx.Node, fx.Node] = {}
         wired = 0
         for fq in fake_quant_nodes(gm):
-            value, rows = fq.args[0], fq.meta.get("qg_rows")
+            value, rows = fq.args[0], fq.meta.get(ROWS_KEY)
             if rows == "edge":
                 idx = source_index(value)
                 if idx is None:

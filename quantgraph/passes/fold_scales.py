@@ -21,15 +21,16 @@ import torch
 from torch import Tensor, fx
 
 from quantgraph.errors import InputError
-from quantgraph.ir.int_ops import REQUANTIZE
+from quantgraph.ir.int_ops import INT32_MAX, REQUANTIZE
+from quantgraph.ir.meta import INTEGER_KEY
 from quantgraph.ir.ops import QUANTIZE, SCATTER
 from quantgraph.ir.reference import float64_reference, integer_values
+from quantgraph.options import Option
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult, add_constant
 from quantgraph.passes.int_forms import IntForm, IntFormBuilder
 from quantgraph.passes.qdq_params import quantize_params
 from quantgraph.passes.registry import register_pass
 
-INT32_MAX = 2**31 - 1
 aten = torch.ops.aten
 
 
@@ -80,6 +81,15 @@ class FoldScalesPass(PassBase):
     """Rewrite Q/DQ regions into integer linear layers and aggregations followed by one requantize."""
 
     name = "fold-scales"
+    options = (
+        Option(
+            "int_overflow",
+            str,
+            "error",
+            "when an int32 accumulator could overflow: fail, or keep that op in float",
+            choices=("error", "float"),
+        ),
+    )
     description = (
         "integer linear/aggregation with int32 accumulators and a float64 requantize; proves no overflow"
     )
@@ -93,12 +103,10 @@ class FoldScalesPass(PassBase):
             raise InputError("fold-scales needs a graph to measure in-degrees", "pass calibration data")
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
-        overflow = str(ctx.options.get("int_overflow", "error"))
-        if overflow not in ("error", "float"):
-            raise InputError(f"unknown int_overflow={overflow!r}", "use 'error' or 'float'")
+        overflow = self.option(ctx, "int_overflow")
         degrees = max_in_degrees(gm, ctx.calibration_data, ctx.input_names)
         reference = float64_reference(gm)
-        ctx.report["_qdq_module"] = copy.deepcopy(gm)
+        ctx.qdq_module = copy.deepcopy(gm)
         builder = IntFormBuilder(gm, lambda node: degrees.get(node.name, 0))
         folded, kept, overflowed = [], [], []
         for node in list(gm.graph.nodes):
@@ -158,7 +166,7 @@ class FoldScalesPass(PassBase):
         with gm.graph.inserting_before(node):
             requant = gm.graph.call_function(REQUANTIZE, (acc, mult_node, zp, qmin, qmax, axis))
         requant.meta.update({k: v for k, v in node.meta.items() if k != "val"})
-        requant.meta["qg_integer"] = True
+        requant.meta[INTEGER_KEY] = True
         node.replace_all_uses_with(requant)
         gm.graph.erase_node(node)
 

@@ -1,6 +1,6 @@
 """Pass infrastructure, shaped after onnx_ir's and torch.fx's: ``call`` returns a ``PassResult``.
 
-A pass may declare ``requires`` (checked before it runs) and ``ensures`` (checked after). A
+A pass declares the options it reads (``options``, :class:`quantgraph.options.Option`) and may declare ``requires`` (checked before it runs) and ``ensures`` (checked after). A
 ``PassManager`` runs passes in order and, when one fails, raises a ``PassError`` naming the failing
 pass and the pass that ran before it.
 """
@@ -17,6 +17,8 @@ from torch import Tensor, fx
 from quantgraph.errors import PassError, QuantGraphError
 from quantgraph.ir.qspec import QuantSpec
 from quantgraph.ir.roles import Role
+from quantgraph.options import Option
+from quantgraph.progress import stage
 
 
 @dataclass
@@ -36,11 +38,15 @@ class CompileContext:
     calibration_data: list[dict[str, Tensor]] = field(default_factory=list)
     qconfig: dict[Role, QuantSpec] = field(default_factory=dict)  # role -> spec, set by the policy
     bits: int = 8
+    #: option key -> value as given (``compile`` has parsed and checked them against the declarations)
     options: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
-    report: dict[str, Any] = field(default_factory=dict)  # passes add their findings here
+    #: passes add their findings here: JSON-ready values only (no modules, no datasets)
+    report: dict[str, Any] = field(default_factory=dict)
     #: labelled data for training passes: {"node": GraphData} or {"graphs": {"train": [...], "val": [...]}}
     task_data: dict[str, Any] = field(default_factory=dict)
+    #: the Q/DQ form of an integer IR, kept by ``fold-scales`` before it rewrites (BitOPs count on it)
+    qdq_module: fx.GraphModule | None = None
 
 
 class PassBase:
@@ -48,6 +54,15 @@ class PassBase:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    #: the option keys this pass reads (``compile`` accepts and checks exactly the declared ones)
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    def option(self, ctx: CompileContext, key: str) -> Any:
+        """The value of declared option ``key`` in ``ctx.options`` (parsed), else its default."""
+        for opt in type(self).options:
+            if opt.name == key:
+                return opt.read(ctx.options)
+        raise KeyError(f"pass {self.display_name} reads option '{key}' without declaring it in `options`")
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         """Raise if the graph is not in the state this pass needs."""
@@ -111,7 +126,8 @@ class PassManager:
         for p in self.passes:
             start = time.perf_counter()
             try:
-                result = p(gm, ctx)
+                with stage(f"pass {p.display_name}"):
+                    result = p(gm, ctx)
             except QuantGraphError as err:
                 raise type(err)(
                     f"pass '{p.display_name}' (after '{previous}') failed: {err.problem}", err.fix
@@ -168,6 +184,19 @@ def node_value_is_float(node: fx.Node, gm: fx.GraphModule) -> bool:
     return is_float_value(node)
 
 
+def same_value(a: object, b: object) -> bool:
+    """Whether two IR arguments compute the same value (same op tree over the same leaves)."""
+    if a is b:
+        return True
+    if isinstance(a, fx.Node) and isinstance(b, fx.Node):
+        return (
+            (a.op, a.target) == (b.op, b.target)
+            and len(a.args) == len(b.args)
+            and all(same_value(x, y) for x, y in zip(a.args, b.args, strict=True))
+        )
+    return a == b
+
+
 __all__ = [
     "CompileContext",
     "PassBase",
@@ -180,4 +209,5 @@ __all__ = [
     "call_function_nodes",
     "is_float_value",
     "node_value_is_float",
+    "same_value",
 ]

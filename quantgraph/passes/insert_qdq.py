@@ -5,28 +5,39 @@ from __future__ import annotations
 from torch import fx
 
 from quantgraph.errors import InputError
-from quantgraph.ir.ops import DEQUANTIZE, QUANTIZE
+from quantgraph.ir.meta import LAYER_KEY, QDQ_KEY, QPARAMS_KEY, QSPEC_KEY, ROLE_KEY, ROWS_KEY, SOURCE_KEY
+from quantgraph.ir.ops import DEQUANTIZE, GATHER, QUANTIZE
 from quantgraph.ir.qspec import QParams
+from quantgraph.ir.roles import Role
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult, add_constant
 from quantgraph.passes.registry import register_pass
 
 
-def insert_qdq_after(gm: fx.GraphModule, node: fx.Node, qp: QParams) -> fx.Node:
-    """Insert ``dequantize(quantize(node))`` and reroute the node's users to it; returns the dequantize."""
+def insert_qdq_after(gm: fx.GraphModule, node: fx.Node, qp: QParams, group: fx.Node | None = None) -> fx.Node:
+    """Insert ``dequantize(quantize(node))`` and reroute the node's users to it; returns the dequantize.
+
+    ``group`` (per-group quantization): the int64 node holding each row's group; the parameters are
+    then tables (one entry per group) and each row's parameters are ``gather(table, group)``.
+    """
     anchor = node.next
     consts = {
         k: add_constant(gm, f"qg_{node.name}_{k}", getattr(qp, k), anchor)
         for k in ("scale", "zero_point", "qmin", "qmax")
     }
+    if group is not None:
+        with gm.graph.inserting_before(anchor):
+            consts = {k: gm.graph.call_function(GATHER, (table, group)) for k, table in consts.items()}
+        for row_params in consts.values():
+            row_params.meta.update({ROLE_KEY: Role.STRUCTURE, ROWS_KEY: "node"})
     users = list(node.users)
     with gm.graph.inserting_before(anchor):
         q = gm.graph.call_function(
             QUANTIZE, (node, consts["scale"], consts["zero_point"], consts["qmin"], consts["qmax"], qp.axis)
         )
         dq = gm.graph.call_function(DEQUANTIZE, (q, consts["scale"], consts["zero_point"], qp.axis))
-    for meta_key in ("qg_role", "qg_layer"):
+    for meta_key in (ROLE_KEY, LAYER_KEY):
         q.meta[meta_key] = dq.meta[meta_key] = node.meta.get(meta_key)
-    q.meta["qg_source"] = dq.meta["qg_source"] = node.name
+    q.meta[SOURCE_KEY] = dq.meta[SOURCE_KEY] = node.name
     for user in users:
         user.replace_input_with(node, dq)
     return dq
@@ -40,18 +51,21 @@ class InsertQDQPass(PassBase):
     description = "insert quantize/dequantize pairs after every node with calibrated parameters"
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
-        if any("qg_qspec" in n.meta and "qg_qparams" not in n.meta for n in gm.graph.nodes):
+        if any(QSPEC_KEY in n.meta and QPARAMS_KEY not in n.meta for n in gm.graph.nodes):
             raise InputError(
                 "annotated nodes have no quantization parameters", "run 'calibrate' before 'insert-qdq'"
             )
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
-        targets = [n for n in gm.graph.nodes if "qg_qparams" in n.meta and "qg_qdq" not in n.meta]
+        targets = [n for n in gm.graph.nodes if QPARAMS_KEY in n.meta and QDQ_KEY not in n.meta]
+        by_name = {n.name: n for n in gm.graph.nodes}
         for node in targets:
-            node.meta["qg_qdq"] = insert_qdq_after(gm, node, node.meta["qg_qparams"]).name
+            group = node.meta[QSPEC_KEY].group_index if QSPEC_KEY in node.meta else None
+            dq = insert_qdq_after(gm, node, node.meta[QPARAMS_KEY], by_name[group] if group else None)
+            node.meta[QDQ_KEY] = dq.name
         return PassResult(gm, bool(targets))
 
     def ensures(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         for node in gm.graph.nodes:
-            if "qg_qdq" in node.meta and any(u.target != QUANTIZE for u in node.users):
+            if QDQ_KEY in node.meta and any(u.target != QUANTIZE for u in node.users):
                 raise AssertionError(f"{node.name} still feeds an unquantized user")

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, fx
 
 from quantgraph.ir.int_ops import LINEAR_INT
+from quantgraph.ir.meta import ACCUMULATOR_KEY, INTEGER_KEY, LAYER_KEY, ROLE_KEY, ROWS_KEY
 from quantgraph.ir.ops import DEQUANTIZE, GATHER, QUANTIZE, SCATTER
 from quantgraph.passes.infra import add_constant
 from quantgraph.passes.qdq_params import const, dequantize_params
@@ -106,10 +107,10 @@ class IntFormBuilder:
         with self.gm.graph.inserting_before(before):
             node = self.gm.graph.call_function(target, args)
         if like is not None:
-            for key in ("qg_role", "qg_layer", "qg_rows"):
+            for key in (ROLE_KEY, LAYER_KEY, ROWS_KEY):
                 if key in like.meta:
                     node.meta[key] = like.meta[key]
-        node.meta["qg_integer"] = True
+        node.meta[INTEGER_KEY] = True
         return node
 
     def integers(self, form: IntForm, before: fx.Node) -> fx.Node:
@@ -221,11 +222,11 @@ class IntFormBuilder:
             new = self._call(SCATTER, (ints, index, num_nodes, "max"), node, node)
             return IntForm(new, src.scale, src.bound)
         new = self._call(SCATTER, (ints, index, num_nodes, "sum"), node, node)
-        new.meta["qg_accumulator"] = node.name  # the key of its AccumulatorBound
+        new.meta[ACCUMULATOR_KEY] = node.name  # the key of its AccumulatorBound
         degree = self.in_degree(node)
         bound = src.bound * degree
         self.accumulators.append(
-            AccumulatorBound(node.name, "aggregation", node.meta.get("qg_layer"), bound, degree, src.bound)
+            AccumulatorBound(node.name, "aggregation", node.meta.get(LAYER_KEY), bound, degree, src.bound)
         )
         form = IntForm(new, src.scale, bound)
         if reduce == "mean":
@@ -283,7 +284,7 @@ class IntFormBuilder:
         term = x.bound * w_params.bound()
         bound = width * term + bias_bound
         self.accumulators.append(
-            AccumulatorBound(node.name, "linear", node.meta.get("qg_layer"), bound, width, term)
+            AccumulatorBound(node.name, "linear", node.meta.get(LAYER_KEY), bound, width, term)
         )
         return IntForm(new, scale if scale.numel() > 1 else scale.reshape(()), bound)
 

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from quantgraph.errors import InputError
 from quantgraph.ir.fake_quant import strided_sample
-from quantgraph.ir.qspec import Granularity, QParams, QuantSpec
+from quantgraph.ir.qspec import Granularity, QParams, QuantSpec, default_percentile_tail
+from quantgraph.registry import Registry
 
 
 class Observer:
@@ -32,11 +33,26 @@ class Observer:
             return x, x
         return x.amin(dim=dims), x.amax(dim=dims)
 
-    def update(self, x: Tensor) -> None:
+    def group_bounds(self, x: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
+        """PER_GROUP: the range of the rows of each group (empty groups: +inf/-inf, i.e. no range yet)."""
+        count = int(self.spec.num_groups or 0)
+        rows = x.reshape(x.shape[0], -1)
+        lo = torch.full((count,), float("inf")).scatter_reduce(0, groups.long(), rows.amin(1), "amin")
+        hi = torch.full((count,), float("-inf")).scatter_reduce(0, groups.long(), rows.amax(1), "amax")
+        return lo, hi
+
+    def update(self, x: Tensor, groups: Tensor | None = None) -> None:
         x = x.detach().float()
         if x.numel() == 0:
             return
-        lo, hi = self.batch_bounds(x)
+        if self.spec.granularity == Granularity.PER_GROUP:
+            if groups is None:
+                raise InputError(
+                    "a per-group observer got no group index", "calibrate with the graph's groups"
+                )
+            lo, hi = self.group_bounds(x, groups)
+        else:
+            lo, hi = self.batch_bounds(x)
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
 
@@ -44,7 +60,10 @@ class Observer:
         if self.lo is None or self.hi is None:
             zero = torch.zeros(())
             return QParams.from_range(zero, zero, self.spec)
-        return QParams.from_range(self.lo, self.hi, self.spec)
+        lo, hi = self.lo, self.hi
+        if self.spec.granularity == Granularity.PER_GROUP:  # a group no row fell in: the range [0, 0]
+            lo, hi = torch.where(torch.isfinite(lo), lo, 0.0), torch.where(torch.isfinite(hi), hi, 0.0)
+        return QParams.from_range(lo, hi, self.spec)
 
 
 class MinMaxObserver(Observer):
@@ -58,7 +77,7 @@ class PercentileObserver(Observer):
     """
 
     def batch_bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        tail = dict(self.spec.observer_args).get("tail", 0.001 if self.spec.bits >= 8 else 0.01)
+        tail = dict(self.spec.observer_args).get("tail", default_percentile_tail(self.spec.bits))
         dims = self._reduce_dims(x)
         if len(dims) != x.dim():
             raise InputError(
@@ -127,10 +146,12 @@ class MSEObserver(Observer):
         super().__init__(spec)
         self.samples: list[Tensor] = []
 
-    def update(self, x: Tensor) -> None:
-        if len(self._reduce_dims(x)) != x.dim():
-            raise InputError("the mse observer supports per-tensor ranges only", "use observer='minmax'")
-        super().update(x)
+    def update(self, x: Tensor, groups: Tensor | None = None) -> None:
+        if self.spec.granularity != Granularity.PER_TENSOR:
+            raise InputError(
+                f"the {self.spec.observer} observer supports per-tensor ranges only", "use observer='minmax'"
+            )
+        super().update(x, groups)
         if x.numel():
             self.samples.append(strided_sample(x.detach().float().flatten(), MSE_SAMPLE))
 
@@ -209,16 +230,31 @@ class EntropyObserver(MSEObserver):
         return QParams.from_range(torch.maximum(self.lo, -t), torch.minimum(self.hi, t), self.spec)
 
 
-OBSERVERS: dict[str, type[Observer]] = {
-    "minmax": MinMaxObserver,
-    "percentile": PercentileObserver,
-    "mse": MSEObserver,
-    "relative-mse": RelativeMSEObserver,
-    "entropy": EntropyObserver,
-}
+#: Range methods by name (``QuantSpec.observer``); add one with :func:`register_observer` or the
+#: entry-point group ``quantgraph.observers``.
+def _adapt(name: str, obj: object) -> tuple[str, type[Observer]] | None:
+    return (name, obj) if isinstance(obj, type) and issubclass(obj, Observer) else None
+
+
+REGISTRY: Registry[type[Observer]] = Registry("observer", "quantgraph.observers", _adapt)
+REGISTRY.add("minmax", MinMaxObserver)
+REGISTRY.add("percentile", PercentileObserver)
+REGISTRY.add("mse", MSEObserver)
+REGISTRY.add("relative-mse", RelativeMSEObserver)
+REGISTRY.add("entropy", EntropyObserver)
+OBSERVERS = REGISTRY.entries  # name -> class (the registry's own table)
+
+
+def register_observer(name: str, cls: type[Observer]) -> type[Observer]:
+    """Make ``cls`` the range method called ``name`` (an :class:`Observer` subclass)."""
+    if not (isinstance(cls, type) and issubclass(cls, Observer)):
+        raise TypeError(f"{cls!r} is not an Observer subclass")
+    return REGISTRY.add(name, cls)
+
+
+def available_observers() -> dict[str, type[Observer]]:
+    return REGISTRY.available()
 
 
 def make_observer(spec: QuantSpec) -> Observer:
-    if spec.observer not in OBSERVERS:
-        raise InputError(f"unknown observer '{spec.observer}'", f"use one of {', '.join(OBSERVERS)}")
-    return OBSERVERS[spec.observer](spec)
+    return REGISTRY.get(spec.observer)(spec)

@@ -1,79 +1,89 @@
-"""Prepare quantization-aware training: a trainable ``FakeQuantize`` module after each annotated node."""
+"""Prepare quantization-aware training: a trainable quantizer module after each annotated node.
+
+The quantizer is the registered implementation the spec names (``spec.quantizer``, default
+``fake-quant``: :class:`~quantgraph.ir.fake_quant.FakeQuantize`).
+"""
 
 from __future__ import annotations
 
 from torch import fx
 
 from quantgraph.errors import InputError
-from quantgraph.ir.fake_quant import FakeQuantize
+from quantgraph.ir.meta import (
+    FAKE_QUANT_PREFIX,
+    LAYER_KEY,
+    QPARAMS_KEY,
+    QSPEC_KEY,
+    ROLE_KEY,
+    ROWS_KEY,
+    SOURCE_KEY,
+)
+from quantgraph.ir.qspec import default_percentile_tail
+from quantgraph.ir.quantizer import QuantizerSettings, get_quantizer, is_quantizer
+from quantgraph.options import PERCENTILE_TAIL, Option
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
 from quantgraph.passes.registry import register_pass
 
+STES = ("gc", "plain")
+
 
 def fake_quant_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    return [
-        n
-        for n in gm.graph.nodes
-        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), FakeQuantize)
-    ]
+    return [n for n in gm.graph.nodes if n.op == "call_module" and is_quantizer(gm.get_submodule(n.target))]
 
 
 def require_fake_quant(gm: fx.GraphModule, pass_name: str) -> None:
     """Precondition shared by the passes that work on prepared (fake-quantized) graphs."""
     if not fake_quant_nodes(gm):
-        raise InputError("the graph has no FakeQuantize modules", f"run 'prepare-qat' before '{pass_name}'")
-
-
-def default_tail(bits: int) -> float:
-    """Degree-Quant's percentile tails: 0.001 per side at INT8, 0.01 below."""
-    return 0.001 if bits >= 8 else 0.01
+        raise InputError(
+            "the graph has no FakeQuantize modules (quantizers)", f"run 'prepare-qat' before '{pass_name}'"
+        )
 
 
 @register_pass
 class PrepareQATPass(PassBase):
-    """Insert ``FakeQuantize`` after every annotated node (ranges start from calibration when present).
+    """Insert the spec's quantizer (``FakeQuantize`` by default) after every annotated node (ranges start from calibration when present).
 
     Each quantizer tracks percentile ranges when its spec's observer is "percentile", else min/max.
-    Options (``ctx.options``): ``percentile_tail``,
-    ``ema_momentum`` (None: running min/max), ``ste`` ("gc": zero gradient where saturated; "plain").
     """
 
     name = "prepare-qat"
     description = "insert trainable FakeQuantize modules (percentile/min-max ranges, STE) at annotated nodes"
+    options = (
+        Option(
+            "ste", str, "gc", "straight-through gradient: gc zeroes it where values saturate", choices=STES
+        ),
+        Option(
+            "ema_momentum", float, None, "range tracking by EMA with this momentum (unset: running min/max)"
+        ),
+        PERCENTILE_TAIL,
+    )
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
-        if not any("qg_qspec" in n.meta for n in gm.graph.nodes):
+        if not any(QSPEC_KEY in n.meta for n in gm.graph.nodes):
             raise InputError("no node is annotated for quantization", "run 'annotate' before 'prepare-qat'")
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
-        opts = ctx.options
-        ste = opts.get("ste", "gc")
-        if ste not in ("gc", "plain"):
-            raise InputError(f"unknown STE variant '{ste}'", "use ste='gc' (saturation-aware) or 'plain'")
-        targets = [n for n in gm.graph.nodes if "qg_qspec" in n.meta]
+        ste, momentum = self.option(ctx, "ste"), self.option(ctx, "ema_momentum")
+        tail_option = self.option(ctx, "percentile_tail")
+        targets = [n for n in gm.graph.nodes if QSPEC_KEY in n.meta]
         last_placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
         for node in targets:
-            spec = node.meta["qg_qspec"]
+            spec = node.meta[QSPEC_KEY]
             percentile = spec.observer == "percentile"
-            tail = (opts.get("percentile_tail") or default_tail(spec.bits)) if percentile else 0.0
-            module = FakeQuantize(
-                spec,
-                node.meta.get("qg_qparams"),
-                tail=tail,
-                momentum=opts.get("ema_momentum"),
-                clip_grad=ste == "gc",
-            )
-            name = f"qg_fq_{node.name}"
+            tail = (tail_option or default_percentile_tail(spec.bits)) if percentile else 0.0
+            settings = QuantizerSettings(tail=tail, momentum=momentum, clip_grad=ste == "gc")
+            module = get_quantizer(spec.quantizer).from_spec(spec, node.meta.get(QPARAMS_KEY), settings)
+            name = f"{FAKE_QUANT_PREFIX}{node.name}"
             gm.add_submodule(name, module)
             users = list(node.users)
             with gm.graph.inserting_after(last_placeholder if node.op == "placeholder" else node):
                 fq = gm.graph.call_module(name, (node,))
             fq.meta.update(
                 {
-                    "qg_source": node.name,
-                    "qg_role": node.meta.get("qg_role"),
-                    "qg_layer": node.meta.get("qg_layer"),
-                    "qg_rows": node.meta.get("qg_rows", "other"),
+                    SOURCE_KEY: node.name,
+                    ROLE_KEY: node.meta.get(ROLE_KEY),
+                    LAYER_KEY: node.meta.get(LAYER_KEY),
+                    ROWS_KEY: node.meta.get(ROWS_KEY, "other"),
                 }
             )
             for user in users:

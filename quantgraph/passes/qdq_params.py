@@ -8,11 +8,11 @@ import torch
 from torch import Tensor, fx
 
 from quantgraph.ir.int_ops import REQUANTIZE
+from quantgraph.ir.meta import EXACT_SCALE_KEY
 from quantgraph.ir.ops import DEQUANTIZE, QUANTIZE
-from quantgraph.ir.reference import EXACT_SCALE
 from quantgraph.passes.infra import attr_tensor
 
-__all__ = ["EXACT_SCALE", "QuantParams", "const", "dequantize_params", "quantize_params"]
+__all__ = ["QuantParams", "const", "dequantize_params", "quantize_params"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def dequantize_params(gm: fx.GraphModule, dq: fx.Node) -> QuantParams | None:
     scale, zp = const(gm, scale_arg), const(gm, zp_arg)
     if scale is None or zp is None:
         return None
-    exact = dq.meta.get(EXACT_SCALE)
+    exact = dq.meta.get(EXACT_SCALE_KEY)
     scale64 = (exact if exact is not None else scale).to(torch.float64)
     zp64 = zp.to(torch.int64)
     if isinstance(q, fx.Node) and q.target in (QUANTIZE, REQUANTIZE):

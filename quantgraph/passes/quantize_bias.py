@@ -6,7 +6,7 @@
   ``DQ(round(b / s_q), s_q)``.
 
 The bias scale is stored as float32 for the Q/DQ model; the exact float64 product is kept in the
-dequantize's ``meta[EXACT_SCALE]`` so the integer rewrite and the float64 reference agree bit for bit.
+dequantize's ``meta[EXACT_SCALE_KEY]`` so the integer rewrite and the float64 reference agree bit for bit.
 After this pass the Q/DQ model is the reference the integer IR must equal.
 """
 
@@ -16,12 +16,13 @@ import torch
 from torch import Tensor, fx
 
 from quantgraph.errors import InputError
+from quantgraph.ir.int_ops import INT32_MAX
+from quantgraph.ir.meta import EXACT_SCALE_KEY, LAYER_KEY, ROLE_KEY
 from quantgraph.ir.ops import DEQUANTIZE
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult, add_constant
-from quantgraph.passes.qdq_params import EXACT_SCALE, const, dequantize_params
+from quantgraph.passes.qdq_params import const, dequantize_params
 from quantgraph.passes.registry import register_pass
 
-INT32_MAX = 2**31 - 1
 aten = torch.ops.aten
 
 
@@ -39,9 +40,9 @@ def _bias_dq(gm: fx.GraphModule, user: fx.Node, bias: fx.Node, scale: Tensor, ax
     z = add_constant(gm, f"{prefix}_zero_point", torch.zeros(scale.shape, dtype=torch.int32), user)
     with gm.graph.inserting_before(user):
         dq = gm.graph.call_function(DEQUANTIZE, (q, s, z, axis))
-    dq.meta[EXACT_SCALE] = scale
-    dq.meta["qg_role"] = user.meta.get("qg_role")
-    dq.meta["qg_layer"] = user.meta.get("qg_layer")
+    dq.meta[EXACT_SCALE_KEY] = scale
+    dq.meta[ROLE_KEY] = user.meta.get(ROLE_KEY)
+    dq.meta[LAYER_KEY] = user.meta.get(LAYER_KEY)
     return dq
 
 

@@ -23,10 +23,9 @@ range it learned, replaces the mixture, and the source node's ``qg_qspec`` gets 
 target) or raise (while the mean stays at most the target) one point by one candidate step, each time
 the step that gives up the least logit (smallest ``alpha_now - alpha_next``).
 
-Options: ``lambda`` (default 0.1), ``bit_candidates`` (default (2, 4, 8); a list or "2,4,8"),
-``search_epochs`` (default 40), ``target_bits``, ``cost``, ``search_on``, ``logit_scale`` (default 20),
-and the training options ``lr``, ``weight_decay``, ``seed``, ``batch_size`` (defaults as in
-``train-qat``).
+Options: ``lambda``, ``bit_candidates``, ``search_epochs``, ``target_bits``, ``cost``, ``search_on``,
+``logit_scale`` and ``train-qat``'s training options; their defaults are declared below
+(``quantgraph passes --options search-bits``).
 """
 
 from __future__ import annotations
@@ -43,20 +42,27 @@ from torch import Tensor, fx
 
 from quantgraph.bitops import FP32_BITS, mac_terms, node_shapes, point_bits, term_bitops
 from quantgraph.errors import InputError
-from quantgraph.ir.mixed_fake_quant import DEFAULT_CANDIDATES, MixedPrecisionFakeQuantize, check_candidates
+from quantgraph.ir.fake_quant import FakeQuantize
+from quantgraph.ir.meta import LAYER_KEY, QSPEC_KEY, ROLE_KEY, SOURCE_KEY
+from quantgraph.ir.mixed_fake_quant import (
+    DEFAULT_CANDIDATES,
+    MixedPrecisionFakeQuantize,
+    argmax_prefer_last,
+    check_candidates,
+)
+from quantgraph.ir.qspec import default_percentile_tail
+from quantgraph.options import PERCENTILE_TAIL, Option
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
-from quantgraph.passes.prepare_qat import default_tail, fake_quant_nodes, require_fake_quant
+from quantgraph.passes.prepare_qat import fake_quant_nodes, require_fake_quant
 from quantgraph.passes.registry import register_pass
-from quantgraph.passes.train_qat import GRAPH_TASK_DEFAULTS, NODE_TASK_DEFAULTS, require_labelled_task
+from quantgraph.passes.train_qat import (
+    BATCH_SIZE,
+    TRAINING_OPTIONS,
+    require_labelled_task,
+    training_hyperparameters,
+)
 from quantgraph.training import collate_graphs, train_graph_classifier, train_node_classifier
 
-DEFAULTS: dict[str, Any] = {
-    "lambda": 0.1,
-    "search_epochs": 40,
-    "logit_scale": 20.0,
-    "cost": "bitops",
-    "search_on": "val",
-}
 COSTS = ("bitops", "bits")
 SEARCH_SPLITS = ("val", "train")
 
@@ -73,21 +79,24 @@ def parse_candidates(value: Any) -> tuple[int, ...]:
     return check_candidates(list(value))
 
 
-def _number(opts: dict[str, Any], key: str, kind: type, minimum: float) -> Any:
-    value = opts.get(key, DEFAULTS.get(key))
-    try:
-        number = kind(value)
-        whole = kind is float or float(value) == number
-    except (TypeError, ValueError, OverflowError) as err:
-        raise InputError(f"{key}={value!r} is not a number", f"give {key} as a {kind.__name__}") from err
-    if isinstance(value, bool) or not whole or not number >= minimum or not math.isfinite(number):
-        raise InputError(f"{key}={value!r} is invalid", f"use a finite {key} >= {minimum}")
-    return number
+LAMBDA = Option(
+    "lambda", float, 0.1, "weight of the cost penalty (expected BitOPs / FP32 BitOPs)", minimum=0.0
+)
+SEARCH_EPOCHS = Option("search_epochs", int, 40, "epochs of the bitwidth search", minimum=1)
+LOGIT_SCALE = Option("logit_scale", float, 20.0, "bit logits are used as logit_scale * alpha", minimum=1e-6)
+COST = Option("cost", str, "bitops", "penalty: expected BitOPs, or mean expected bits", choices=COSTS)
+SEARCH_ON = Option("search_on", str, "val", "loss that trains the bit logits", choices=SEARCH_SPLITS)
+BIT_CANDIDATES = Option(
+    "bit_candidates", parse_candidates, DEFAULT_CANDIDATES, "candidate bitwidths, e.g. 2,4,8"
+)
+TARGET_BITS = Option(
+    "target_bits", float, None, "fit the chosen bits to this mean bitwidth (at most); unset: argmax"
+)
 
 
 def choose_bits(logits: Sequence[Tensor], bits: Sequence[int], target: float | None = None) -> list[int]:
     """Index of the chosen candidate per point: argmax (ties: wider), then the greedy ``target`` fit."""
-    choice = [len(bits) - 1 - int(torch.argmax(torch.flip(a.detach(), (0,)))) for a in logits]
+    choice = [argmax_prefer_last(a) for a in logits]
     if target is None or not logits:
         return choice
     total, limit = sum(bits[c] for c in choice), target * len(choice)
@@ -143,7 +152,7 @@ def _val_loss(
         data = ctx.task_data["node"]
         batches = [((data.x, data.edge_index), data.y, data.val_mask)]
     else:
-        size = int(ctx.options.get("batch_size", 32))
+        size = BATCH_SIZE.read(ctx.options)
         val = list(graphs["val"])
         batches = []
         for i in range(0, len(val), size):
@@ -176,6 +185,17 @@ class SearchBitsPass(PassBase):
 
     name = "search-bits"
     description = "MixQ mixed precision: learn a bitwidth per quantization point under a BitOPs penalty"
+    options = (
+        LAMBDA,
+        SEARCH_EPOCHS,
+        LOGIT_SCALE,
+        COST,
+        SEARCH_ON,
+        BIT_CANDIDATES,
+        TARGET_BITS,
+        PERCENTILE_TAIL,
+        *TRAINING_OPTIONS,
+    )
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         require_fake_quant(gm, self.name)
@@ -184,27 +204,24 @@ class SearchBitsPass(PassBase):
             raise InputError("no calibration graph was given", "pass --data with a graph to count BitOPs on")
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
-        opts = ctx.options
-        lam = _number(opts, "lambda", float, 0.0)
-        epochs = _number(opts, "search_epochs", int, 1)
-        scale = _number(opts, "logit_scale", float, 1e-6)
-        bits = parse_candidates(opts.get("bit_candidates"))
-        kind, split = opts.get("cost", DEFAULTS["cost"]), opts.get("search_on", DEFAULTS["search_on"])
-        if kind not in COSTS:
-            raise InputError(f"unknown search cost '{kind}'", f"use one of {', '.join(COSTS)}")
-        if split not in SEARCH_SPLITS:
-            raise InputError(f"unknown search split '{split}'", f"use one of {', '.join(SEARCH_SPLITS)}")
-        target = opts.get("target_bits")
-        if target is not None:
-            target = _number(opts, "target_bits", float, bits[0])
+        lam, epochs = self.option(ctx, "lambda"), self.option(ctx, "search_epochs")
+        scale, bits = self.option(ctx, "logit_scale"), self.option(ctx, "bit_candidates")
+        kind, split = self.option(ctx, "cost"), self.option(ctx, "search_on")
+        target = self.option(ctx, "target_bits")
+        if target is not None and not (math.isfinite(target) and target >= bits[0]):
+            raise InputError(f"target_bits={target!r} is invalid", f"use a finite target_bits >= {bits[0]}")
+        tail = self.option(ctx, "percentile_tail")
 
         nodes = fake_quant_nodes(gm)
         mixed: list[MixedPrecisionFakeQuantize] = []
         for fq in nodes:
             module = gm.get_submodule(fq.target)
-            tails = (
-                {b: opts.get("percentile_tail") or default_tail(b) for b in bits} if module.tail > 0 else None
-            )
+            if not isinstance(module, FakeQuantize):
+                raise InputError(
+                    f"search-bits needs fake-quant quantizers; {fq.meta[SOURCE_KEY]} has '{module.kind}'",
+                    "annotate with QuantSpec(quantizer='fake-quant') before the search",
+                )
+            tails = {b: tail or default_percentile_tail(b) for b in bits} if module.tail > 0 else None
             mix = MixedPrecisionFakeQuantize.from_fake_quant(module, bits, tails=tails, logit_scale=scale)
             gm.add_submodule(fq.target, mix)
             mixed.append(mix)
@@ -230,14 +247,14 @@ class SearchBitsPass(PassBase):
         for fq, mix, index in zip(nodes, mixed, choice, strict=True):
             chosen = mix.candidates[index]
             gm.add_submodule(fq.target, chosen)
-            source = next(n for n in gm.graph.nodes if n.name == fq.meta["qg_source"])
-            source.meta["qg_qspec"] = chosen.spec
-            role = fq.meta.get("qg_role")
+            source = next(n for n in gm.graph.nodes if n.name == fq.meta[SOURCE_KEY])
+            source.meta[QSPEC_KEY] = chosen.spec
+            role = fq.meta.get(ROLE_KEY)
             points.append(
                 {
                     "node": source.name,
                     "role": role.value if role is not None else None,
-                    "layer": fq.meta.get("qg_layer"),
+                    "layer": fq.meta.get(LAYER_KEY),
                     "bits": chosen.spec.bits,
                     "probabilities": [round(p, 4) for p in mix.probabilities().tolist()],
                     "elements": math.prod(shapes.get(fq.name, ())),
@@ -260,24 +277,12 @@ class SearchBitsPass(PassBase):
             "logit_scale": scale,
             "search_val_acc": result.val_acc,
             "search_seconds": round(seconds, 2),
+            "search_history": result.history,
         }
         return PassResult(gm, True)
 
-    @staticmethod
-    def _train(gm: fx.GraphModule, ctx: CompileContext, epochs: int, penalty: Callable[[], Tensor]):
-        opts = ctx.options
-        defaults = GRAPH_TASK_DEFAULTS if ctx.task_data.get("graphs") is not None else NODE_TASK_DEFAULTS
-        hp = {
-            "epochs": epochs,
-            "lr": float(opts.get("lr") or defaults["lr"]),
-            "weight_decay": float(
-                opts["weight_decay"] if opts.get("weight_decay") is not None else defaults["weight_decay"]
-            ),
-            "seed": int(opts.get("seed", 0)),
-            "progress": ctx.progress,
-            "penalty": penalty,
-            "restore_best": False,
-        }
+    def _train(self, gm: fx.GraphModule, ctx: CompileContext, epochs: int, penalty: Callable[[], Tensor]):
+        hp = {**training_hyperparameters(ctx, epochs), "penalty": penalty, "restore_best": False}
         graphs = ctx.task_data.get("graphs")
         if graphs is not None:
             return train_graph_classifier(
@@ -286,7 +291,7 @@ class SearchBitsPass(PassBase):
                 graphs["val"],
                 (),
                 forward=lambda x, ei, b: gm(x, ei, b)[0],
-                batch_size=int(opts.get("batch_size", 32)),
+                batch_size=self.option(ctx, "batch_size"),
                 **hp,
             )
         return train_node_classifier(gm, ctx.task_data["node"], forward=lambda x, ei: gm(x, ei)[0], **hp)

@@ -1,4 +1,4 @@
-"""Tag every IR node with its role (``meta["qg_role"]``) and layer index (``meta["qg_layer"]``).
+"""Tag every IR node with its role (``meta[ROLE_KEY]``) and layer index (``meta[LAYER_KEY]``).
 
 Roles follow the data flow: values that depend only on the graph structure are STRUCTURE; linear
 outputs, gathered rows, messages (what is scattered), per-edge weights that multiply messages,
@@ -13,6 +13,7 @@ import importlib
 import torch
 from torch import fx
 
+from quantgraph.ir.meta import LAYER_KEY, ROLE_KEY, ROWS_KEY
 from quantgraph.ir.ops import GATHER, SCATTER
 from quantgraph.ir.roles import Role
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult, attr_tensor
@@ -138,9 +139,9 @@ class TagRolesPass(PassBase):
         layers = self._layers(gm)
         num_nodes = self._num_nodes_symbol(gm)
         for node, role in roles.items():
-            node.meta["qg_role"] = role
-            node.meta["qg_layer"] = layers.get(node)
-            node.meta["qg_rows"] = self._rows(node, edge_level.get(node, False), num_nodes)
+            node.meta[ROLE_KEY] = role
+            node.meta[LAYER_KEY] = layers.get(node)
+            node.meta[ROWS_KEY] = self._rows(node, edge_level.get(node, False), num_nodes)
         ctx.report["roles"] = {
             r.value: sum(1 for v in roles.values() if v == r) for r in Role if r in roles.values()
         }

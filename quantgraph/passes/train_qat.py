@@ -1,7 +1,8 @@
 """Quantization-aware training inside ``compile``: fine-tune the prepared IR on the labelled data.
 
 The checkpoint (weights and fake-quant ranges) with the best validation accuracy is kept; test
-accuracy is never used for selection. Options: ``epochs``, ``lr``, ``weight_decay``, ``seed``.
+accuracy is never used for selection. Options: ``EPOCHS``, ``LR``, ``WEIGHT_DECAY``, ``SEED``, ``BATCH_SIZE``
+(declared here; ``search-bits`` shares them).
 
 Defaults depend on the task. Node classification: lr 0.005, weight decay 5e-4 (Degree-Quant's). Graph
 classification: lr 0.001 without weight decay; the node defaults wreck a graph-level GIN trained at lr
@@ -13,6 +14,7 @@ from __future__ import annotations
 from torch import fx
 
 from quantgraph.errors import InputError
+from quantgraph.options import SEED, Option
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
 from quantgraph.passes.prepare_qat import require_fake_quant
 from quantgraph.passes.registry import register_pass
@@ -20,6 +22,29 @@ from quantgraph.training import train_graph_classifier, train_node_classifier
 
 NODE_TASK_DEFAULTS = {"lr": 0.005, "weight_decay": 5e-4}
 GRAPH_TASK_DEFAULTS = {"lr": 0.001, "weight_decay": 0.0}
+
+EPOCHS = Option("epochs", int, 100, "fine-tuning epochs (the best-validation epoch is kept)")
+LR = Option("lr", float, None, "learning rate (unset: 0.005 for node tasks, 0.001 for graph tasks)")
+WEIGHT_DECAY = Option(
+    "weight_decay", float, None, "weight decay (unset: 5e-4 for node tasks, 0 for graph tasks)"
+)
+BATCH_SIZE = Option("batch_size", int, 32, "graphs per mini-batch (graph classification)")
+TRAINING_OPTIONS = (LR, WEIGHT_DECAY, SEED, BATCH_SIZE)
+
+
+def training_hyperparameters(ctx: CompileContext, epochs: int) -> dict:
+    """epochs, lr, weight decay and seed for a training pass: given options, else the task's defaults."""
+    opts = ctx.options
+    defaults = GRAPH_TASK_DEFAULTS if ctx.task_data.get("graphs") is not None else NODE_TASK_DEFAULTS
+    lr, weight_decay = LR.read(opts), WEIGHT_DECAY.read(opts)
+    return {
+        "epochs": epochs,
+        "lr": float(lr or defaults["lr"]),
+        "weight_decay": float(weight_decay if weight_decay is not None else defaults["weight_decay"]),
+        "seed": int(SEED.read(opts)),
+        "progress": ctx.progress,
+    }
+
 
 NO_LABELS_FIX = (
     "QAT needs labels with train/validation splits; use --policy minmax for post-training quantization"
@@ -42,23 +67,14 @@ class TrainQATPass(PassBase):
 
     name = "train-qat"
     description = "quantization-aware fine-tuning with best-validation checkpoint selection"
+    options = (EPOCHS, *TRAINING_OPTIONS)
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         require_fake_quant(gm, self.name)
         require_labelled_task(ctx)
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
-        opts = ctx.options
-        defaults = GRAPH_TASK_DEFAULTS if ctx.task_data.get("graphs") is not None else NODE_TASK_DEFAULTS
-        hp = {
-            "epochs": int(opts.get("epochs", 100)),
-            "lr": float(opts.get("lr") or defaults["lr"]),
-            "weight_decay": float(
-                opts["weight_decay"] if opts.get("weight_decay") is not None else defaults["weight_decay"]
-            ),
-            "seed": int(opts.get("seed", 0)),
-            "progress": ctx.progress,
-        }
+        hp = training_hyperparameters(ctx, self.option(ctx, "epochs"))
         graphs = ctx.task_data.get("graphs")
         if graphs is not None:
             train, val = graphs["train"], graphs["val"]
@@ -68,7 +84,7 @@ class TrainQATPass(PassBase):
                 val,
                 (),
                 forward=lambda x, ei, b: gm(x, ei, b)[0],
-                batch_size=int(opts.get("batch_size", 32)),
+                batch_size=self.option(ctx, "batch_size"),
                 **hp,
             )
         else:
@@ -82,5 +98,6 @@ class TrainQATPass(PassBase):
             "val_acc": result.val_acc,
             "seconds": round(result.seconds, 2),
             **{k: v for k, v in hp.items() if k != "progress"},
+            "history": result.history,
         }
         return PassResult(gm, True)

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from importlib.metadata import entry_points
 from typing import Any
 
 from quantgraph.errors import InputError
 from quantgraph.ir.qspec import QuantSpec, check_bits
 from quantgraph.ir.roles import Role
+from quantgraph.options import Option
+from quantgraph.passes.observers import available_observers
+from quantgraph.registry import Registry
 
-#: Range methods for activations (weights always use their min/max): ORT's ``calibrate_method`` analogue.
-CALIBRATION_METHODS = ("minmax", "percentile", "mse", "relative-mse", "entropy")
+#: The passes that turn a traced graph into the canonical IR (every policy starts with them).
+GRAPH_PASSES = ("canonicalize", "tag-roles")
 
 QConfigBuilder = Callable[[int], dict[Role, QuantSpec]]
 
 
 @dataclass(frozen=True)
 class Policy:
-    """A named pipeline: pass names in order, a bits -> (role -> spec) builder, and default options."""
+    """A named pipeline: pass names in order, a bits -> (role -> spec) builder, and default options.
+
+    ``defaults`` override declared options' defaults for this policy (a choice of the method, e.g. plain
+    STE for ``qat``); ``options`` declares keys only this policy's builder reads.
+    """
 
     name: str
     description: str
@@ -28,22 +34,23 @@ class Policy:
     default_bits: int = 8
     quantizes: bool = True
     defaults: dict[str, Any] = field(default_factory=dict)
+    options: tuple[Option, ...] = ()
 
     def build_qconfig(
         self, bits: int, calibration: str | None = None, tail: float | None = None
     ) -> dict[Role, QuantSpec]:
         """Role -> spec at ``bits``; ``calibration`` overrides the range method of activations.
 
-        Input features keep min/max: a percentile cut zeroes sparse bag-of-words inputs. ``mse`` picks
-        each activation range minimising the quantization error on the calibration graph (no labels).
+        Input features keep min/max: a percentile cut zeroes sparse bag-of-words inputs.
         """
         check_bits(bits)
         qconfig = self.qconfig(bits) if self.qconfig is not None else {}
         if calibration is None:
             return qconfig
-        if calibration not in CALIBRATION_METHODS:
+        methods = available_observers()  # range methods, ORT's ``calibrate_method`` analogue
+        if calibration not in methods:
             raise InputError(
-                f"unknown calibration method '{calibration}'", f"use one of {', '.join(CALIBRATION_METHODS)}"
+                f"unknown calibration method '{calibration}'", f"use one of {', '.join(methods)}"
             )
         args = (("tail", float(tail)),) if calibration == "percentile" and tail is not None else ()
         fixed = (Role.WEIGHT, Role.INPUT)  # weights and input data keep their full min/max range
@@ -65,33 +72,27 @@ def without_roles(qconfig: dict[Role, QuantSpec], names: Sequence[str] | None) -
     return {role: spec for role, spec in qconfig.items() if role not in skipped}
 
 
-_POLICIES: dict[str, Policy] = {}
-_entry_points_loaded = False
+def _builtin_policies() -> None:
+    import quantgraph.policies.builtin  # noqa: F401  (registers the built-in policies)
+
+
+def _adapt(name: str, obj: object) -> tuple[str, Policy] | None:
+    policy = obj() if callable(obj) and not isinstance(obj, Policy) else obj
+    return (policy.name, policy) if isinstance(policy, Policy) else None
+
+
+POLICIES: Registry[Policy] = Registry(
+    "policy", "quantgraph.policies", _adapt, _builtin_policies, fix="(see `quantgraph passes`)"
+)
 
 
 def register_policy(policy: Policy) -> Policy:
-    _POLICIES[policy.name] = policy
-    return policy
+    return POLICIES.add(policy.name, policy)
 
 
 def available_policies() -> dict[str, Policy]:
-    global _entry_points_loaded
-    import quantgraph.policies.builtin  # noqa: F401  (registers the built-in policies)
-
-    if not _entry_points_loaded:
-        _entry_points_loaded = True
-        for ep in entry_points(group="quantgraph.policies"):
-            obj = ep.load()
-            policy = obj() if callable(obj) and not isinstance(obj, Policy) else obj
-            if isinstance(policy, Policy):
-                _POLICIES.setdefault(policy.name, policy)
-    return dict(sorted(_POLICIES.items()))
+    return POLICIES.available()
 
 
 def get_policy(name: str) -> Policy:
-    policies = available_policies()
-    if name not in policies:
-        raise InputError(
-            f"unknown policy '{name}'", f"choose one of {', '.join(policies)} (see `quantgraph passes`)"
-        )
-    return policies[name]
+    return POLICIES.get(name)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from quantgraph.ir.qspec import Granularity, QuantSpec
 from quantgraph.ir.roles import QUANTIZABLE_ROLES, Role
-from quantgraph.policies.base import Policy, QConfigBuilder, register_policy
+from quantgraph.policies.base import GRAPH_PASSES, Policy, QConfigBuilder, register_policy
 
-GRAPH_PASSES = ("canonicalize", "tag-roles")
 PTQ_PASSES = (*GRAPH_PASSES, "annotate", "calibrate", "insert-qdq")
 
 
@@ -79,7 +78,7 @@ QAT = register_policy(
         description="plain quantization-aware training: fake-quant at every role, min/max ranges, plain STE",
         pipeline=QAT_PASSES,
         qconfig=per_tensor_affine_qconfig("minmax"),
-        defaults={"trace_training": True, "ste": "plain", "epochs": 100},
+        defaults={"trace_training": True, "ste": "plain"},
     )
 )
 
@@ -89,7 +88,7 @@ DEGREE_QUANT = register_policy(
         description="Degree-Quant QAT: percentile ranges, saturation-aware STE, degree-based protective masks",
         pipeline=DEGREE_QUANT_PASSES,
         qconfig=per_tensor_affine_qconfig("percentile"),
-        defaults={"trace_training": True, "ste": "gc", "epochs": 100},
+        defaults={"trace_training": True},
     )
 )
 
@@ -122,6 +121,6 @@ MIXQ = register_policy(
         description="MixQ mixed precision: a learned bitwidth per quantization point (BitOPs penalty), then QAT",
         pipeline=MIXQ_PASSES,
         qconfig=mixq_qconfig,
-        defaults={"trace_training": True, "ste": "gc", "epochs": 100},
+        defaults={"trace_training": True},
     )
 )

@@ -1,0 +1,1 @@
+"""Plug-ins defined outside ``quantgraph/``, registered through the public registry APIs."""

@@ -1,0 +1,171 @@
+"""`.pt2` files never unpickle untrusted bytes without --trust-pickle (issue 10, code execution)."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantgraph.cli import main
+from quantgraph.errors import InputError
+from quantgraph.frontend import load_model
+from quantgraph.models import build_model
+
+from .payloads import marker_pickle, marker_torch_save, rewrite_zip, zip_root
+
+
+class Small(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+@pytest.fixture(scope="module")
+def clean_pt2(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pt2") / "clean.pt2"
+    torch.export.save(torch.export.export(Small(), (torch.randn(5, 4),)), path)
+    return path
+
+
+def _weights_config(path: Path) -> dict:
+    with zipfile.ZipFile(path) as z:
+        (name,) = [n for n in z.namelist() if n.endswith("model_weights_config.json")]
+        return json.loads(z.read(name))
+
+
+def _payload(kind: str, clean: Path, dst: Path, marker: Path) -> None:
+    root = zip_root(clean)
+    if kind == "sample_inputs":
+        rewrite_zip(clean, dst, {"data/sample_inputs/model.pt": marker_torch_save(marker)})
+    elif kind == "use_pickle_weight":
+        config = _weights_config(clean)
+        entry = config["config"]["lin.weight"]
+        entry["use_pickle"] = True
+        rewrite_zip(
+            clean,
+            dst,
+            {
+                "data/weights/model_weights_config.json": json.dumps(config).encode(),
+                f"data/weights/{entry['path_name']}": marker_torch_save(marker),
+            },
+        )
+    elif kind == "opaque_constant":
+        config = {
+            "config": {
+                "evil": {
+                    "path_name": "opaque_obj_0",
+                    "is_param": False,
+                    "use_pickle": True,
+                    "tensor_meta": None,
+                }
+            }
+        }
+        rewrite_zip(
+            clean,
+            dst,
+            {"data/constants/model_constants_config.json": json.dumps(config).encode()},
+            {f"{root}/data/constants/opaque_obj_0": marker_pickle(marker)},
+        )
+    elif kind == "legacy_weights":
+        rewrite_zip(clean, dst, {}, {f"{root}/data/weights/model.pt": marker_torch_save(marker)})
+    else:
+        raise ValueError(kind)
+
+
+PAYLOADS = ["sample_inputs", "use_pickle_weight", "opaque_constant", "legacy_weights"]
+
+
+@pytest.mark.parametrize("kind", PAYLOADS)
+def test_payload_is_live_in_plain_torch_export_load(kind, clean_pt2, tmp_path):
+    """The payloads are real: torch.export.load itself runs them (so the refusals below mean something)."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt2"
+    _payload(kind, clean_pt2, evil, marker)
+    try:
+        torch.export.load(evil)
+    except Exception:
+        pass
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("kind", PAYLOADS)
+def test_pt2_payload_is_refused_without_trust_pickle(kind, clean_pt2, tmp_path):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt2"
+    _payload(kind, clean_pt2, evil, marker)
+    with pytest.raises(InputError, match="--trust-pickle"):
+        load_model(evil)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("command", ["compile", "inspect"])
+def test_pt2_payload_refused_by_cli(command, clean_pt2, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.pt2"
+    _payload("sample_inputs", clean_pt2, evil, marker)
+    args = [command, str(evil)]
+    if command == "compile":
+        args += ["--data", "synthetic", "-o", str(tmp_path / "m.onnx"), "--quiet"]
+    assert main(args) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pickled" in err[0]
+    assert not marker.exists()
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_aotinductor_member_is_refused(clean_pt2, tmp_path):
+    evil = tmp_path / "aoti.pt2"
+    rewrite_zip(clean_pt2, evil, {}, {f"{zip_root(clean_pt2)}/data/aotinductor/model/x.so": b"\x7fELF"})
+    with pytest.raises(InputError, match="compiled code"):
+        load_model(evil)
+
+
+def test_clean_zoo_model_pt2_still_loads(tmp_path):
+    model = build_model("gcn", in_channels=6, out_channels=3).eval()
+    x, edge_index = torch.randn(10, 6), torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+    ep = torch.export.export(model, (x, edge_index))
+    path = tmp_path / "gcn.pt2"
+    torch.export.save(ep, path)
+    loaded = load_model(path)
+    assert isinstance(loaded, torch.export.ExportedProgram)
+    torch.testing.assert_close(loaded.module()(x, edge_index), model(x, edge_index))
+
+
+def test_trust_pickle_still_loads_pickled_weights(clean_pt2, tmp_path):
+    """--trust-pickle keeps torch's own loader: a use_pickle weight (here a real tensor) loads."""
+    import io
+
+    config = _weights_config(clean_pt2)
+    entry = config["config"]["lin.weight"]
+    entry["use_pickle"] = True
+    buf = io.BytesIO()
+    torch.save(torch.nn.Parameter(torch.ones(3, 4)), buf)
+    path = tmp_path / "pickled_weight.pt2"
+    rewrite_zip(
+        clean_pt2,
+        path,
+        {
+            "data/weights/model_weights_config.json": json.dumps(config).encode(),
+            f"data/weights/{entry['path_name']}": buf.getvalue(),
+        },
+    )
+    with pytest.raises(InputError, match="use_pickle"):
+        load_model(path)
+    ep = load_model(path, trust_pickle=True)
+    assert torch.equal(ep.state_dict["lin.weight"], torch.ones(3, 4))
+
+
+def test_zip_bomb_pt2_is_refused(tmp_path):
+    path = tmp_path / "bomb.pt2"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("bomb/archive_format", b"pt2")
+        z.writestr("bomb/data/weights/weight_0", b"\0" * (64 << 20))
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(InputError, match="decompression bomb"):
+        load_model(path)
