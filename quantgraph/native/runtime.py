@@ -34,6 +34,7 @@ from quantgraph.native.artifact import Program, Step, load_program, references, 
 from quantgraph.native.fusion import FusedStep, plan
 from quantgraph.native.opnames import OPERATORS
 from quantgraph.native.order import ORDERS, inverse, node_order
+from quantgraph.native.program_check import check_program, resolve_allowed
 
 NATIVE_OPS = (
     "native.csr",
@@ -53,16 +54,7 @@ def resolve_op(op: str) -> Callable[..., Any] | None:
     library, _, rest = op.partition(".")
     if library == "operator" and rest in OPERATORS:
         return OPERATORS[rest]
-    name, _, overload = rest.rpartition(".")
-    if library in LIBRARIES and name:
-        try:
-            return getattr(getattr(getattr(torch.ops, library), name), overload)
-        except (AttributeError, RuntimeError):
-            pass
-    raise InputError(
-        f"the native model uses op {op!r}, which this runtime does not know",
-        "re-compile the model with this version of quantgraph",
-    )
+    return resolve_allowed(op)  # only allow-listed ATen/quantgraph ops (see native.program_check)
 
 
 @dataclass
@@ -96,6 +88,7 @@ class NativeModel:
     order: str = "none"  # node order of prepare: none, degree or rcm (see NativeModel.prepare)
 
     def __post_init__(self) -> None:
+        check_program(self.program)  # allow-listed ops, argument kinds, arrays: before anything runs
         self._ops = {s.out: resolve_op(s.op) for s in self.program.steps}
         self._tensors = {k: torch.from_numpy(np.array(v)) for k, v in self.program.arrays.items()}
         self._narrow: set[str] = {  # int8 outputs of native steps whose IR value is int32
@@ -300,7 +293,14 @@ class NativeModel:
         if fn is not None:
             args = [self._decode(a, values) for a in step.args]
             kwargs = {k: self._decode(v, values) for k, v in step.kwargs.items()}
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except (RuntimeError, ValueError, IndexError, TypeError, MemoryError) as err:
+                detail = " ".join(str(err).split())[:160]
+                raise InputError(
+                    f"step {step.out} ({step.op}) of the native model failed on these inputs ({detail})",
+                    "check that the data matches the model (feature width, edge_index), or re-compile it",
+                ) from None
         native = {
             "native.csr": self._csr,
             "native.aggregate": self._aggregate,
