@@ -468,7 +468,7 @@ def test_bad_inputs_raise_one_line_input_errors() -> None:
 
 
 def test_missing_compiler_is_a_clear_input_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(build, "_loaded", None)
+    monkeypatch.setattr(build, "_loaded", {})
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setenv("PATH", str(tmp_path))  # no cc / gcc / clang to fall back to
     assert not build.available()
@@ -488,7 +488,7 @@ def test_broken_cc_falls_back_to_the_compilers_on_path(
 ) -> None:
     broken = _fake_compiler(tmp_path, "brokencc")
     for cc in ("/nonexistent/cc", str(broken), f"{broken} -O2", "'unbalanced"):
-        monkeypatch.setattr(build, "_loaded", None)
+        monkeypatch.setattr(build, "_loaded", {})
         monkeypatch.setenv("CC", cc)
         candidates = build.compiler_candidates()
         assert candidates and build.available()
@@ -501,7 +501,7 @@ def test_broken_cc_falls_back_to_the_compilers_on_path(
 
 
 def test_no_working_compiler_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(build, "_loaded", None)
+    monkeypatch.setattr(build, "_loaded", {})
     monkeypatch.setenv("QUANTGRAPH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PATH", str(tmp_path))
     _fake_compiler(tmp_path, "cc")
@@ -520,7 +520,7 @@ def test_library_is_cached_by_hash(lib: build.NativeLib) -> None:
 
 def test_portable_build_without_vnni_or_openmp_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     """The plain-C fallbacks (scalar GEMM, no OpenMP) give the same integers."""
-    monkeypatch.setattr(build, "_loaded", None)
+    monkeypatch.setattr(build, "_loaded", {})
     monkeypatch.setattr(build, "FLAG_SETS", [[]])
     portable = build.load()
     assert not portable.vnni and not portable.openmp and portable.flags[-1] == "-fPIC"

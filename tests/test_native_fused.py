@@ -204,3 +204,65 @@ def test_node_orders_are_permutations_that_group_the_gathered_rows() -> None:
     rcm = node_order(ei, 300, "rcm")
     np.testing.assert_array_equal(np.sort(rcm), np.arange(300))
     assert node_order(ei, 300, "none") is None
+
+
+# ------------------------------------------------------------------------------------------ ISA levels
+
+
+def _cpu_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return any(line.startswith("flags") and f" {flag}" in line for line in fh)
+    except OSError:
+        return False
+
+
+def _kernel_outputs() -> list[np.ndarray]:
+    """Aggregations (short and wide rows, every width, weighted or not), epilogues and the fused GEMM."""
+    rng = np.random.default_rng(11)
+    n = 500
+    outs = []
+    for weighted in (False, True):
+        csr = _graph(rng, n, 6000, weighted)
+        for bits in (8, 4, 2):
+            for f in (7, 16, 64):
+                lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+                q = rng.integers(lo, hi + 1, (n, f)).astype(np.int8)
+                x = q if bits == 8 else K.pack(q, bits)
+                outs.append(K.spmm(csr, x, bits, 1, num_features=f))
+                stages = _chain(rng, n, f, (-8, 7))
+                outs.append(K.spmm_epilogue(csr, x, bits, 1, stages, out_bits=4, num_features=f))
+        q = rng.integers(-128, 128, (n, 24)).astype(np.int8)
+        outs.append(K.spmm(csr, q, 8, 0, message=K.MessageQuant(0.01, 1, -128, 127)))
+    x = (rng.standard_normal((n, 40)) * 2).astype(np.float32)
+    pw = K.pack_weight(rng.integers(-128, 128, (40, 19)).astype(np.int8))
+    st = [K.Stage(rng.uniform(1e-4, 1e-3, 19), 1, -2, 1, axis=1)]
+    outs.append(K.gemm_epilogue(x, pw, 2, 1, None, st, out_bits=2, input_quant=(0.1, 2, -128, 127)))
+    return outs
+
+
+@pytest.mark.parametrize("level", ["avx2", "portable"])
+def test_avx2_and_portable_builds_equal_the_native_build(level: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantgraph.native import build
+
+    if level == "avx2" and not _cpu_has("avx2"):
+        pytest.skip("no AVX2 on this CPU")
+    native = build.load()
+    want = _kernel_outputs()
+    monkeypatch.setenv("QUANTGRAPH_NATIVE_ISA", level)
+    other = build.load()
+    assert other.path != native.path
+    if level == "portable":
+        assert not other.vnni
+    got = _kernel_outputs()
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_isa_level_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantgraph.errors import InputError
+    from quantgraph.native import build
+
+    monkeypatch.setenv("QUANTGRAPH_NATIVE_ISA", "avx9000")
+    with pytest.raises(InputError, match="QUANTGRAPH_NATIVE_ISA='avx9000' is not an ISA level"):
+        build.load()

@@ -100,6 +100,8 @@ E2E_METHODS = (
     "native_int8_msg",
     "native_int4",
     "native_int2",
+    "native_int8_degree",
+    "native_int8_rcm",
 )
 FP32_E2E = ("pyg_fp32", "torch_csr_fp32", "ort_fp32")
 #: native e2e method -> (bits, integer aggregation i.e. skip_roles=["message"])
@@ -109,6 +111,8 @@ NATIVE_VARIANTS = {
     "native_int4": (4, True),
     "native_int2": (2, True),
 }
+#: native e2e method -> (the native model it runs, node order of its prepare)
+NATIVE_ORDERED = {"native_int8_degree": ("native_int8", "degree"), "native_int8_rcm": ("native_int8", "rcm")}
 FEATURES = 128
 TARGET_EDGES = 4_000_000
 TARGETS = {"native_int8": 3.0, "native_int4": 4.0}  # aggregation: speed-up vs torch_csr_fp32
@@ -166,6 +170,50 @@ def synthetic_graph(n: int, e: int, seed: int, name: str | None = None) -> Graph
     x = rng.standard_normal((n, FEATURES), dtype=np.float32)
     label = name or f"power-law {n // 1000}k/{g.num_edges / 1e6:.1f}M"
     return Graph(label, g.edge_index.numpy(), x)
+
+
+def uniform_graph(n: int, e: int, seed: int, name: str | None = None) -> Graph:
+    """Sources and targets drawn uniformly (no hubs, no locality), F=128 Gaussian features."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    ei = np.stack([rng.integers(0, n, e), rng.integers(0, n, e)]).astype(np.int64)
+    x = rng.standard_normal((n, FEATURES), dtype=np.float32)
+    return Graph(name or f"uniform {n // 1000}k/{e / 1e6:.1f}M", ei, x)
+
+
+def one_sided_graph(n: int, e: int, seed: int, name: str | None = None) -> Graph:
+    """Sources power-law (Chung-Lu weights of exponent 2.5, shuffled ids), targets uniform (issue 19's graph)."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    w = np.arange(1, n + 1, dtype=np.float64) ** (-1 / 1.5)
+    rng.shuffle(w)
+    src = rng.choice(n, size=e, p=w / w.sum())
+    ei = np.stack([src, rng.integers(0, n, e)]).astype(np.int64)
+    x = rng.standard_normal((n, FEATURES), dtype=np.float32)
+    return Graph(name or f"one-sided power-law {n // 1000}k/{e / 1e6:.1f}M", ei, x)
+
+
+#: --families: synthetic graph generators (name, nodes, edges, seed) -> Graph
+FAMILIES: dict[str, Callable[..., Graph]] = {
+    "chung-lu": synthetic_graph,
+    "uniform": uniform_graph,
+    "one-sided": one_sided_graph,
+}
+PLANETOID = {"cora": "Cora", "citeseer": "CiteSeer"}
+
+
+def planetoid_graph(name: str, root: str) -> Graph:
+    """A Planetoid graph (Cora, CiteSeer) with its bag-of-words features."""
+    from quantgraph.data.planetoid import load_planetoid
+
+    g = load_planetoid(name, root)
+    return Graph(PLANETOID[name], g.edge_index.numpy(), g.x.numpy())
+
+
+def family_of(g: Graph) -> str:
+    """The generator family of a benchmark graph, from its label."""
+    for family, label in (("uniform", "uniform"), ("one-sided", "one-sided"), ("chung-lu", "power-law")):
+        if g.name.startswith(label):
+            return family
+    return g.name
 
 
 def cora_graph(root: str) -> Graph:
@@ -610,7 +658,8 @@ def calibration_graph(g: Graph, nodes: int, seed: int) -> Any:
     from quantgraph.data.graph import GraphData
 
     nodes = min(nodes, g.num_nodes)
-    c = synthetic_graph(nodes, round(nodes * g.avg_degree), seed + 1000, name="calibration")
+    make = FAMILIES.get(family_of(g), synthetic_graph)
+    c = make(nodes, round(nodes * g.avg_degree), seed + 1000, name="calibration")
     return GraphData(x=torch.from_numpy(c.x), edge_index=torch.from_numpy(c.edge_index), name=c.name)
 
 
@@ -628,8 +677,9 @@ def build_models(
     if not any(m.startswith(("ort_", "native_")) for m in methods):
         return out
     traced = qg.trace(model, calib.inputs())
+    wanted = set(methods) | {NATIVE_ORDERED[m][0] for m in methods if m in NATIVE_ORDERED}
     for method, (bits, integer_aggregation) in NATIVE_VARIANTS.items():
-        if method in methods:
+        if method in wanted:
             options = {"skip_roles": ["message"]} if integer_aggregation else {}
             compiled = qg.compile(
                 traced, calib, policy="minmax", bits=bits, backend="native", options=options
@@ -746,16 +796,17 @@ class E2ECase:
                 n * h * (1 if qdq else 4),
                 check=check,
             )
-        if method in NATIVE_VARIANTS:
-            bits, integer_aggregation = NATIVE_VARIANTS[method]
-            nm = self.models.native[method]
+        if method in NATIVE_VARIANTS or method in NATIVE_ORDERED:
+            base, order = NATIVE_ORDERED.get(method, (method, "none"))
+            bits, integer_aggregation = NATIVE_VARIANTS[base]
+            nm = self.models.native[base]
             nm.threads = self.threads
 
-            prepared = self.prepare(method)
+            prepared = self.prepare(base, order)
             inputs = self.inputs
             csrs = [getattr(v, "csr", v) for v in prepared.values.values()]  # GraphCSR holds its CSR
             csrs = [c for c in csrs if isinstance(c, native.CSR)]
-            compiled = self.models.compiled.get(method)
+            compiled = self.models.compiled.get(base)
 
             def check(out: torch.Tensor) -> str:
                 if compiled is None or e > IR_CHECK_EDGES:
@@ -775,13 +826,13 @@ class E2ECase:
             )
         raise SystemExit(f"unknown end-to-end method {method}")
 
-    def prepare(self, method: str) -> Any:
+    def prepare(self, method: str, order: str = "none") -> Any:
         """The graph stage; on an int32-overflow refusal, say so and recompile on the graph itself."""
         from quantgraph.errors import InputError
 
         nm = self.models.native[method]
         try:
-            return nm.prepare(self.inputs)
+            return nm.prepare(self.inputs, order=order)
         except InputError as err:
             compiled = self.models.compiled.get(method)
             note = f"{method}: prepare refused {self.g.name}: {err}"
@@ -800,7 +851,7 @@ class E2ECase:
             )
             self.models.compiled[method] = compiled
             self.models.native[method] = compiled.to_native(data, threads=self.threads)
-            return self.models.native[method].prepare(self.inputs)
+            return self.models.native[method].prepare(self.inputs, order=order)
 
 
 def bench_e2e(
@@ -1100,6 +1151,55 @@ def target_graph(names_edges: list[tuple[str, int]]) -> str | None:
     return min(synthetic, key=lambda t: abs(math.log(t[1] / TARGET_EDGES)))[0]
 
 
+FAMILY_TARGET = 3.0  # native_int8 GCN end to end vs torch_csr_fp32 on every family at >= 1M edges
+REAL_TARGET = 2.0  # ... on Cora
+
+
+def family_markdown(rows: list[E2ERow]) -> str:
+    """Per graph: torch CSR FP32 time, native speed-ups over it, native prepare times; targets per row."""
+    methods = [m for m in (*NATIVE_VARIANTS, *NATIVE_ORDERED) if any(r.method == m for r in rows)]
+    head = [
+        "graph",
+        "E",
+        "torch_csr_fp32 (ms)",
+        *methods,
+        "prepare native_int8 / degree / rcm (ms)",
+        "target",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for graph in dict.fromkeys(r.graph for r in rows):
+        at = {r.method: r for r in rows if r.graph == graph}
+        base = at.get("torch_csr_fp32")
+        if base is None or math.isnan(base.seconds):
+            continue
+        cells = [graph, f"{base.edges:,}", f"{base.seconds * 1e3:.1f}"]
+        for m in methods:
+            r = at.get(m)
+            ok = r is not None and not math.isnan(r.seconds)
+            cells.append(f"{base.seconds / r.seconds:.2f}x ({r.seconds * 1e3:.1f} ms)" if ok else "-")
+        prep = [at.get(m) for m in ("native_int8", "native_int8_degree", "native_int8_rcm")]
+        cells.append(
+            " / ".join(f"{r.graph_seconds * 1e3:.0f}" if r and r.graph_seconds else "-" for r in prep)
+        )
+        verdict = []
+        i8 = at.get("native_int8")
+        target = REAL_TARGET if graph in PLANETOID.values() else FAMILY_TARGET
+        if (
+            i8 is not None
+            and not math.isnan(i8.seconds)
+            and (base.edges >= 1_000_000 or target == REAL_TARGET)
+        ):
+            ratio = base.seconds / i8.seconds
+            verdict.append(f"int8 >= {target:g}x: {'met' if ratio >= target else '**missed**'}")
+            for m in ("native_int4", "native_int2"):
+                r = at.get(m)
+                if r is not None and not math.isnan(r.seconds):
+                    verdict.append(f"{m[7:]} < int8: {'met' if r.seconds < i8.seconds else '**missed**'}")
+        cells.append("; ".join(verdict) or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def targets_text(rows: list[Row], e2e: list[E2ERow], profiles: list[Profile]) -> list[str]:
     """The "targets" paragraph: met / missed by how much, computed from the numbers."""
     lines: list[str] = []
@@ -1170,6 +1270,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default=None, help=f"NODES:EDGES,... (default {QUICK_SIZES})")
     p.add_argument("--full", action="store_true", help=f"use {FULL_SIZES}")
     p.add_argument("--data-root", default=None, help="Planetoid folder: also benchmark Cora")
+    p.add_argument(
+        "--families",
+        default="chung-lu",
+        help="graph families at every --sizes entry: "
+        + ", ".join(FAMILIES)
+        + "; and real graphs "
+        + ", ".join(PLANETOID)
+        + " (need --data-root; without a real one, --data-root adds Cora)",
+    )
     p.add_argument("--sections", default="agg,e2e", help="agg (one aggregation), e2e (2-layer GCN) or both")
     p.add_argument(
         "--methods", default=",".join(METHODS), help="aggregation methods, a subset of " + ", ".join(METHODS)
@@ -1233,9 +1342,20 @@ def main(argv: list[str] | None = None) -> int:
         args.max_seconds = 20.0 if args.full else 5.0
     started = time.perf_counter()
 
-    graphs: list[Callable[[], Graph]] = [lambda n=n, e=e: synthetic_graph(n, e, args.seed) for n, e in sizes]
+    families = pick(args.families, (*FAMILIES, *PLANETOID), "--families")
+    graphs: list[Callable[[], Graph]] = [
+        lambda n=n, e=e, f=f: FAMILIES[f](n, e, args.seed)
+        for n, e in sizes
+        for f in families
+        if f in FAMILIES
+    ]
+    graph_sizes = [(n, e) for n, e in sizes for f in families if f in FAMILIES]  # per synthetic graph
+    real = [f for f in families if f in PLANETOID]
     if args.data_root:
-        graphs.append(lambda: cora_graph(args.data_root))
+        for name in real or ["cora"]:
+            graphs.append(lambda name=name: planetoid_graph(name, args.data_root))
+    elif real:
+        raise SystemExit(f"--families {','.join(real)} needs --data-root (the Planetoid folder)")
     largest = max(range(len(sizes)), key=lambda i: sizes[i][1]) if sizes else len(graphs) - 1
     target_index = (
         min(range(len(sizes)), key=lambda i: abs(math.log(sizes[i][1] / TARGET_EDGES))) if sizes else largest
@@ -1259,13 +1379,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         models = None
         if e2e_methods:
-            key = (g.x.shape[1], round(g.avg_degree) if g.name != "Cora" else -1)
+            real_graph = g.name in PLANETOID.values()
+            key = (g.x.shape[1], round(g.avg_degree) if not real_graph else -1, family_of(g))
             if key not in model_cache:
-                if g.name == "Cora":
+                if real_graph:
                     from quantgraph.data.graph import GraphData
 
                     calib = GraphData(
-                        x=torch.from_numpy(g.x), edge_index=torch.from_numpy(g.edge_index), name="Cora"
+                        x=torch.from_numpy(g.x), edge_index=torch.from_numpy(g.edge_index), name=g.name
                     )
                 else:
                     calib = calibration_graph(g, args.calib_nodes, args.seed)
@@ -1281,7 +1402,8 @@ def main(argv: list[str] | None = None) -> int:
             case = E2ECase(g, models, args.threads, args.hidden)
             e2e_rows.extend(bench_e2e(case, e2e_methods, args.repeats, args.min_seconds, args.max_seconds))
             notes.extend(case.notes)
-            if args.profile and index in (largest, target_index):
+            at_size = graph_sizes[index] if index < len(graph_sizes) else None
+            if args.profile and sizes and at_size in (sizes[largest], sizes[target_index]):
                 timed = {r.method: r.seconds for r in e2e_rows if r.graph == g.name}
                 for method in NATIVE_VARIANTS:
                     if not math.isnan(timed.get(method, math.nan)):  # skipped methods are not profiled
@@ -1289,7 +1411,7 @@ def main(argv: list[str] | None = None) -> int:
                         profiles.append(profile_native(case, method, runs))
                         print(profile_markdown(profiles[-1:]), file=sys.stderr, flush=True)
             del case
-        if args.memory and index == target_index:
+        if args.memory and index == target_index * len([f for f in families if f in FAMILIES]):
             folder = Path(workdir.name)
             g.save(folder / "graph.npz")
             spec = {"graph": str(folder / "graph.npz"), "threads": args.threads}
@@ -1321,6 +1443,13 @@ def main(argv: list[str] | None = None) -> int:
         tables += ["## One aggregation", "", markdown(rows), ""]
     if e2e_rows:
         tables += ["## 2-layer GCN end to end", "", e2e_markdown(e2e_rows), ""]
+        if "torch_csr_fp32" in e2e_methods and any(m in e2e_methods for m in NATIVE_VARIANTS):
+            tables += [
+                "### Native by graph family (speed-up over torch_csr_fp32)",
+                "",
+                family_markdown(e2e_rows),
+                "",
+            ]
     if mem_rows:
         tables += ["## Bytes and peak memory", "", memory_markdown(mem_rows, rows, e2e_rows), ""]
     if profiles:
@@ -1357,7 +1486,11 @@ def main(argv: list[str] | None = None) -> int:
             'in the graph on every run); `native_int8` = `backend="native"` with `skip_roles=["message"]` '
             "(integer aggregation), `native_int8_msg` = with the per-edge message quantizer, `native_int4` / "
             "`native_int2` = integer aggregation at 4 / 2 bits; `NativeModel.run` on a prepared graph "
-            "(graph stage = `prepare`: CSRs and quantized edge weights, once per graph). Compiled on "
+            "(graph stage = `prepare`: CSRs and quantized edge weights, once per graph), its steps fused "
+            "(`native/fusion.py`: input quantize inside the first GEMM, requantize chains, 4/2-bit packing and "
+            "the output dequantize in the producing kernel); `native_int8_degree` / `native_int8_rcm` = "
+            "native_int8 with `prepare(order=...)` renumbering the nodes (degree-sorted / reverse "
+            "Cuthill-McKee; outputs mapped back). Compiled on "
             f"{calibrations or '-'}. Speed-up = time(fastest FP32 method on that graph) / time; argmax "
             "agreement is against the PyG FP32 logits (random weights: accuracy means nothing). "
             "x bytes: input features as the first layer's kernel reads them (native: int8 after the input "

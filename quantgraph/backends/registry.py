@@ -12,12 +12,11 @@ This module imports no exporter at import time (the CLI lists the backends from 
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from quantgraph.errors import InputError
 from quantgraph.options import Option
+from quantgraph.registry import Registry
 
 if TYPE_CHECKING:
     from quantgraph.compiler import CompiledModel
@@ -53,8 +52,12 @@ class Backend:
 
     def export(self, compiled: CompiledModel, path: str | Path, data: GraphData) -> dict[str, Any]:
         """Lower, verify (nothing is written if it fails), save; the report gets the checks and sizes."""
-        artifact = self.lower(compiled, data)
-        checks = self.verify(artifact, compiled, data)
+        from quantgraph.progress import stage
+
+        with stage(f"export {self.name}"):
+            artifact = self.lower(compiled, data)
+        with stage(f"verify {self.name}"):
+            checks = self.verify(artifact, compiled, data)
         key = self.report_key or self.name
         compiled.report.setdefault("accuracy", {})[key] = checks.pop("accuracy", None)
         compiled.report[key] = checks
@@ -121,8 +124,12 @@ class NativeBackend(Backend):
         return artifact.save(path)
 
 
-_BACKENDS: dict[str, Backend] = {}
-_entry_points_loaded = False
+def _adapt(name: str, obj: object) -> tuple[str, Backend] | None:
+    instance = obj() if isinstance(obj, type) and issubclass(obj, Backend) else obj
+    return (instance.name or name, instance) if isinstance(instance, Backend) else None
+
+
+BACKENDS: Registry[Backend] = Registry("backend", "quantgraph.backends", _adapt)
 
 
 def register_backend(backend: type[Backend] | Backend) -> type[Backend] | Backend:
@@ -130,7 +137,7 @@ def register_backend(backend: type[Backend] | Backend) -> type[Backend] | Backen
     instance = backend() if isinstance(backend, type) else backend
     if not isinstance(instance, Backend) or not instance.name:
         raise ValueError(f"{backend!r} is not a named quantgraph Backend")
-    _BACKENDS[instance.name] = instance
+    BACKENDS.add(instance.name, instance)
     return backend
 
 
@@ -139,19 +146,8 @@ for _builtin in (OnnxQDQBackend, OnnxIntBackend, NativeBackend):
 
 
 def available_backends() -> dict[str, Backend]:
-    global _entry_points_loaded
-    if not _entry_points_loaded:
-        _entry_points_loaded = True
-        for ep in entry_points(group="quantgraph.backends"):
-            obj = ep.load()
-            instance = obj() if isinstance(obj, type) else obj
-            if isinstance(instance, Backend):
-                _BACKENDS.setdefault(instance.name, instance)
-    return dict(_BACKENDS)
+    return BACKENDS.available()
 
 
 def get_backend(name: str) -> Backend:
-    backends = available_backends()
-    if name not in backends:
-        raise InputError(f"unknown backend '{name}'", f"use one of {', '.join(backends)}")
-    return backends[name]
+    return BACKENDS.get(name)

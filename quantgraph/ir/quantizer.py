@@ -18,13 +18,12 @@ Implementations register by name (``register_quantizer``, or the entry-point gro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import ClassVar
 
 from torch import Tensor, nn
 
-from quantgraph.errors import InputError
 from quantgraph.ir.qspec import QParams, QuantSpec
+from quantgraph.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -63,36 +62,35 @@ class Quantizer(nn.Module):
         return int(self.spec.bits)
 
 
-_QUANTIZERS: dict[str, type[Quantizer]] = {}
-_entry_points_loaded = False
+def _builtin_quantizers() -> None:
+    import quantgraph.ir.fake_quant  # noqa: F401  (registers the built-in quantizers)
+    import quantgraph.ir.mixed_fake_quant  # noqa: F401
+
+
+def _adapt(name: str, obj: object) -> tuple[str, type[Quantizer]] | None:
+    if isinstance(obj, type) and issubclass(obj, Quantizer):
+        return obj.kind or name, obj
+    return None
+
+
+QUANTIZERS: Registry[type[Quantizer]] = Registry(
+    "quantizer", "quantgraph.quantizers", _adapt, _builtin_quantizers
+)
 
 
 def register_quantizer(cls: type[Quantizer]) -> type[Quantizer]:
     """Class decorator: make a quantizer available by its ``kind`` (``QuantSpec(quantizer=kind)``)."""
     if not cls.kind:
         raise ValueError(f"{cls.__name__} needs a non-empty `kind` to be registered")
-    _QUANTIZERS[cls.kind] = cls
-    return cls
+    return QUANTIZERS.add(cls.kind, cls)
 
 
 def available_quantizers() -> dict[str, type[Quantizer]]:
-    global _entry_points_loaded
-    import quantgraph.ir.fake_quant  # noqa: F401  (registers the built-in quantizers)
-    import quantgraph.ir.mixed_fake_quant  # noqa: F401
-
-    if not _entry_points_loaded:
-        _entry_points_loaded = True
-        for ep in entry_points(group="quantgraph.quantizers"):
-            cls = ep.load()
-            _QUANTIZERS.setdefault(getattr(cls, "kind", "") or ep.name, cls)
-    return dict(sorted(_QUANTIZERS.items()))
+    return QUANTIZERS.available()
 
 
 def get_quantizer(kind: str) -> type[Quantizer]:
-    quantizers = available_quantizers()
-    if kind not in quantizers:
-        raise InputError(f"unknown quantizer '{kind}'", f"use one of {', '.join(quantizers)}")
-    return quantizers[kind]
+    return QUANTIZERS.get(kind)
 
 
 def is_quantizer(module: nn.Module) -> bool:

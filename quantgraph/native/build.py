@@ -32,10 +32,17 @@ FLAG_SETS = [
     ["-march=native"],
     [],
 ]
+#: $QUANTGRAPH_NATIVE_ISA: the instruction set the kernels are built for (default native). ``avx2`` and
+#: ``portable`` build the AVX2 and plain-C paths, e.g. to test them on an AVX-512 machine.
+ISA_FLAG_SETS = {
+    "native": None,  # FLAG_SETS
+    "avx2": [["-march=haswell", "-fopenmp"], ["-march=haswell"]],
+    "portable": [["-fopenmp"], []],
+}
 NO_COMPILER = ("no C compiler found", "install gcc (apt install build-essential) or set CC")
 
 _lock = threading.Lock()
-_loaded: NativeLib | None = None
+_loaded: dict[str, NativeLib] = {}  # per ISA
 
 
 @dataclass(frozen=True)
@@ -115,13 +122,28 @@ def _compiler_version(cc: list[str]) -> str:
         return ""
 
 
+def isa() -> str:
+    """The ISA level the kernels are built for: ``$QUANTGRAPH_NATIVE_ISA`` (native, avx2, portable)."""
+    level = os.environ.get("QUANTGRAPH_NATIVE_ISA", "").strip() or "native"
+    if level not in ISA_FLAG_SETS:
+        raise InputError(
+            f"QUANTGRAPH_NATIVE_ISA={level!r} is not an ISA level", f"use one of {', '.join(ISA_FLAG_SETS)}"
+        )
+    return level
+
+
+def flag_sets() -> list[list[str]]:
+    """The flag sets to try for the ISA level (see ``isa``), fastest first."""
+    return ISA_FLAG_SETS[isa()] or FLAG_SETS
+
+
 def library_key(cc: list[str]) -> str:
     """Hash of source, compiler, flags and CPU: the cached library's file name."""
     h = hashlib.sha256()
     for part in (SOURCE.read_bytes(), " ".join(cc).encode(), _compiler_version(cc).encode()):
         h.update(part)
         h.update(b"\0")
-    h.update(repr((BASE_FLAGS, FLAG_SETS)).encode())
+    h.update(repr((BASE_FLAGS, flag_sets())).encode())
     h.update(_cpu_signature().encode())
     return h.hexdigest()[:24]
 
@@ -139,7 +161,7 @@ def _compile(cc: list[str], out_dir: Path, key: str) -> tuple[Path, list[str]] |
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{key}.so"
     errors: list[str] = []
-    for extra in FLAG_SETS:
+    for extra in flag_sets():
         fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".so.tmp", dir=out_dir)
         os.close(fd)
         cmd = [*cc, *BASE_FLAGS, *extra, "-o", tmp, str(SOURCE), "-lm"]
@@ -252,10 +274,10 @@ def _bind(lib: ctypes.CDLL) -> None:
 
 def load() -> NativeLib:
     """Build (first use) and load the kernels; raises InputError when no compiler is available."""
-    global _loaded
+    level = isa()
     with _lock:
-        if _loaded is not None:
-            return _loaded
+        if level in _loaded:
+            return _loaded[level]
         candidates = compiler_candidates()
         if not candidates:
             raise InputError(*NO_COMPILER)
@@ -292,10 +314,10 @@ def load() -> NativeLib:
                 f"compiled kernels {path} have ABI {info[0]}, expected {ABI_VERSION}",
                 f"delete {out_dir} and retry",
             )
-        _loaded = NativeLib(
+        _loaded[level] = NativeLib(
             lib, path, (*BASE_FLAGS, *extra), bool(info[1]), bool(info[2]), int(info[3]), tuple(cc)
         )
-        return _loaded
+        return _loaded[level]
 
 
 def available() -> bool:

@@ -43,7 +43,7 @@
 #include <omp.h>
 #endif
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -797,6 +797,70 @@ static uint32_t accumulate_weighted_reg_i8(const spmm_args *a, int64_t e0, int64
 #define QG_REG_ROWS 0
 #endif
 
+#if !QG_AVX512BW && defined(__AVX2__)
+/*
+ * AVX2 short int8 rows (no AVX-512BW masked loads): one 16-byte load per edge, from the row itself when 16
+ * bytes fit before the end of the feature array, else from a zero-padded copy. Lanes >= F are never stored.
+ * Same arithmetic as accumulate_weighted / accumulate_unweighted: bit-identical results.
+ */
+#define QG_AVX2_ROWS 1
+static QG_ALWAYS_INLINE __m128i row16(const spmm_args *a, int64_t e, int64_t e_end) {
+    if (e + QG_PREFETCH_DIST < e_end) QG_PREFETCH(a->x + col_at(a, e + QG_PREFETCH_DIST) * a->x_stride);
+    const int64_t off = col_at(a, e) * a->x_stride;
+    if (off + 16 <= a->n_src * a->x_stride) return _mm_loadu_si128((const __m128i *)(a->x + off));
+    uint8_t tmp[16] = {0};
+    memcpy(tmp, a->x + off, (size_t)a->F);
+    return _mm_loadu_si128((const __m128i *)tmp);
+}
+
+/* Weighted int8 rows with F <= 16: 32-bit lanes, acc += w * x mod 2**32. Returns sum of w. */
+static uint32_t accumulate_weighted_avx2_i8(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc) {
+    const int64_t e_end = a->indptr[a->n_rows];
+    uint32_t wsum = 0;
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+    for (int64_t e = e0; e < e1; ++e) {
+        const int32_t w = weight_at(a, e);
+        wsum += (uint32_t)w;
+        const __m256i W = _mm256_set1_epi32(w);
+        const __m128i b = row16(a, e, e_end);
+        s0 = _mm256_add_epi32(s0, _mm256_mullo_epi32(_mm256_cvtepi8_epi32(b), W));
+        if (a->F > 8) s1 = _mm256_add_epi32(s1, _mm256_mullo_epi32(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)), W));
+    }
+    uint32_t lanes[16];
+    _mm256_storeu_si256((__m256i *)lanes, s0);
+    _mm256_storeu_si256((__m256i *)(lanes + 8), s1);
+    memcpy(acc, lanes, (size_t)a->F * sizeof(uint32_t));
+    return wsum;
+}
+
+/* Unweighted int8 rows with F <= 16: signed 16-bit partial sums flushed every FLUSH_I8 edges (same contract
+ * as accumulate_unweighted). */
+static int accumulate_unweighted_avx2_i8(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc,
+                                         uint16_t *restrict part) {
+    const int64_t F = a->F;
+    const int64_t e_end = a->indptr[a->n_rows];
+    int first = 1;
+    int64_t e = e0;
+    do {
+        const int64_t stop = e1 - e > FLUSH_I8 ? e + FLUSH_I8 : e1;
+        __m256i s0 = _mm256_setzero_si256();
+        for (; e < stop; ++e) s0 = _mm256_add_epi16(s0, _mm256_cvtepi8_epi16(row16(a, e, e_end)));
+        uint16_t lanes[16];
+        _mm256_storeu_si256((__m256i *)lanes, s0);
+        memcpy(part, lanes, (size_t)F * sizeof(uint16_t));
+        if (first && e == e1) return 1;
+        if (first)
+            for (int64_t f = 0; f < F; ++f) acc[f] = (uint32_t)(int32_t)(int16_t)part[f];
+        else
+            for (int64_t f = 0; f < F; ++f) acc[f] += (uint32_t)(int32_t)(int16_t)part[f];
+        first = 0;
+    } while (e < e1);
+    return 0;
+}
+#else
+#define QG_AVX2_ROWS 0
+#endif
+
 /* ------------------------------------------------------------------------------------------------ */
 /* aggregation of quantized messages                                                                */
 
@@ -1192,6 +1256,9 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
     const int reg_w8 = a->bits == 8 && a->F <= 64;
     const int reg_wn = a->bits != 8 && a->x_stride <= 32;
 #endif
+#if QG_AVX2_ROWS
+    const int avx2_i8 = a->bits == 8 && a->F <= 16;
+#endif
     for (int64_t i = r0; i < r1; ++i) {
         const int64_t e0 = a->indptr[i], e1 = a->indptr[i + 1];
         int32_t *dst = a->acc_out ? a->acc_out + i * a->acc_stride : row;
@@ -1215,6 +1282,11 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
                 wsum = accumulate_weighted_narrow_reg(a, e0, e1, acc, (int16_t *)part, narrow_flush);
             else
 #endif
+#if QG_AVX2_ROWS
+            if (avx2_i8)
+                wsum = accumulate_weighted_avx2_i8(a, e0, e1, acc);
+            else
+#endif
                 wsum = narrow_flush > 1 ? accumulate_weighted_narrow(a, e0, e1, acc, (int16_t *)part, narrow_flush)
                                         : accumulate_weighted(a, e0, e1, acc);
             finish_wide(a, acc, a->x_stride, shift * wsum, dst);
@@ -1222,6 +1294,9 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
 #if QG_REG_ROWS
             reg_u8 ? accumulate_unweighted_reg_i8(a, e0, e1, acc, (uint16_t *)part)
             : reg_up ? accumulate_unweighted_reg_packed(a, e0, e1, acc, (uint8_t *)part) :
+#endif
+#if QG_AVX2_ROWS
+            avx2_i8 ? accumulate_unweighted_avx2_i8(a, e0, e1, acc, (uint16_t *)part) :
 #endif
                      accumulate_unweighted(a, e0, e1, acc, part)) {
             finish_narrow(a, part, shift * (uint32_t)(e1 - e0), dst);

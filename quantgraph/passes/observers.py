@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
-
 import torch
 from torch import Tensor
 
 from quantgraph.errors import InputError
 from quantgraph.ir.fake_quant import strided_sample
 from quantgraph.ir.qspec import Granularity, QParams, QuantSpec, default_percentile_tail
+from quantgraph.registry import Registry
 
 
 class Observer:
@@ -90,29 +89,26 @@ class PercentileObserver(Observer):
 
 #: Range methods by name (``QuantSpec.observer``); add one with :func:`register_observer` or the
 #: entry-point group ``quantgraph.observers``.
-OBSERVERS: dict[str, type[Observer]] = {"minmax": MinMaxObserver, "percentile": PercentileObserver}
-_entry_points_loaded = False
+def _adapt(name: str, obj: object) -> tuple[str, type[Observer]] | None:
+    return (name, obj) if isinstance(obj, type) and issubclass(obj, Observer) else None
+
+
+REGISTRY: Registry[type[Observer]] = Registry("observer", "quantgraph.observers", _adapt)
+REGISTRY.add("minmax", MinMaxObserver)
+REGISTRY.add("percentile", PercentileObserver)
+OBSERVERS = REGISTRY.entries  # name -> class (the registry's own table)
 
 
 def register_observer(name: str, cls: type[Observer]) -> type[Observer]:
     """Make ``cls`` the range method called ``name`` (an :class:`Observer` subclass)."""
     if not (isinstance(cls, type) and issubclass(cls, Observer)):
         raise TypeError(f"{cls!r} is not an Observer subclass")
-    OBSERVERS[name] = cls
-    return cls
+    return REGISTRY.add(name, cls)
 
 
 def available_observers() -> dict[str, type[Observer]]:
-    global _entry_points_loaded
-    if not _entry_points_loaded:
-        _entry_points_loaded = True
-        for ep in entry_points(group="quantgraph.observers"):
-            OBSERVERS.setdefault(ep.name, ep.load())
-    return dict(OBSERVERS)
+    return REGISTRY.available()
 
 
 def make_observer(spec: QuantSpec) -> Observer:
-    observers = available_observers()
-    if spec.observer not in observers:
-        raise InputError(f"unknown observer '{spec.observer}'", f"use one of {', '.join(observers)}")
-    return observers[spec.observer](spec)
+    return REGISTRY.get(spec.observer)(spec)

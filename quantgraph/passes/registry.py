@@ -7,48 +7,42 @@ Entry-point groups: ``quantgraph.passes`` (a ``PassBase`` subclass) and ``quantg
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
 from quantgraph.errors import InputError
 from quantgraph.passes.infra import PassBase
+from quantgraph.registry import Registry
 
-_PASSES: dict[str, type[PassBase]] = {}
-_entry_points_loaded = False
+
+def _builtin_passes() -> None:
+    import quantgraph.passes.builtin  # noqa: F401  (registers the built-in passes)
+
+
+def _adapt(name: str, obj: object) -> tuple[str, type[PassBase]] | None:
+    return (getattr(obj, "name", "") or name, obj) if isinstance(obj, type) else None
+
+
+PASSES: Registry[type[PassBase]] = Registry(
+    "pass",
+    "quantgraph.passes",
+    _adapt,
+    _builtin_passes,
+    fix="(see `quantgraph passes`) or load your own with --pass module:Class",
+)
 
 
 def register_pass(cls: type[PassBase]) -> type[PassBase]:
     """Class decorator: make a pass available by its ``name``."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} needs a non-empty `name` to be registered")
-    _PASSES[cls.name] = cls
-    return cls
-
-
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group="quantgraph.passes"):
-        cls = ep.load()
-        _PASSES.setdefault(getattr(cls, "name", "") or ep.name, cls)
+    return PASSES.add(cls.name, cls)
 
 
 def available_passes() -> dict[str, type[PassBase]]:
-    import quantgraph.passes.builtin  # noqa: F401  (registers the built-in passes)
-
-    _load_entry_points()
-    return dict(sorted(_PASSES.items()))
+    return PASSES.available()
 
 
 def get_pass(name: str) -> PassBase:
-    passes = available_passes()
-    if name not in passes:
-        raise InputError(
-            f"unknown pass '{name}'",
-            f"choose one of {', '.join(passes)} (see `quantgraph passes`) or load your own with --pass module:Class",
-        )
-    return passes[name]()
+    return PASSES.get(name)()
 
 
 def load_object(spec: str) -> object:

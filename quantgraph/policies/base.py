@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from importlib.metadata import entry_points
 from typing import Any
 
 from quantgraph.errors import InputError
@@ -12,6 +11,7 @@ from quantgraph.ir.qspec import QuantSpec, check_bits
 from quantgraph.ir.roles import Role
 from quantgraph.options import Option
 from quantgraph.passes.observers import available_observers
+from quantgraph.registry import Registry
 
 #: The passes that turn a traced graph into the canonical IR (every policy starts with them).
 GRAPH_PASSES = ("canonicalize", "tag-roles")
@@ -72,33 +72,27 @@ def without_roles(qconfig: dict[Role, QuantSpec], names: Sequence[str] | None) -
     return {role: spec for role, spec in qconfig.items() if role not in skipped}
 
 
-_POLICIES: dict[str, Policy] = {}
-_entry_points_loaded = False
+def _builtin_policies() -> None:
+    import quantgraph.policies.builtin  # noqa: F401  (registers the built-in policies)
+
+
+def _adapt(name: str, obj: object) -> tuple[str, Policy] | None:
+    policy = obj() if callable(obj) and not isinstance(obj, Policy) else obj
+    return (policy.name, policy) if isinstance(policy, Policy) else None
+
+
+POLICIES: Registry[Policy] = Registry(
+    "policy", "quantgraph.policies", _adapt, _builtin_policies, fix="(see `quantgraph passes`)"
+)
 
 
 def register_policy(policy: Policy) -> Policy:
-    _POLICIES[policy.name] = policy
-    return policy
+    return POLICIES.add(policy.name, policy)
 
 
 def available_policies() -> dict[str, Policy]:
-    global _entry_points_loaded
-    import quantgraph.policies.builtin  # noqa: F401  (registers the built-in policies)
-
-    if not _entry_points_loaded:
-        _entry_points_loaded = True
-        for ep in entry_points(group="quantgraph.policies"):
-            obj = ep.load()
-            policy = obj() if callable(obj) and not isinstance(obj, Policy) else obj
-            if isinstance(policy, Policy):
-                _POLICIES.setdefault(policy.name, policy)
-    return dict(sorted(_POLICIES.items()))
+    return POLICIES.available()
 
 
 def get_policy(name: str) -> Policy:
-    policies = available_policies()
-    if name not in policies:
-        raise InputError(
-            f"unknown policy '{name}'", f"choose one of {', '.join(policies)} (see `quantgraph passes`)"
-        )
-    return policies[name]
+    return POLICIES.get(name)
