@@ -15,9 +15,10 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-from quantgraph.errors import InputError, QuantGraphError
+from quantgraph.cli_checks import check_args, parse_pass_spec
+from quantgraph.errors import EXIT_INPUT, InputError, describe_failure, reading
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -107,15 +108,7 @@ def _parse_pass_option(spec: str):
 
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # `--pass mypkg.passes:P` finds mypkg in the current directory
-    target, _, where = spec.partition("@")
-    before = after = None
-    if where:
-        key, _, name = where.partition("=")
-        if key not in ("before", "after") or not name:
-            raise InputError(
-                f"bad --pass placement '@{where}'", "write module:Class@before=PASS or @after=PASS"
-            )
-        before, after = (name, None) if key == "before" else (None, name)
+    target, before, after = parse_pass_spec(spec)
     return PassInsertion(load_pass(target), before=before, after=after)
 
 
@@ -185,7 +178,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     from quantgraph.compiler import compile as qg_compile
     from quantgraph.data.task import load_task
-    from quantgraph.fileio import atomic_write_json
+    from quantgraph.fileio import atomic_write_json, output_transaction
     from quantgraph.frontend import load_model
     from quantgraph.options import parse_assignments
     from quantgraph.report import render_report
@@ -201,7 +194,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise InputError("--import is only used with --trust-pickle", "add --trust-pickle or drop --import")
     insertions = [_parse_pass_option(s) for s in args.passes or []]
     pipeline = [p.strip() for p in args.pipeline.split(",") if p.strip()] if args.pipeline else None
-    model = load_model(args.model, trust_pickle=args.trust_pickle, imports=args.imports or [])
+    with reading(args.model, "model file", "pass a zoo checkpoint .pt or a torch.export .pt2 file"):
+        model = load_model(args.model, trust_pickle=args.trust_pickle, imports=args.imports or [])
     task = load_task(args.data, args.data_root)
     options = {k: v for k, v in vars(args).items() if k in QAT_OPTIONS and v is not None}
     options.update({"calibration": args.calibration, "percentile_tail": args.percentile_tail})
@@ -228,15 +222,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     )
     if task.kind == "graph":
         compiled.report["accuracy"]["split"] = "test graphs"
-    compiled.export(args.output, task.data)
-    report = compiled.public_report()
-    report["output"] = str(args.output)
-    if args.report:
-        atomic_write_json(args.report, report)
-    if args.html:
-        from quantgraph.html_report import write_html
+    with output_transaction():  # the model, the report and the HTML appear together or not at all
+        compiled.export(args.output, task.data)
+        report = compiled.public_report()
+        report["output"] = str(args.output)
+        if args.report:
+            atomic_write_json(args.report, report)
+        if args.html:
+            from quantgraph.html_report import write_html
 
-        write_html(report, args.html)
+            write_html(report, args.html)
     render_report(report, console)
     written = [str(p) for p in (args.output, args.report, args.html) if p]
     console.print("wrote " + ", ".join(written))
@@ -244,7 +239,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from quantgraph.backends.verify import ort_session, run_onnx
+    from quantgraph.backends.verify import check_onnx_inputs, ort_session, run_onnx
     from quantgraph.data.task import load_task
     from quantgraph.metrics import accuracy
 
@@ -262,7 +257,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ) from err
     task = load_task(args.data, args.data_root)
     data, mask, split = _split_data(task, args.split)
-    logits = run_onnx(session, data.inputs())
+    check_onnx_inputs(session, data, path)
+    try:
+        logits = run_onnx(session, data.inputs(), time_limit=args.timeout)
+    except TimeoutError as err:
+        raise InputError(
+            f"{path} did not finish within --timeout {args.timeout:g} s on {data.name}",
+            "check the model for unbounded loops, or raise --timeout",
+        ) from err
+    except Exception as err:  # onnxruntime raises its own exception types for inputs it refuses
+        raise InputError(
+            f"{path} cannot run on {data.name} ({str(err).splitlines()[0][:160]})",
+            "evaluate on data of the shape and type the model was compiled for",
+        ) from err
     acc = accuracy(logits, data.y, mask)
     if acc is None:
         raise InputError(f"dataset {data.name} has no labels", "evaluate on a labelled dataset")
@@ -297,15 +304,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from quantgraph.metrics import accuracy
     from quantgraph.native.runtime import NativeModel
 
-    model = NativeModel.load(args.model, threads=args.threads)
+    with reading(
+        args.model, "native model (.qgn)", "re-create it with `quantgraph compile --backend native`"
+    ):
+        model = NativeModel.load(args.model, threads=args.threads)
     task = load_task(args.data, args.data_root)
     data, mask, split = _split_data(task, args.split)
     inputs = data.inputs()
-    prepared = model.prepare(inputs)
-    logits = model.run(inputs, prepared)  # warm-up: first calls start threads and fill caches
-    start = time.perf_counter()
-    logits = model.run(inputs, prepared)
-    seconds = time.perf_counter() - start
+    with reading(
+        args.model, f"native model for {data.name}", "run it on data like the data it was compiled for"
+    ):
+        prepared = model.prepare(inputs)
+        logits = model.run(inputs, prepared)  # warm-up: first calls start threads and fill caches
+        start = time.perf_counter()
+        logits = model.run(inputs, prepared)
+        seconds = time.perf_counter() - start
     console = _console(args)
     name = Path(args.model).name
     console.print(
@@ -326,14 +339,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from quantgraph.printer import inspect_file
 
-    inspect_file(
-        args.file,
-        _console(args),
-        data_spec=args.data,
-        data_root=args.data_root,
-        policy=args.policy,
-        bits=args.bits,
-    )
+    with reading(
+        args.file, "model, ONNX or .qgn file", "pass a file written by quantgraph or torch.export.save"
+    ):
+        inspect_file(
+            args.file,
+            _console(args),
+            data_spec=args.data,
+            data_root=args.data_root,
+            policy=args.policy,
+            bits=args.bits,
+        )
     return 0
 
 
@@ -487,9 +503,7 @@ def _print_options(name: str, console: Console) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from quantgraph.backends.registry import available_backends
 
-    parser = argparse.ArgumentParser(
-        prog="quantgraph", description="Quantization compiler for graph neural networks"
-    )
+    parser = _Parser(prog="quantgraph", description="Quantization compiler for graph neural networks")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -656,6 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["train", "val", "test", "all"],
         help="nodes (node tasks) or graphs (graph-classification .npz) to score",
     )
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="stop onnxruntime after this many seconds (default 600)"
+    )
     _quiet(p)
     p.set_defaults(func=cmd_eval)
 
@@ -710,21 +727,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2), like every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message}. See `{self.prog} --help`.", file=sys.stderr)
+        sys.exit(EXIT_INPUT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure ends here as one line on stderr (a traceback only with --debug)."""
     warnings.filterwarnings("ignore", message="Failed to fetch module")  # torch.fx codegen noise
     warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a one-line usage error from _Parser.error
+        return done.code if isinstance(done.code, int) else EXIT_INPUT
+    try:
+        check_args(args)
         return args.func(args)
-    except QuantGraphError as err:
-        if args.debug:
-            raise
-        print(f"error: {err.one_line()}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         return 130
+    except Exception as err:  # the one place where errors become exit codes
+        if args.debug:
+            raise
+        code, line = describe_failure(err)
+        print(f"error: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -305,22 +304,9 @@ def _fetch_attr(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
 
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write ``model`` atomically (temp file in the same folder, then ``os.replace``); same model, same bytes."""
+    """Write ``model`` atomically (``quantgraph.fileio``: whole or not at all); same model, same bytes."""
+    from quantgraph.fileio import atomic_write_bytes
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = model.SerializeToString(deterministic=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, model.SerializeToString(deterministic=True))
     return path
