@@ -10,14 +10,49 @@ Typical use::
     compiled.export_onnx("gcn_int8.onnx")
 """
 
-from quantgraph.compiler import CompiledModel, PassInsertion, compile
-from quantgraph.data import GraphData, load_dataset
-from quantgraph.errors import InputError, PassError, QuantGraphError, UnsupportedOpError
-from quantgraph.frontend import load_model, trace
-from quantgraph.models import build_model, load_checkpoint, save_checkpoint
-from quantgraph.passes import PassBase, PassResult, register_pass
-from quantgraph.policies import Policy, register_policy
-from quantgraph.training import train_node_classifier
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> the module that defines it; imported on first use so that ``quantgraph --help`` and
+#: ``import quantgraph.errors`` do not load torch.
+_EXPORTS = {
+    "CompiledModel": "quantgraph.compiler",
+    "PassInsertion": "quantgraph.compiler",
+    "compile": "quantgraph.compiler",
+    "GraphData": "quantgraph.data",
+    "load_dataset": "quantgraph.data",
+    "InputError": "quantgraph.errors",
+    "PassError": "quantgraph.errors",
+    "QuantGraphError": "quantgraph.errors",
+    "UnsupportedOpError": "quantgraph.errors",
+    "load_model": "quantgraph.frontend",
+    "trace": "quantgraph.frontend",
+    "build_model": "quantgraph.models",
+    "load_checkpoint": "quantgraph.models",
+    "save_checkpoint": "quantgraph.models",
+    "PassBase": "quantgraph.passes",
+    "PassResult": "quantgraph.passes",
+    "register_pass": "quantgraph.passes",
+    "Policy": "quantgraph.policies",
+    "register_policy": "quantgraph.policies",
+    "train_node_classifier": "quantgraph.training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'quantgraph' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __version__ = "0.1.0"
 

@@ -1,19 +1,27 @@
-"""The ``quantgraph`` command line: train, compile, eval, run, inspect, demo, passes."""
+"""The ``quantgraph`` command line: train, compile, eval, run, inspect, report, compare, demo, passes.
+
+Heavy modules (torch, onnx) are imported inside the commands, so ``quantgraph --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import io
+import os
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
-from rich.console import Console
+from quantgraph.cli_checks import check_args, parse_pass_spec
+from quantgraph.errors import EXIT_INPUT, InputError, describe_failure, reading
 
-from quantgraph.errors import InputError, QuantGraphError
+if TYPE_CHECKING:
+    from rich.console import Console
 
 QAT_OPTIONS = ("epochs", "lr", "weight_decay", "seed", "p_min", "p_max", "batch_size")
 #: mixq search flags: argparse dest -> compile option
@@ -26,12 +34,71 @@ MIXQ_OPTIONS = {
 
 
 def _console(args: argparse.Namespace) -> Console:
+    from rich.console import Console
+
     return Console(quiet=getattr(args, "quiet", False), stderr=False)
 
 
+def _logs_stages(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run ``command`` with timed stage lines on stderr unless ``--quiet`` (off again afterwards)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from quantgraph.progress import disable_stage_log, enable_stage_log
+
+        if not getattr(args, "quiet", False):
+            enable_stage_log()
+        try:
+            return command(args)
+        finally:
+            disable_stage_log()
+
+    return run
+
+
+def _check_output_suffix(backend: str, output: str) -> None:
+    """Refuse an output name whose suffix is another backend's (a .qgn zip under .onnx misleads)."""
+    from quantgraph.backends.registry import available_backends
+
+    suffixes = {name: b.suffix for name, b in available_backends().items() if b.suffix}
+    want = suffixes.get(backend)
+    suffix = Path(output).suffix
+    if want is None or suffix == want:
+        return
+    if suffix in suffixes.values():
+        raise InputError(
+            f"--backend {backend} writes a {want} file, but -o {output} ends in {suffix}",
+            f"name the output {Path(output).with_suffix(want).name}",
+        )
+
+
+def _refuse_compiled_input(path: str) -> None:
+    """``compile`` takes a PyTorch model; name the format when it was given a compiled artifact."""
+    from quantgraph.printer import FORMAT_NAMES, sniff_format
+
+    file = Path(path)
+    if not file.is_file():
+        return
+    kind = sniff_format(file)
+    if kind in ("onnx", "native"):
+        runner = "quantgraph eval" if kind == "onnx" else "quantgraph run"
+        raise InputError(
+            f"{file} is {FORMAT_NAMES[kind]}, a compiled output, not a model to compile",
+            f"compile the .pt checkpoint or .pt2 program it came from; run this file with `{runner}`",
+        )
+
+
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--data", required=required, help="cora | citeseer | pubmed | synthetic[:k=v,...] | FILE")
-    p.add_argument("--data-root", help="folder with Planetoid raw files (default: $QUANTGRAPH_DATA_ROOT)")
+    p.add_argument(
+        "--data",
+        required=required,
+        metavar="DATA",
+        help="cora | citeseer | pubmed | synthetic[:k=v,...] | FILE (.npz, .pt, .json, .gml, .graphml)"
+        + ("" if required else " (default: a synthetic graph of the model's width)"),
+    )
+    p.add_argument(
+        "--data-root", metavar="DIR", help="folder with Planetoid raw files (default: $QUANTGRAPH_DATA_ROOT)"
+    )
 
 
 def _parse_pass_option(spec: str):
@@ -39,15 +106,9 @@ def _parse_pass_option(spec: str):
     from quantgraph.compiler import PassInsertion
     from quantgraph.passes import load_pass
 
-    target, _, where = spec.partition("@")
-    before = after = None
-    if where:
-        key, _, name = where.partition("=")
-        if key not in ("before", "after") or not name:
-            raise InputError(
-                f"bad --pass placement '@{where}'", "write module:Class@before=PASS or @after=PASS"
-            )
-        before, after = (name, None) if key == "before" else (None, name)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `--pass mypkg.passes:P` finds mypkg in the current directory
+    target, before, after = parse_pass_spec(spec)
     return PassInsertion(load_pass(target), before=before, after=after)
 
 
@@ -113,20 +174,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_logs_stages
 def cmd_compile(args: argparse.Namespace) -> int:
     from quantgraph.compiler import compile as qg_compile
     from quantgraph.data.task import load_task
-    from quantgraph.fileio import atomic_write_json
+    from quantgraph.fileio import atomic_write_json, output_transaction
     from quantgraph.frontend import load_model
     from quantgraph.options import parse_assignments
     from quantgraph.report import render_report
 
     console = _console(args)
+    _check_output_suffix(args.backend, args.output)
+    if args.html:  # before the compile: no artifact is written when the HTML cannot be
+        from quantgraph.html_report import require_matplotlib
+
+        require_matplotlib()
+    _refuse_compiled_input(args.model)
     if args.imports and not args.trust_pickle:
         raise InputError("--import is only used with --trust-pickle", "add --trust-pickle or drop --import")
     insertions = [_parse_pass_option(s) for s in args.passes or []]
     pipeline = [p.strip() for p in args.pipeline.split(",") if p.strip()] if args.pipeline else None
-    model = load_model(args.model, trust_pickle=args.trust_pickle, imports=args.imports or [])
+    with reading(args.model, "model file", "pass a zoo checkpoint .pt or a torch.export .pt2 file"):
+        model = load_model(args.model, trust_pickle=args.trust_pickle, imports=args.imports or [])
     task = load_task(args.data, args.data_root)
     options = {k: v for k, v in vars(args).items() if k in QAT_OPTIONS and v is not None}
     options.update({"calibration": args.calibration, "percentile_tail": args.percentile_tail})
@@ -151,18 +220,26 @@ def cmd_compile(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         backend=args.backend,
     )
-    compiled.export(args.output, task.data)
-    report = compiled.public_report()
-    report["output"] = str(args.output)
-    if args.report:
-        atomic_write_json(args.report, report)
+    if task.kind == "graph":
+        compiled.report["accuracy"]["split"] = "test graphs"
+    with output_transaction():  # the model, the report and the HTML appear together or not at all
+        compiled.export(args.output, task.data)
+        report = compiled.public_report()
+        report["output"] = str(args.output)
+        if args.report:
+            atomic_write_json(args.report, report)
+        if args.html:
+            from quantgraph.html_report import write_html
+
+            write_html(report, args.html)
     render_report(report, console)
-    console.print(f"wrote {args.output}" + (f" and {args.report}" if args.report else ""))
+    written = [str(p) for p in (args.output, args.report, args.html) if p]
+    console.print("wrote " + ", ".join(written))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from quantgraph.backends.verify import ort_session, run_onnx
+    from quantgraph.backends.verify import check_onnx_inputs, ort_session, run_onnx
     from quantgraph.data.task import load_task
     from quantgraph.metrics import accuracy
 
@@ -179,14 +256,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
             "re-export it with `quantgraph compile`",
         ) from err
     task = load_task(args.data, args.data_root)
-    data = task.data
-    logits = run_onnx(session, data.inputs())
-    mask = getattr(data, f"{args.split}_mask") if args.split != "all" and task.kind == "node" else None
+    data, mask, split = _split_data(task, args.split)
+    check_onnx_inputs(session, data, path)
+    try:
+        logits = run_onnx(session, data.inputs(), time_limit=args.timeout)
+    except TimeoutError as err:
+        raise InputError(
+            f"{path} did not finish within --timeout {args.timeout:g} s on {data.name}",
+            "check the model for unbounded loops, or raise --timeout",
+        ) from err
+    except Exception as err:  # onnxruntime raises its own exception types for inputs it refuses
+        raise InputError(
+            f"{path} cannot run on {data.name} ({str(err).splitlines()[0][:160]})",
+            "evaluate on data of the shape and type the model was compiled for",
+        ) from err
     acc = accuracy(logits, data.y, mask)
     if acc is None:
         raise InputError(f"dataset {data.name} has no labels", "evaluate on a labelled dataset")
-    _console(args).print(f"{path.name} on {data.name} ({args.split}): accuracy {100 * acc:.2f}%")
+    _console(args).print(f"{path.name} on {data.name} ({split}): accuracy {100 * acc:.2f}%")
     return 0
+
+
+def _split_data(task, split: str):
+    """The graph, row mask and label for ``--split``: node masks, or the split's graphs batched."""
+    from quantgraph.data import collate
+
+    if task.kind == "graph":
+        names = ("train", "val", "test") if split == "all" else (split,)
+        graphs = [g for name in names for g in task.graphs[name]]
+        data = collate(graphs)
+        data.name = task.data.name.split(" (")[0]
+        return data, None, f"{split} graphs, {len(graphs)}"
+    data = task.data
+    if split == "all":
+        return data, None, "all nodes"
+    mask = getattr(data, f"{split}_mask")
+    if mask is None:
+        return data, None, f"all nodes: the data has no {split} mask"
+    return data, mask, f"{split} nodes"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -197,25 +304,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     from quantgraph.metrics import accuracy
     from quantgraph.native.runtime import NativeModel
 
-    model = NativeModel.load(args.model, threads=args.threads)
+    with reading(
+        args.model, "native model (.qgn)", "re-create it with `quantgraph compile --backend native`"
+    ):
+        model = NativeModel.load(args.model, threads=args.threads)
     task = load_task(args.data, args.data_root)
-    data = task.data
+    data, mask, split = _split_data(task, args.split)
     inputs = data.inputs()
-    prepared = model.prepare(inputs)
-    logits = model.run(inputs, prepared)  # warm-up: first calls start threads and fill caches
-    start = time.perf_counter()
-    logits = model.run(inputs, prepared)
-    seconds = time.perf_counter() - start
+    with reading(
+        args.model, f"native model for {data.name}", "run it on data like the data it was compiled for"
+    ):
+        prepared = model.prepare(inputs)
+        logits = model.run(inputs, prepared)  # warm-up: first calls start threads and fill caches
+        start = time.perf_counter()
+        logits = model.run(inputs, prepared)
+        seconds = time.perf_counter() - start
     console = _console(args)
     name = Path(args.model).name
     console.print(
         f"{name} on {data.name}: graph prepared in {prepared.seconds:.3f} s, "
         f"inference {seconds:.3f} s (second run)"
     )
-    mask = getattr(data, f"{args.split}_mask") if args.split != "all" and task.kind == "node" else None
     acc = accuracy(logits, data.y, mask)
     if acc is not None:
-        console.print(f"{name} on {data.name} ({args.split}): accuracy {100 * acc:.2f}%")
+        console.print(f"{name} on {data.name} ({split}): accuracy {100 * acc:.2f}%")
     if args.output:
         buf = io.BytesIO()
         np.save(buf, logits.numpy(), allow_pickle=False)
@@ -227,23 +339,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from quantgraph.printer import inspect_file
 
-    inspect_file(
-        args.file,
-        _console(args),
-        data_spec=args.data,
-        data_root=args.data_root,
-        policy=args.policy,
-        bits=args.bits,
-    )
+    with reading(
+        args.file, "model, ONNX or .qgn file", "pass a file written by quantgraph or torch.export.save"
+    ):
+        inspect_file(
+            args.file,
+            _console(args),
+            data_spec=args.data,
+            data_root=args.data_root,
+            policy=args.policy,
+            bits=args.bits,
+        )
     return 0
 
 
+@_logs_stages
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from quantgraph.compiler import compile as qg_compile
     from quantgraph.data import load_dataset
     from quantgraph.models import build_model
+    from quantgraph.progress import stage
     from quantgraph.report import render_report
     from quantgraph.training import train_node_classifier
 
@@ -255,9 +372,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     torch.manual_seed(0)
     model = build_model("gcn", data.num_features, data.num_classes)
-    train_node_classifier(
-        model, data, epochs=100, lr=0.01, weight_decay=5e-4, seed=0, progress=not args.quiet
-    )
+    with stage("train FP32 (demo)"):
+        train_node_classifier(
+            model, data, epochs=100, lr=0.01, weight_decay=5e-4, seed=0, progress=not args.quiet
+        )
     compiled = qg_compile(model, data, policy="minmax", bits=8, progress=not args.quiet)
     with tempfile.TemporaryDirectory() as tmp:
         compiled.export_onnx(Path(tmp) / "demo.onnx", data)
@@ -275,19 +393,80 @@ def cmd_passes(args: argparse.Namespace) -> int:
     if args.options:
         return _print_options(args.options, console)
     passes = Table(title="passes")
-    passes.add_column("name")
+    passes.add_column("name", no_wrap=True)
     passes.add_column("description")
     for name, cls in available_passes().items():
         passes.add_row(name, cls.description)
-    policies = Table(title="policies")
-    policies.add_column("name")
-    policies.add_column("pipeline")
-    policies.add_column("description")
+    policies = Table(title="policies", show_lines=True)
+    policies.add_column("name", no_wrap=True)
+    policies.add_column("pipeline", overflow="fold", ratio=1)
+    policies.add_column("description", ratio=1)
     for name, pol in available_policies().items():
-        policies.add_row(name, ",".join(pol.pipeline), pol.description)
+        policies.add_row(name, " → ".join(pol.pipeline), pol.description)
     console.print(passes)
     console.print(policies)
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from quantgraph.html_report import read_report, write_html
+
+    report = read_report(args.report)
+    write_html(report, args.output)
+    _console(args).print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from quantgraph.html_report import read_report, write_compare_html
+
+    if len(args.reports) < 2:
+        raise InputError("compare needs at least two report JSON files", "pass two or more --report files")
+    reports = [read_report(path) for path in args.reports]
+    write_compare_html(reports, [Path(p).stem for p in args.reports], args.output)
+    _console(args).print(f"wrote {args.output} ({len(reports)} reports)")
+    return 0
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default (when it has one) and, for ``--policy``, every policy with its line."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.dest == "policy" and "%(policies)s" in text:
+            text = text.replace("%(policies)s", _policy_lines())
+        if (
+            action.option_strings
+            and action.default not in (None, False, argparse.SUPPRESS)
+            and "%(default)" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        lines: list[str] = []
+        for part in text.split("\n"):
+            lines += super()._split_lines(part, width) or [""]
+        return lines
+
+
+def _policy_lines() -> str:
+    try:
+        from quantgraph.policies import available_policies
+
+        return "\n".join(f"  {name}: {pol.description}" for name, pol in available_policies().items())
+    except Exception:  # listing help must not fail; `quantgraph passes` shows the same
+        return "  (run `quantgraph passes` to list them)"
+
+
+def _sub(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+
+
+def _quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quiet", action="store_true", help="print nothing but errors (no progress or stage lines)"
+    )
 
 
 def _print_options(name: str, console: Console) -> int:
@@ -324,31 +503,41 @@ def _print_options(name: str, console: Console) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from quantgraph.backends.registry import available_backends
 
-    parser = argparse.ArgumentParser(
-        prog="quantgraph", description="Quantization compiler for graph neural networks"
-    )
+    parser = _Parser(prog="quantgraph", description="Quantization compiler for graph neural networks")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a zoo model in FP32 (checkpoint chosen on validation)")
-    p.add_argument("--arch", required=True, choices=["gcn", "gat", "gin", "sage", "gin_graph"])
+    p = _sub(sub, "train", "train a zoo model in FP32 (checkpoint chosen on validation)")
+    p.add_argument(
+        "--arch",
+        required=True,
+        choices=["gcn", "gat", "gin", "sage", "gin_graph"],
+        help="model: gcn, gat, gin, sage (node tasks) or gin_graph (graph-classification .npz)",
+    )
     _add_data_args(p)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--hidden", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--epochs", type=int, help="training epochs (default: the architecture's, e.g. 200 for gcn)"
+    )
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: the architecture's)")
+    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default: the architecture's)")
+    p.add_argument("--hidden", type=int, help="hidden width (default: the architecture's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.pt", help="checkpoint to write")
+    _quiet(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("compile", help="quantize a model with a policy and export ONNX")
+    p = _sub(sub, "compile", "quantize a model with a policy and export ONNX (or a native .qgn)")
     p.add_argument(
         "model", help="zoo checkpoint .pt, torch.export program .pt2, or pickled module (--trust-pickle)"
     )
     _add_data_args(p)
-    p.add_argument("--policy", default="minmax")
-    p.add_argument("--bits", type=int, default=None, help="bitwidth 2..8 (default: the policy's)")
+    p.add_argument(
+        "--policy",
+        default="minmax",
+        metavar="NAME",
+        help="the pass pipeline to run (default: %(default)s), one of:\n%(policies)s",
+    )
+    p.add_argument("--bits", type=int, default=None, help="bitwidth 2..8 (default: the policy's, 8)")
     p.add_argument(
         "--calibration",
         choices=["minmax", "percentile"],
@@ -359,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--percentile-tail",
         type=float,
         default=None,
+        metavar="F",
         help="fraction cut per side (default 0.001 at 8 bits, 0.01 below)",
     )
     p.add_argument(
@@ -372,42 +562,86 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-role",
         dest="skip_roles",
         action="append",
-        help="leave values of this role unquantized (repeatable or comma-separated, e.g. message)",
+        metavar="ROLE",
+        help="leave values of this role unquantized (repeatable or comma-separated, e.g. message; default: none)",
     )
     p.add_argument(
         "--int-overflow",
         choices=["error", "float"],
         help="integer backends: when an int32 accumulator could overflow, fail (default) or keep that op in float",
     )
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--report", help="write the report JSON here")
-    qat = p.add_argument_group("quantization-aware training (qat, degree-quant)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="artifact to write: .onnx, or .qgn for --backend native",
+    )
+    p.add_argument("--report", metavar="FILE.json", help="write the report JSON here (default: not written)")
+    p.add_argument(
+        "--html",
+        metavar="FILE.html",
+        help="write the HTML report (plots, per-point error) here (default: not written; needs matplotlib)",
+    )
+    qat = p.add_argument_group("quantization-aware training (qat, degree-quant, mixq)")
     qat.add_argument(
         "--epochs", type=int, help="fine-tuning epochs (defaults: `quantgraph passes --options train-qat`)"
     )
-    qat.add_argument("--lr", type=float, help="learning rate (default depends on the task)")
-    qat.add_argument("--weight-decay", type=float, help="weight decay (default depends on the task)")
-    qat.add_argument("--seed", type=int, help="training seed")
-    qat.add_argument("--batch-size", type=int, help="graphs per mini-batch for graph classification")
-    qat.add_argument("--p-min", type=float, help="degree-quant: lowest protection probability")
-    qat.add_argument("--p-max", type=float, help="degree-quant: highest protection probability")
+    qat.add_argument(
+        "--lr", type=float, help="learning rate (default depends on the task: 0.005 nodes, 0.001 graphs)"
+    )
+    qat.add_argument(
+        "--weight-decay", type=float, help="weight decay (default depends on the task: 5e-4 nodes, 0 graphs)"
+    )
+    qat.add_argument("--seed", type=int, help="training seed (default 0)")
+    qat.add_argument(
+        "--batch-size", type=int, help="graphs per mini-batch for graph classification (default 32)"
+    )
+    qat.add_argument(
+        "--p-min",
+        type=float,
+        metavar="P",
+        help="degree-quant: lowest protection probability (default 0 at INT8, 0.1 below)",
+    )
+    qat.add_argument(
+        "--p-max",
+        type=float,
+        metavar="P",
+        help="degree-quant: highest protection probability (default 0.1 at INT8, 0.2 below)",
+    )
     mixq = p.add_argument_group("mixed precision (mixq)")
     mixq.add_argument(
         "--lambda",
         dest="lambda_",
         type=float,
-        help="weight of the BitOPs penalty (defaults: `quantgraph passes --options search-bits`)",
+        metavar="WEIGHT",
+        help="weight of the BitOPs penalty (default 0.1; `quantgraph passes --options search-bits`)",
     )
-    mixq.add_argument("--target-bits", type=float, help="fit the chosen bits to this mean bitwidth (at most)")
-    mixq.add_argument("--bit-candidates", help="comma-separated candidate bitwidths")
-    mixq.add_argument("--search-epochs", type=int, help="epochs of the bitwidth search")
+    mixq.add_argument(
+        "--target-bits",
+        type=float,
+        metavar="B",
+        help="fit the chosen bits to this mean bitwidth, at most (default: no target)",
+    )
+    mixq.add_argument(
+        "--bit-candidates", metavar="LIST", help="comma-separated candidate bitwidths (default 2,4,8)"
+    )
+    mixq.add_argument(
+        "--search-epochs", type=int, metavar="N", help="epochs of the bitwidth search (default 40)"
+    )
     p.add_argument(
         "--pass",
         dest="passes",
         action="append",
-        help="add a pass: module:Class[@before=NAME|@after=NAME] (repeatable)",
+        metavar="MODULE:CLASS[@before=NAME|@after=NAME]",
+        help="add a pass (repeatable; appended by default). MODULE is imported from the current directory "
+        "or sys.path",
     )
-    p.add_argument("--pipeline", help="comma-separated pass names replacing the policy's pipeline")
+    p.add_argument(
+        "--pipeline",
+        metavar="A,B,C",
+        help="comma-separated pass names replacing the policy's pipeline (default: the policy's)",
+    )
     p.add_argument(
         "--option",
         action="append",
@@ -417,38 +651,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trust-pickle", action="store_true", help="allow loading a pickled module (runs its code!)"
     )
-    p.add_argument("--import", dest="imports", action="append", help="module to import before unpickling")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="module to import before unpickling (repeatable)",
+    )
+    _quiet(p)
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("eval", help="accuracy of an ONNX model in onnxruntime")
-    p.add_argument("model")
+    p = _sub(sub, "eval", "accuracy of an ONNX model in onnxruntime")
+    p.add_argument("model", help="an .onnx file from `quantgraph compile`")
     _add_data_args(p)
-    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test", "all"],
+        help="nodes (node tasks) or graphs (graph-classification .npz) to score",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="stop onnxruntime after this many seconds (default 600)"
+    )
+    _quiet(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("run", help="run a native model (.qgn) with the integer kernels")
+    p = _sub(sub, "run", "run a native model (.qgn) with the integer kernels")
     p.add_argument("model", help="a .qgn file from `quantgraph compile --backend native`")
     _add_data_args(p)
-    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test", "all"],
+        help="nodes (node tasks) or graphs (graph-classification .npz) to score",
+    )
     p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all cores)")
-    p.add_argument("-o", "--output", help="write the logits here (.npy)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("-o", "--output", metavar="FILE.npy", help="write the logits here (default: not written)")
+    _quiet(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("inspect", help="print the IR (with quantization annotations) or an ONNX graph")
-    p.add_argument("file")
+    p = _sub(
+        sub,
+        "inspect",
+        "print a model's IR (with quantization annotations), an ONNX graph or a native program",
+    )
+    p.add_argument("file", help="a model (.pt/.pt2), an .onnx file or a native .qgn file")
     _add_data_args(p, required=False)
-    p.add_argument("--policy", default=None, help="show the IR after this policy's passes")
-    p.add_argument("--bits", type=int, default=None)
+    p.add_argument("--policy", default=None, help="show the IR after this policy's passes (default: fp32)")
+    p.add_argument("--bits", type=int, default=None, help="bitwidth for --policy (default: the policy's)")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("demo", help="train, quantize (INT8) and verify a GCN on a built-in synthetic graph")
-    p.add_argument("--quiet", action="store_true")
+    p = _sub(sub, "report", "write the HTML report of a compile report JSON")
+    p.add_argument("report", help="a report JSON from `quantgraph compile --report`")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.html", help="HTML file to write")
+    _quiet(p)
+    p.set_defaults(func=cmd_report)
+
+    p = _sub(
+        sub, "compare", "compare compile reports side by side (accuracy vs bits and memory, Pareto plot)"
+    )
+    p.add_argument("reports", nargs="+", metavar="REPORT.json", help="two or more report JSON files")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.html", help="HTML file to write")
+    _quiet(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = _sub(sub, "demo", "train, quantize (INT8) and verify a GCN on a built-in synthetic graph")
+    _quiet(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("passes", help="list passes and policies")
+    p = _sub(sub, "passes", "list passes and policies (built-in and from entry points)")
     p.add_argument(
         "--options", metavar="NAME", help="print the options a pass (or a policy's pipeline) declares"
     )
@@ -456,21 +727,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2), like every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message}. See `{self.prog} --help`.", file=sys.stderr)
+        sys.exit(EXIT_INPUT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure ends here as one line on stderr (a traceback only with --debug)."""
     warnings.filterwarnings("ignore", message="Failed to fetch module")  # torch.fx codegen noise
     warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a one-line usage error from _Parser.error
+        return done.code if isinstance(done.code, int) else EXIT_INPUT
+    try:
+        check_args(args)
         return args.func(args)
-    except QuantGraphError as err:
-        if args.debug:
-            raise
-        print(f"error: {err.one_line()}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("error: interrupted.", file=sys.stderr)
         return 130
+    except Exception as err:  # the one place where errors become exit codes
+        if args.debug:
+            raise
+        code, line = describe_failure(err)
+        print(f"error: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ Data flows one way: frontend (trace) -> IR -> passes (policy pipeline) -> backen
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,8 @@ from quantgraph.bitops import count_bitops
 from quantgraph.data import GraphData, validate_graph
 from quantgraph.errors import InputError
 from quantgraph.frontend import TracedGraph, trace, trace_exported
-from quantgraph.ir.meta import LAYER_KEY, QPARAMS_KEY, QSPEC_KEY, ROLE_KEY, SOURCE_KEY
-from quantgraph.ir.ops import DEQUANTIZE
-from quantgraph.metrics import accuracy, argmax_agreement, sqnr_db
+from quantgraph.ir.meta import LAYER_KEY, QPARAMS_KEY, QSPEC_KEY, ROLE_KEY
+from quantgraph.metrics import accuracy, argmax_agreement
 from quantgraph.options import (
     CALIBRATION,
     COMPILE_OPTIONS,
@@ -38,6 +36,8 @@ from quantgraph.options import (
 from quantgraph.passes import CompileContext, PassBase, PassManager, available_passes, get_pass
 from quantgraph.policies import get_policy
 from quantgraph.policies.base import GRAPH_PASSES, Policy, available_policies, without_roles
+from quantgraph.progress import stage
+from quantgraph.quant_error import kept_float_points, point_errors
 
 #: The FP32 reference: the graph passes, without the dropout a training-mode trace keeps.
 GRAPH_ONLY_PASSES = ("strip-dropout", *GRAPH_PASSES)
@@ -86,7 +86,13 @@ class CompiledModel:
 
         gm = self.graph_module if quantized else self.fp32_module
         integer = quantized and get_backend(self.backend).integer_ir
-        return export_onnx(gm, input_names=self.input_names, dim_names=self.dim_names, integer=integer)
+        return export_onnx(
+            gm,
+            input_names=self.input_names,
+            dim_names=self.dim_names,
+            integer=integer,
+            output_shapes=_output_shapes(self.fp32_module),
+        )
 
     def export_onnx(self, path: str | Path, data: GraphData | None = None) -> dict[str, Any]:
         """Export, verify in onnxruntime against the IR reference, write ``path``; returns the ONNX report.
@@ -250,7 +256,8 @@ def compile(  # noqa: A001 - mirrors the CLI command
     qconfig = without_roles(qconfig, SKIP_ROLES.read(opts))
     width = None if isinstance(model, TracedGraph) else expected_feature_width(model)
     validate_graph(data.x, data.edge_index, expected_features=width, name=data.name)
-    traced = _trace(model, data, training=TRACE_TRAINING.read(opts))
+    with stage("trace"):
+        traced = _trace(model, data, training=TRACE_TRAINING.read(opts))
     graphs = list(calibration) if calibration else [data]
     ctx = CompileContext(
         input_names=traced.input_names,
@@ -276,7 +283,8 @@ def compile(  # noqa: A001 - mirrors the CLI command
         data=data,
         qdq_module=ctx.qdq_module,
     )
-    compiled.report = _report(compiled, ctx, manager, pol.name, bits if pol.quantizes else 32, data)
+    with stage("report (accuracy, SQNR)"):
+        compiled.report = _report(compiled, ctx, manager, pol.name, bits if pol.quantizes else 32, data)
     compiled.report["calibration"] = CALIBRATION.read(opts) or "minmax"
     return compiled
 
@@ -302,48 +310,22 @@ def _graph_only_copy(gm: fx.GraphModule) -> fx.GraphModule:
     return ref
 
 
-def _capture(
-    gm: fx.GraphModule, names: list[str], inputs: dict[str, Tensor], wanted: set[str]
-) -> dict[str, Tensor]:
-    """Values of nodes named in ``wanted`` (for Q/DQ'd nodes: the dequantized value)."""
-    captured: dict[str, Tensor] = {}
-
-    class _Capture(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            value = super().run_node(n)
-            key = n.meta.get(SOURCE_KEY) if n.target == DEQUANTIZE else n.name
-            if key in wanted and isinstance(value, Tensor):
-                captured[key] = value
-            return value
-
-    with torch.no_grad():
-        _Capture(gm).run(*[inputs[n] for n in names])
-    return captured
-
-
 def per_layer_sqnr(compiled: CompiledModel, inputs: dict[str, Tensor]) -> list[dict[str, Any]]:
     """SQNR (dB) of each layer's last quantized activation against the FP32 reference."""
-    last_per_layer: dict[int, fx.Node] = {}
-    for node in compiled.graph_module.graph.nodes:
-        layer = node.meta.get(LAYER_KEY)
-        if QPARAMS_KEY in node.meta and node.op != "get_attr" and layer is not None:
-            last_per_layer[layer] = node
-    wanted = {n.name for n in last_per_layer.values()}
-    q = _capture(compiled.graph_module, compiled.input_names, inputs, wanted)
-    f = _capture(compiled.fp32_module, compiled.input_names, inputs, wanted)
-    rows = []
-    for layer, node in sorted(last_per_layer.items()):
-        if node.name in q and node.name in f:
-            value = sqnr_db(f[node.name], q[node.name])
-            rows.append(
-                {
-                    "layer": layer,
-                    "node": node.name,
-                    "role": node.meta[ROLE_KEY].value,
-                    "sqnr_db": round(value, 2) if math.isfinite(value) else None,
-                }
-            )
-    return rows
+    return point_errors(compiled.graph_module, compiled.fp32_module, compiled.input_names, inputs)[
+        "per_layer_sqnr"
+    ]
+
+
+def _output_shapes(gm: fx.GraphModule) -> list[Any]:
+    """The traced (symbolic) shape of each output of ``gm``, or None where it was not recorded."""
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    args = output.args[0] if isinstance(output.args[0], (tuple, list)) else [output.args[0]]
+    shapes = []
+    for arg in args:
+        val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
+        shapes.append(tuple(val.shape) if isinstance(val, Tensor) else None)
+    return shapes
 
 
 def _report(
@@ -357,7 +339,13 @@ def _report(
     inputs = data.inputs()
     q_logits, f_logits = compiled.run(inputs), compiled.run_fp32(inputs)
     mask = data.test_mask
-    annotated = [n for n in compiled.graph_module.graph.nodes if QSPEC_KEY in n.meta]
+    qdq = ctx.qdq_module or compiled.graph_module  # integer IR: its Q/DQ form has every point
+    annotated = [n for n in qdq.graph.nodes if QSPEC_KEY in n.meta]
+    errors = (
+        point_errors(qdq, compiled.fp32_module, compiled.input_names, inputs)
+        if annotated
+        else {"points": [], "per_layer_sqnr": [], "error_by_degree": []}
+    )
     report: dict[str, Any] = {
         "policy": policy,
         "bits": bits,
@@ -379,11 +367,18 @@ def _report(
             }
             for n in annotated
         },
-        "per_layer_sqnr": per_layer_sqnr(compiled, inputs) if annotated else [],
+        "quantization_points": len(annotated),
+        "points": errors["points"],
+        "per_layer_sqnr": errors["per_layer_sqnr"],
+        "error_by_degree": errors["error_by_degree"],
     }
     if annotated:
-        counted = ctx.qdq_module or compiled.graph_module  # integer IR: count its Q/DQ form
-        report["bitops"] = count_bitops(counted, compiled.input_names, ctx.calibration_data[0])
+        report["bitops"] = count_bitops(qdq, compiled.input_names, ctx.calibration_data[0])
     for key, value in ctx.report.items():
         report.setdefault(key, value)
+    if "integer" in report:
+        report["integer"] = {
+            **report["integer"],
+            "kept_float_points": kept_float_points(qdq, report["integer"]),
+        }
     return report

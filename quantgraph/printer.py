@@ -1,4 +1,4 @@
-"""Human-readable listings of the IR (with roles and quantization annotations) and of ONNX graphs."""
+"""Human-readable listings: the IR (with roles and quantization annotations), ONNX graphs, native programs."""
 
 from __future__ import annotations
 
@@ -56,7 +56,34 @@ def format_ir(gm: fx.GraphModule) -> list[str]:
     return lines
 
 
+def sniff_format(path: Path) -> str:
+    """What a file holds, from its bytes: ``onnx``, ``native`` (.qgn), ``torch`` (a torch zip) or ``unknown``."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except zipfile.BadZipFile:
+            return "unknown"
+        return "native" if "program.json" in names else "torch"
+    if path.suffix == ".onnx" or head[:1] == b"\x08":  # protobuf field 1 (ir_version), varint
+        return "onnx"
+    return "unknown"
+
+
+FORMAT_NAMES = {
+    "onnx": "an ONNX model",
+    "native": "a quantgraph native model (.qgn)",
+    "torch": "a torch file",
+    "unknown": "not a format quantgraph reads",
+}
+
+
 def format_onnx(path: Path) -> list[str]:
+    """Opsets, inputs and outputs with their shapes, op counts, then the nodes; initializers are elided."""
     import onnx
 
     try:
@@ -67,21 +94,74 @@ def format_onnx(path: Path) -> list[str]:
         ) from err
     g = model.graph
     counts = Counter(n.op_type for n in g.node)
+    values = sum(_numel(t.dims) for t in g.initializer)
     lines = [
         f"ONNX ir_version {model.ir_version}, opsets "
         + ", ".join(f"{o.domain or 'ai.onnx'}:{o.version}" for o in model.opset_import),
         "inputs: " + ", ".join(f"{i.name}{_onnx_shape(i)}" for i in g.input),
         "outputs: " + ", ".join(f"{o.name}{_onnx_shape(o)}" for o in g.output),
+        f"initializers: {len(g.initializer)} tensors, {values:,} values (elided below)",
         "ops: " + ", ".join(f"{k}×{v}" for k, v in sorted(counts.items())),
         "",
     ]
-    lines += onnx.printer.to_text(g).splitlines()
+    bare = onnx.GraphProto()
+    bare.CopyFrom(g)
+    bare.ClearField("initializer")
+    lines += onnx.printer.to_text(bare).splitlines()
     return lines
+
+
+def _numel(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
 
 
 def _onnx_shape(value) -> str:
     dims = value.type.tensor_type.shape.dim
-    return "[" + ", ".join(d.dim_param or str(d.dim_value) for d in dims) + "]"
+    return (
+        "["
+        + ", ".join(d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?") for d in dims)
+        + "]"
+    )
+
+
+def format_native(path: Path) -> list[str]:
+    """A native program: metadata, inputs, constants, then one line per step (stage, op, args, source)."""
+    from quantgraph.native.artifact import load_program
+
+    program = load_program(path)
+    meta = program.meta
+    values = sum(int(a.size) for a in program.arrays.values())
+    kinds = Counter(step.op.split(".")[0] for step in program.steps)
+    lines = [
+        f"quantgraph native program: policy {meta.get('policy')}, {meta.get('bits')} bits, "
+        f"quantgraph {meta.get('quantgraph_version')}",
+        "inputs: " + ", ".join(program.inputs),
+        "outputs: " + ", ".join(program.outputs),
+        f"constants: {len(program.arrays)} arrays, {values:,} values (elided below)",
+        "steps: " + ", ".join(f"{k}×{v}" for k, v in sorted(kinds.items())),
+        "",
+    ]
+    for step in program.steps:
+        args = ", ".join(_native_arg(a) for a in step.args)
+        kwargs = "".join(f", {k}={_native_arg(v)}" for k, v in step.kwargs.items())
+        source = f"  [{step.source}]" if step.source else ""
+        lines.append(f"{step.stage:<7} %{step.out} = {step.op}({args}{kwargs}){source}")
+    return lines
+
+
+def _native_arg(arg: object) -> str:
+    if isinstance(arg, dict):
+        if "value" in arg:
+            return f"%{arg['value']}"
+        if "array" in arg:
+            return f"@{arg['array']}"
+        return next(iter(arg.values()), "?").__str__()
+    if isinstance(arg, list):
+        return "[" + ", ".join(_native_arg(a) for a in arg) + "]"
+    return repr(arg)
 
 
 def inspect_file(
@@ -93,12 +173,15 @@ def inspect_file(
     policy: str | None = None,
     bits: int | None = None,
 ) -> None:
-    """Print an ONNX graph, or a model's IR (after ``policy``'s passes when given)."""
+    """Print an ONNX graph, a native program, or a model's IR (after ``policy``'s passes when given)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} does not exist", "check the path")
-    if path.suffix == ".onnx":
+    kind = sniff_format(path)
+    if kind == "onnx":
         lines = format_onnx(path)
+    elif kind == "native":
+        lines = format_native(path)
     else:
         lines = _ir_lines(path, data_spec, data_root, policy, bits)
     for line in lines:

@@ -8,6 +8,12 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _db(value: float) -> str:
+    """One decimal; a value that rounds to zero prints as 0.0, not -0.0."""
+    text = f"{value:.1f}"
+    return "0.0" if text == "-0.0" else text
+
+
 def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f}%"
 
@@ -15,6 +21,46 @@ def _pct(v: float | None) -> str:
 def _bits_label(report: dict[str, Any]) -> str:
     mixq = report.get("mixq")
     return f"mixed bits (mean {mixq['average_bits']:.2f})" if mixq else f"{report.get('bits')} bits"
+
+
+def _labels(report: dict[str, Any]) -> dict[str, str]:
+    """Node name -> ``layer L · role`` label of every quantization point."""
+    return {p["node"]: p["label"] for p in report.get("points", [])}
+
+
+def accuracy_note(report: dict[str, Any]) -> str | None:
+    """Why the IR's and the runtime's accuracy differ, when they do (one output step per differing row)."""
+    acc, onnx = report.get("accuracy", {}), report.get("onnx", {})
+    ir, ort = acc.get("quantized"), acc.get("onnx")
+    if ir is None or ort is None or abs(ir - ort) < 1e-9:
+        return None
+    agreement = onnx.get("argmax_agreement")
+    step = onnx.get("max_abs_error")
+    return (
+        f"IR {_pct(ir)} vs onnxruntime {_pct(ort)}: the two disagree on "
+        f"{_pct(1 - agreement) if agreement is not None else 'some'} of the predictions. onnxruntime can "
+        f"round a tie differently from PyTorch, which moves a value by one step of a quantizer "
+        f"(largest output difference {step:.3g}); where the top two logits are that close, the argmax flips. "
+        "On small test sets a few flips move the accuracy by points."
+    )
+
+
+def training_summary(report: dict[str, Any]) -> list[str]:
+    """One line per training stage: search (mixq) and QAT (best epoch, validation accuracy, time)."""
+    lines = []
+    mixq = report.get("mixq")
+    if mixq and "search_val_acc" in mixq:
+        lines.append(
+            f"bit search: {mixq['search_epochs']} epochs, λ = {mixq['lambda']}, validation accuracy "
+            f"{_pct(mixq['search_val_acc'])} at the last epoch, {mixq.get('search_seconds', 0):.1f} s"
+        )
+    qat = report.get("qat")
+    if qat:
+        lines.append(
+            f"QAT: kept epoch {qat['best_epoch']} of {qat['epochs_run']} (best validation accuracy "
+            f"{_pct(qat['val_acc'])}), {qat['seconds']:.1f} s"
+        )
+    return lines
 
 
 def render_report(report: dict[str, Any], console: Console) -> None:
@@ -43,11 +89,13 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         table.add_row("ONNX vs IR max |error|", "", f"{onnx['max_abs_error']:.3g}")
         table.add_row("ONNX vs IR argmax agreement", "", _pct(onnx["argmax_agreement"]))
     table.add_row("quantization points", "", str(report.get("quantization_points", 0)))
+    labels = _labels(report)
     mixq = report.get("mixq")
     if mixq:
         table.add_row("average bits (mixq, mean over points)", "32", f"{mixq['average_bits']:.2f}")
         for point in mixq["points"]:
-            table.add_row(f"  bits {point['node']} ({point['role']})", "", str(point["bits"]))
+            label = labels.get(point["node"], f"{point['node']} ({point['role']})")
+            table.add_row(f"  bits {label}", "", str(point["bits"]))
     bitops = report.get("bitops")
     if bitops:
         table.add_row(
@@ -59,6 +107,8 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     if integer:
         folded = len(integer["folded"])
         table.add_row("integer requantize points", "", f"{folded} of {folded + len(integer['kept_float'])}")
+        for kept in integer.get("kept_float_points", []):
+            table.add_row(f"  stays float: {kept['label']}", "", "float")
         table.add_row(
             "max int32 accumulator bound", "", f"{integer['max_accumulator_bound']:,} (≤ 2,147,483,647)"
         )
@@ -74,7 +124,22 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         steps = native["feature_steps"]
         table.add_row("native kernel steps / ATen steps", "", f"{steps['native']} / {steps['aten']}")
     for row in report.get("per_layer_sqnr", []):
-        sqnr = "∞" if row["sqnr_db"] is None else f"{row['sqnr_db']:.1f} dB"
-        table.add_row(f"SQNR layer {row['layer']} ({row['role']})", "", sqnr)
+        if row.get("sqnr_db") is None:
+            continue  # no measurable error (never the integer backends' real points; see points)
+        label = row.get("label") or f"layer {row['layer']} · {row['role']}"
+        table.add_row(f"SQNR {label}", "", f"{_db(row['sqnr_db'])} dB")
     console.print(table)
-    console.print("passes: " + " → ".join(report.get("passes", [])))
+    note = accuracy_note(report)
+    if note:
+        console.print(note, highlight=False)
+    for line in training_summary(report):
+        console.print(line, highlight=False)
+    seconds = report.get("pass_seconds", {})
+    console.print(
+        "passes: "
+        + " → ".join(
+            f"{name} ({seconds[name]:.2f} s)" if name in seconds else name
+            for name in report.get("passes", [])
+        ),
+        highlight=False,
+    )

@@ -18,6 +18,7 @@ reproducible run.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -126,8 +127,8 @@ def _snapshot(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _progress(enabled: bool, what: str):
-    """A transient one-bar rich progress display on stderr, or a no-op."""
-    if not enabled:
+    """A transient one-bar rich progress display on stderr (a terminal only), or a no-op."""
+    if not enabled or not sys.stderr.isatty():
         return nullcontext(None)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

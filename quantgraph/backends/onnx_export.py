@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -163,8 +162,12 @@ def export_onnx(
     example_inputs: Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | None = None,
     check: bool = True,
     integer: bool = False,
+    output_shapes: Sequence[Sequence[Any] | None] | None = None,
 ) -> onnx.ModelProto:
     """Lower ``graph_module`` to an ONNX model (see the module docstring for the conventions).
+
+    ``output_shapes`` (traced shapes, symbolic sizes allowed) names the output dims where the output
+    node keeps no shape of its own (the integer IR's requantize ops record none).
 
     ``example_inputs`` (one tensor per graph input, or a dict by input name) is only needed for placeholders without
     ``node.meta["val"]``; ``check`` runs ``onnx.checker.check_model(full_check=True)``; ``integer``
@@ -220,7 +223,8 @@ def export_onnx(
 
     ctx.current = output_node
     outputs = []
-    for arg, out_name in zip(results, names, strict=True):
+    hints = list(output_shapes) if output_shapes is not None else [None] * len(results)
+    for arg, out_name, hint in zip(results, names, hints, strict=True):
         if not isinstance(arg, fx.Node):
             raise UnsupportedOpError(
                 f"model output {out_name} is the constant {arg!r}", "return tensors only"
@@ -240,6 +244,8 @@ def export_onnx(
         val = arg.meta.get("val")
         if isinstance(val, torch.Tensor) and val.dim() == rank:
             dims = _dims(val.shape, dim_names)
+        elif hint is not None and len(hint) == rank:
+            dims = _dims(hint, dim_names)
         else:
             dims = [None] * rank
         outputs.append(helper.make_tensor_value_info(out_name, elem_type, dims))
@@ -253,9 +259,39 @@ def export_onnx(
         producer_version=quantgraph.__version__,
     )
     model.ir_version = max(IR_VERSION, helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
+    _complete_output_shapes(model)
     if check:
         onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def _complete_output_shapes(model: onnx.ModelProto) -> None:
+    """Fill output dims the IR did not record (integer ops keep no shape) from ONNX shape inference.
+
+    A dim neither the IR nor inference can name gets the symbol ``<output>_dim<i>``, so a reader sees
+    ``logits[num_nodes, 7]`` rather than an unnamed size.
+    """
+
+    def unknown(dim: onnx.TensorShapeProto.Dimension) -> bool:
+        invented = dim.HasField("dim_param") and dim.dim_param.startswith("unk__")  # inference's placeholder
+        return invented or (not dim.HasField("dim_value") and not dim.HasField("dim_param"))
+
+    if not any(unknown(d) for o in model.graph.output for d in o.type.tensor_type.shape.dim):
+        return
+    try:
+        inferred = {o.name: o for o in onnx.shape_inference.infer_shapes(model).graph.output}
+    except onnx.shape_inference.InferenceError:
+        inferred = {}
+    for out in model.graph.output:
+        found = inferred.get(out.name)
+        found_dims = list(found.type.tensor_type.shape.dim) if found is not None else []
+        for i, dim in enumerate(out.type.tensor_type.shape.dim):
+            if not unknown(dim):
+                continue
+            if i < len(found_dims) and not unknown(found_dims[i]):
+                dim.CopyFrom(found_dims[i])
+            else:
+                dim.dim_param = f"{out.name}_dim{i}"
 
 
 def _fetch_attr(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
@@ -268,22 +304,9 @@ def _fetch_attr(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
 
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write ``model`` atomically (temp file in the same folder, then ``os.replace``); same model, same bytes."""
+    """Write ``model`` atomically (``quantgraph.fileio``: whole or not at all); same model, same bytes."""
+    from quantgraph.fileio import atomic_write_bytes
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = model.SerializeToString(deterministic=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, model.SerializeToString(deterministic=True))
     return path

@@ -38,8 +38,8 @@ QTYPES: tuple[tuple[int, int, int], ...] = (
 )
 BYTE_OF = {TensorProto.INT4: TensorProto.INT8, TensorProto.UINT4: TensorProto.UINT8}
 _PER_GROUP_FIX = (
-    "the QDQ backend needs per-tensor or per-channel parameters stored as constants (get_attr); "
-    "use per-tensor/per-channel quantization specs, or the native backend for per-group quantization"
+    "the QDQ backend needs parameters stored as constants (get_attr), or per-group tables gathered by "
+    "a row index (quantgraph.gather(table, group), as the degree-buckets pass builds them)"
 )
 
 
@@ -125,8 +125,14 @@ def _unclip(ctx: OnnxBuilder, value: str) -> None:
 
 
 def _computed(ctx: OnnxBuilder, args: Sequence[Any]) -> bool:
-    """Whether any parameter is computed in the graph (per-group: a Gather of a table by the row's group)."""
-    return any(isinstance(a, fx.Node) and ctx.attr_tensor(a) is None for a in args)
+    """Whether the parameters are per group: each computed one a ``gather`` of a constant table by a row index.
+
+    Other computed parameters are not lowered (``_constants`` names them in its error).
+    """
+    computed = [a for a in args if isinstance(a, fx.Node) and ctx.attr_tensor(a) is None]
+    return bool(computed) and all(
+        a.target == qg_ops.GATHER and ctx.attr_tensor(a.args[0]) is not None for a in computed
+    )
 
 
 def _per_row(ctx: OnnxBuilder, node: fx.Node, arg: Any, elem_type: int, rank: int, axis: int) -> str:

@@ -52,8 +52,12 @@ class Backend:
 
     def export(self, compiled: CompiledModel, path: str | Path, data: GraphData) -> dict[str, Any]:
         """Lower, verify (nothing is written if it fails), save; the report gets the checks and sizes."""
-        artifact = self.lower(compiled, data)
-        checks = self.verify(artifact, compiled, data)
+        from quantgraph.progress import stage
+
+        with stage(f"export {self.name}"):
+            artifact = self.lower(compiled, data)
+        with stage(f"verify {self.name}"):
+            checks = self.verify(artifact, compiled, data)
         key = self.report_key or self.name
         compiled.report.setdefault("accuracy", {})[key] = checks.pop("accuracy", None)
         compiled.report[key] = checks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,10 +27,55 @@ def ort_session(model: onnx.ModelProto | bytes | str):
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(session, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def run_onnx(session, inputs: dict[str, torch.Tensor], time_limit: float | None = None) -> torch.Tensor:
+    """The first output of ``session`` on ``inputs``; ``TimeoutError`` after ``time_limit`` seconds."""
+    import onnxruntime as ort
+
     names = [i.name for i in session.get_inputs()]
     feeds = {n: inputs[n].detach().cpu().numpy() for n in names}
-    return torch.from_numpy(np.asarray(session.run(None, feeds)[0]))
+    options = ort.RunOptions()
+    options.log_severity_level = 4  # failures come back as exceptions; keep stderr to one line
+    timer = None
+    if time_limit is not None:  # onnxruntime checks the terminate flag between kernels and Loop iterations
+        timer = threading.Timer(time_limit, setattr, (options, "terminate", True))
+        timer.daemon = True
+        timer.start()
+    try:
+        out = session.run(None, feeds, options)
+    except Exception:
+        if timer is not None and options.terminate:
+            raise TimeoutError(f"onnxruntime stopped after {time_limit} s") from None
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+    return torch.from_numpy(np.asarray(out[0]))
+
+
+def check_onnx_inputs(session, data: GraphData, where: object = "the model") -> None:
+    """Refuse data the model cannot take: a missing input, or node features of another width."""
+    from quantgraph.errors import InputError
+
+    inputs = data.inputs()
+    for arg in session.get_inputs():
+        if arg.name not in inputs:
+            raise InputError(
+                f"{where} needs an input '{arg.name}' that {data.name} does not have",
+                f"evaluate on data with {', '.join(i.name for i in session.get_inputs())}",
+            )
+        shape, value = arg.shape, inputs[arg.name]
+        if len(shape) != value.dim():
+            raise InputError(
+                f"{where} expects '{arg.name}' with {len(shape)} dimensions, {data.name} has {value.dim()}",
+                "evaluate on data of the kind the model was compiled for",
+            )
+        for axis, (want, got) in enumerate(zip(shape, value.shape, strict=True)):
+            if isinstance(want, int) and want != got:
+                what = "features per node" if arg.name == "x" and axis == 1 else f"entries on axis {axis}"
+                raise InputError(
+                    f"{where} expects {want} {what} of '{arg.name}' but {data.name} has {got}",
+                    f"evaluate on data with {want} {what} (the data the model was compiled for)",
+                )
 
 
 def integer_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:

@@ -77,7 +77,7 @@ def to_graph(
                     f"{where}: {key} is not a numeric array ({_one_line(exc)})",
                     f"store {key} as a numeric array",
                 ) from exc
-        tensors[key] = value
+        tensors[key] = None if value is None else _plain_tensor(value, key, where)
     x = tensors["x"]
     assert x is not None
     if not x.is_complex():
@@ -97,6 +97,23 @@ def to_graph(
         test_mask=None if masks["test_mask"] is None else masks["test_mask"].to(torch.bool),
         name=name,
     )
+
+
+_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+
+
+def _plain_tensor(value: torch.Tensor, key: str, where: str) -> torch.Tensor:
+    """A dense CPU tensor of a dtype torch computes on; unsigned 16/32/64-bit ints become int64."""
+    fix = f"store {key} as a plain dense numeric array"
+    if value.is_quantized or value.layout != torch.strided or value.device.type != "cpu":
+        kind = "quantized" if value.is_quantized else f"{value.layout} on {value.device.type}"
+        raise InputError(f"{where}: {key} is a {kind} tensor", fix)
+    if value.dtype in _UNSIGNED:
+        array = value.numpy()
+        if array.size and int(array.max()) > np.iinfo(np.int64).max:
+            raise InputError(f"{where}: {key} holds values above the int64 range", fix)
+        return torch.from_numpy(array.astype(np.int64))
+    return value
 
 
 # --- .npz -----------------------------------------------------------------------------------------------

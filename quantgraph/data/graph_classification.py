@@ -25,6 +25,18 @@ def _check_ptr(ptr: np.ndarray, total: int, what: str, where: str) -> None:
         )
 
 
+MAX_CLASSES = 1 << 16
+
+
+def _check_graph_labels(y: np.ndarray, where: str) -> None:
+    """One integer class id per graph in 0..MAX_CLASSES-1 (floats, negatives and huge ids are refused)."""
+    fix = f"store one integer class id per graph in {{s}}_y, from 0 to at most {MAX_CLASSES - 1}"
+    if y.dtype.kind not in "iu":
+        raise InputError(f"{where}: labels y have dtype {y.dtype}, not an integer type", fix)
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= MAX_CLASSES):
+        raise InputError(f"{where}: labels y range from {int(y.min())} to {int(y.max())}", fix)
+
+
 def load_graph_classification(path: str | os.PathLike[str]) -> dict[str, list[GraphData]]:
     """Read ``{s}_x, {s}_edge_index, {s}_node_ptr, {s}_edge_ptr, {s}_y`` for s in tr/val/te.
 
@@ -80,6 +92,7 @@ def _split_graphs(
         )
     _check_ptr(node_ptr, x.shape[0], "node_ptr", where)
     _check_ptr(edge_ptr, edge_index.shape[1], "edge_ptr", where)
+    _check_graph_labels(y, where)
     x_all = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     ei_all = torch.from_numpy(np.ascontiguousarray(edge_index))
     y_all = torch.from_numpy(np.ascontiguousarray(y)).to(torch.int64)

@@ -12,13 +12,11 @@ Layout (``torch.save`` of a dict)::
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import pickle
 import pickletools
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -103,25 +101,11 @@ def save_checkpoint(
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"directory {str(path.parent)!r} does not exist", "create it or choose another path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from quantgraph.fileio import atomic_file
+
+    with atomic_file(path) as f:  # whole or not at all, with the user's umask
+        torch.save(payload, f)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -56,6 +56,10 @@ def _check(a: np.ndarray, name: str, dtypes: tuple[Any, ...], ndim: int) -> np.n
     return a
 
 
+#: the most kernel threads accepted (``quantgraph run --threads`` has the same bound)
+MAX_THREADS = 1024
+
+
 def _threads(threads: int | None) -> int:
     if threads is None:
         env = os.environ.get("QUANTGRAPH_THREADS", "").strip()
@@ -67,8 +71,10 @@ def _threads(threads: int | None) -> int:
             raise InputError(
                 f"QUANTGRAPH_THREADS={env!r} is not an integer", "set it to a thread count"
             ) from None
-    if threads < 0:
-        raise InputError(f"threads must be >= 0, got {threads}", "pass a thread count, or 0 for all cores")
+    if not 0 <= threads <= MAX_THREADS:  # OpenMP crashes when it cannot create that many threads
+        raise InputError(
+            f"threads must be 0..{MAX_THREADS}, got {threads}", "pass a thread count, or 0 for all cores"
+        )
     return int(threads)
 
 

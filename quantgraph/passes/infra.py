@@ -18,6 +18,7 @@ from quantgraph.errors import PassError, QuantGraphError
 from quantgraph.ir.qspec import QuantSpec
 from quantgraph.ir.roles import Role
 from quantgraph.options import Option
+from quantgraph.progress import stage
 
 
 @dataclass
@@ -125,7 +126,8 @@ class PassManager:
         for p in self.passes:
             start = time.perf_counter()
             try:
-                result = p(gm, ctx)
+                with stage(f"pass {p.display_name}"):
+                    result = p(gm, ctx)
             except QuantGraphError as err:
                 raise type(err)(
                     f"pass '{p.display_name}' (after '{previous}') failed: {err.problem}", err.fix

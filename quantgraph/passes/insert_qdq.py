@@ -55,6 +55,11 @@ class InsertQDQPass(PassBase):
             raise InputError(
                 "annotated nodes have no quantization parameters", "run 'calibrate' before 'insert-qdq'"
             )
+        if not any("qg_qparams" in n.meta for n in gm.graph.nodes):
+            raise InputError(
+                "insert-qdq found no calibrated node, so it would insert nothing",
+                "run 'tag-roles', 'annotate' and 'calibrate' before it (see `quantgraph passes`)",
+            )
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         targets = [n for n in gm.graph.nodes if QPARAMS_KEY in n.meta and QDQ_KEY not in n.meta]

@@ -277,6 +277,7 @@ class SearchBitsPass(PassBase):
             "logit_scale": scale,
             "search_val_acc": result.val_acc,
             "search_seconds": round(seconds, 2),
+            "search_history": result.history,
         }
         return PassResult(gm, True)
 

@@ -98,5 +98,6 @@ class TrainQATPass(PassBase):
             "val_acc": result.val_acc,
             "seconds": round(result.seconds, 2),
             **{k: v for k, v in hp.items() if k != "progress"},
+            "history": result.history,
         }
         return PassResult(gm, True)
