@@ -86,6 +86,7 @@ class NativeModel:
     threads: int | None = None
     profile: list[StepTime] = field(default_factory=list)
     order: str = "none"  # node order of prepare: none, degree or rcm (see NativeModel.prepare)
+    fuse: bool = True  # run the fusion plan (False: one kernel call per program step, e.g. to measure it)
 
     def __post_init__(self) -> None:
         check_program(self.program)  # allow-listed ops, argument kinds, arrays: before anything runs
@@ -211,7 +212,8 @@ class NativeModel:
                 x = x[torch.from_numpy(perm)]  # the GEMM that quantizes x reads its rows through perm itself
             values[name] = x
         self.profile = []
-        steps: list[Step | FusedStep] = self._steps("feature") if capture is not None else self._plan
+        fused = self.fuse and capture is None
+        steps: list[Step | FusedStep] = self._plan if fused else self._steps("feature")
         for step in steps:
             start = time.perf_counter() if profile else 0.0
             if isinstance(step, FusedStep):
