@@ -30,7 +30,7 @@ import numpy as np
 
 from quantgraph.errors import InputError
 from quantgraph.fileio import atomic_write_bytes
-from quantgraph.native.program_check import check_arrays
+from quantgraph.native.program_check import check_arrays, check_program
 from quantgraph.safe_zip import GiB, MiB, ZipLimits, inspect_zip
 
 FORMAT = "quantgraph-native"
@@ -156,7 +156,11 @@ def load_program(path: str | Path) -> Program:
         raise InputError(
             f"{path} has a malformed program ({err})", "re-create it with `quantgraph compile`"
         ) from err
-    check_arrays(program.arrays, MAX_ARRAY_BYTES)
+    try:
+        check_arrays(program.arrays, MAX_ARRAY_BYTES)
+        check_program(program)
+    except InputError as err:
+        raise InputError(f"{path}: {err.problem}", err.fix) from None
     for step in program.steps:
         if step.stage not in STAGES:
             raise InputError(f"{path}: step {step.out} has stage {step.stage!r}", "re-create the model")
