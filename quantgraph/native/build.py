@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantgraph.errors import InputError
+from quantgraph.errors import EnvironmentFailure, InputError
 
 SOURCE = Path(__file__).with_name("kernels.c")
 ABI_VERSION = 3
@@ -334,7 +334,7 @@ def load() -> NativeLib:
             try:
                 result = _compile(cc, out_dir, key)
             except OSError as exc:
-                raise InputError(
+                raise EnvironmentFailure(  # the machine, not the input: exit 1
                     f"cannot write the native kernel cache {out_dir} ({exc.strerror or exc})",
                     "set QUANTGRAPH_CACHE to a writable folder",
                 ) from None
