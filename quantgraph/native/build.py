@@ -334,7 +334,7 @@ def load() -> NativeLib:
             try:
                 result = _compile(cc, out_dir, key)
             except OSError as exc:
-                raise EnvironmentFailure(
+                raise EnvironmentFailure(  # the machine, not the input: exit 1
                     f"cannot write the native kernel cache {out_dir} ({exc.strerror or exc})",
                     "set QUANTGRAPH_CACHE to a writable folder",
                 ) from None

@@ -54,5 +54,5 @@ def test_unwritable_cache_is_one_error(tmp_path, monkeypatch):
     blocker.write_text("x")  # mkdir below a file fails even for root
     monkeypatch.setenv("QUANTGRAPH_CACHE", str(blocker))
     monkeypatch.setattr(build, "_loaded", {})
-    with pytest.raises(EnvironmentFailure, match="QUANTGRAPH_CACHE"):
+    with pytest.raises(EnvironmentFailure, match="QUANTGRAPH_CACHE"):  # the machine's fault: exit 1
         build.load()
