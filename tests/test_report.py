@@ -255,8 +255,7 @@ def test_help_text_defaults_policy_choices_and_metavars(capsys):
     for name, p in sub.choices.items():
         for action in p._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
-    with pytest.raises(SystemExit):
-        main(["compile", "--help"])
+    assert main(["compile", "--help"]) == 0
     text = capsys.readouterr().out
     for policy in ("fp32", "minmax", "qat", "degree-quant", "mixq"):
         assert re.search(rf"^\s+{re.escape(policy)}: \w", text, re.M), policy
