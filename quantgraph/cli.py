@@ -145,6 +145,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "progress": not args.quiet,
     }
+    if task.kind == "node":  # the recipe's early stopping (GAT: validation loss, patience 100)
+        common.update({k: hp[k] for k in ("patience", "select") if k in hp})
     if task.kind == "graph":
         classes = max(int(g.y.max()) for g in task.graphs["train"]) + 1
         model = build_model(args.arch, data.num_features, classes, **config)
@@ -540,9 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, default=None, help="bitwidth 2..8 (default: the policy's, 8)")
     p.add_argument(
         "--calibration",
-        choices=["minmax", "percentile"],
+        choices=["minmax", "percentile", "mse", "relative-mse", "entropy"],
         default=None,
-        help="activation range method (default minmax; percentile cuts --percentile-tail of each side)",
+        help="activation range method (default minmax; percentile cuts --percentile-tail of each side; "
+        "mse picks each range minimising the quantization error; relative-mse, the recommended PTQ, weights "
+        "that error by each value's size; entropy is TensorRT's KL threshold; none needs labels)",
     )
     p.add_argument(
         "--percentile-tail",

@@ -258,6 +258,7 @@ def compile(  # noqa: A001 - mirrors the CLI command
     validate_graph(data.x, data.edge_index, expected_features=width, name=data.name)
     with stage("trace"):
         traced = _trace(model, data, training=TRACE_TRAINING.read(opts))
+    _check_input_names(traced.input_names, data)
     graphs = list(calibration) if calibration else [data]
     ctx = CompileContext(
         input_names=traced.input_names,
@@ -287,6 +288,17 @@ def compile(  # noqa: A001 - mirrors the CLI command
         compiled.report = _report(compiled, ctx, manager, pol.name, bits if pol.quantizes else 32, data)
     compiled.report["calibration"] = CALIBRATION.read(opts) or "minmax"
     return compiled
+
+
+def _check_input_names(names: list[str], data: GraphData) -> None:
+    """The model's inputs must be ones the data provides (a damaged .pt2 can rename them)."""
+    provided = data.inputs()
+    missing = [n for n in names if n not in provided]
+    if missing:
+        raise InputError(
+            f"the model takes inputs {', '.join(names)} but {data.name} provides {', '.join(provided)}",
+            "name the forward arguments after the data's fields (x, edge_index, ...) and export again",
+        )
 
 
 def _trace(

@@ -37,7 +37,7 @@ def inspect_zip(path: str | Path, what: str, limits: ZipLimits = ZipLimits()) ->
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as err:
-        raise InputError(f"{path} is not a readable {what} (not a zip archive: {err})", fix) from None
+        raise InputError(f"{path} is not a {what} (not a zip archive: {err})", fix) from None
     if len(infos) > limits.max_members:
         raise InputError(f"{path} has {len(infos)} archive members, more than {limits.max_members}", fix)
     total = 0

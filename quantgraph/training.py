@@ -158,14 +158,27 @@ class _Bar:
             )
 
 
-def _is_better(val_acc: float, val_loss: float, best_acc: float, best_loss: float) -> bool:
-    """Higher validation accuracy wins; on a tie the lower validation loss; otherwise the earlier epoch."""
+#: What the best-validation selection (and ``patience``) looks at: accuracy first, or loss first.
+SELECT_ON = ("acc", "loss")
+
+
+def _is_better(
+    val_acc: float, val_loss: float, best_acc: float, best_loss: float, select: str = "acc"
+) -> bool:
+    """``select="acc"``: higher validation accuracy wins, on a tie the lower validation loss.
+    ``select="loss"``: lower validation loss wins, on a tie the higher accuracy. Otherwise the earlier epoch."""
+    if select == "loss":
+        if val_loss != best_loss:
+            return val_loss < best_loss
+        return val_acc > best_acc
     if val_acc != best_acc:
         return val_acc > best_acc
     return val_loss < best_loss
 
 
-def _check_hparams(epochs: int, lr: float, patience: int | None) -> None:
+def _check_hparams(epochs: int, lr: float, patience: int | None, select: str = "acc") -> None:
+    if select not in SELECT_ON:
+        raise InputError(f"select={select!r} is invalid", f"use one of {', '.join(SELECT_ON)}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise InputError(f"epochs={epochs!r} is invalid", "use an integer >= 1")
     if not lr > 0:
@@ -206,17 +219,20 @@ def train_node_classifier(
     forward: NodeForward | None = None,
     penalty: Penalty | None = None,
     restore_best: bool = True,
+    select: str = "acc",
 ) -> TrainResult:
     """Full-batch node classification: Adam, cross-entropy on ``train_mask``, best-validation selection.
 
     ``patience``: stop after this many epochs without a new best (None: run all ``epochs``).
+    ``select``: "acc" (best validation accuracy, ties on loss) or "loss" (lowest validation loss, ties on
+    accuracy; GAT's early stopping); ``patience`` counts epochs without a new best by the same rule.
     ``forward``: computes logits from ``(x, edge_index)`` instead of ``model``; see the module docs.
     ``penalty``: a differentiable term added to the loss at every step (e.g. a bit-cost regulariser).
     ``restore_best``: False keeps the last epoch's state (e.g. for a search whose goal is not accuracy).
     Returns a :class:`TrainResult`; the model is left in eval mode holding the best epoch's weights.
     """
     _check_node_data(data)
-    _check_hparams(epochs, lr, patience)
+    _check_hparams(epochs, lr, patience, select)
     fwd: NodeForward = forward if forward is not None else model
     torch.manual_seed(seed)
     optimizer = torch.optim.Adam(_trainable(model), lr=lr, weight_decay=weight_decay)
@@ -248,7 +264,7 @@ def train_node_classifier(
                     "val_loss": val_loss,
                 }
             )
-            if _is_better(val_acc, val_loss, best_acc, best_loss):
+            if _is_better(val_acc, val_loss, best_acc, best_loss, select):
                 best_acc, best_loss, best_epoch, best_state = val_acc, val_loss, epoch, _snapshot(model)
             bar.update(epoch, val_acc, best_acc)
             if patience is not None and epoch - best_epoch >= patience:

@@ -24,8 +24,9 @@ def _trained(arch: str, data):
     torch.manual_seed(0)
     model = build_model(arch, data.num_features, data.num_classes)
     hp = TRAIN_DEFAULTS[arch]
+    early = {k: hp[k] for k in ("patience", "select") if k in hp}  # the recipe's early stopping (GAT)
     train_node_classifier(
-        model, data, epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp["weight_decay"], seed=0
+        model, data, epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp["weight_decay"], seed=0, **early
     )
     return model
 
@@ -51,6 +52,10 @@ def test_minmax_int8_and_int4_on_cora(arch, cora, tmp_path):
         )
         robust.export_onnx(tmp_path / "p8.onnx", cora)
         assert abs(robust.report["accuracy"]["fp32"] - robust.report["accuracy"]["onnx"]) <= 0.01
+        # the recommended label-free PTQ: ranges minimising the relative quantization error
+        relative = qg_compile(model, cora, policy="minmax", bits=8, options={"calibration": "relative-mse"})
+        relative.export_onnx(tmp_path / "r8.onnx", cora)
+        assert abs(relative.report["accuracy"]["fp32"] - relative.report["accuracy"]["onnx"]) <= 0.01
     else:
         assert abs(acc["fp32"] - acc["onnx"]) <= 0.01
     native = qg_compile(model, cora, policy="minmax", bits=8, backend="native")

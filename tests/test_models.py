@@ -413,3 +413,46 @@ def test_graph_classifier_training():
     result = train_graph_classifier(model, train, val, test, epochs=15, lr=0.01, batch_size=8, seed=0)
     assert result.val_acc == pytest.approx(max(h["val_acc"] for h in result.history))
     assert result.val_acc >= 0.9 and result.test_acc >= 0.9
+
+
+# --------------------------------------------------------------------------------------------------------------
+# FP32 recipes: feature normalisation inside the model, GAT's validation-loss early stopping
+
+
+def test_row_normalisation_is_part_of_the_model_and_its_export():
+    from quantgraph.models.zoo import row_normalize
+
+    torch.manual_seed(0)
+    normed = build_model("gcn", 6, 3, normalize_features=True).eval()
+    plain = build_model("gcn", 6, 3, normalize_features=False).eval()
+    plain.load_state_dict(normed.state_dict())
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(12, 6, generator=g) < 0.5).float()  # bag-of-words: row sums above 1
+    _, edge_index = random_graph(12, 30)
+    expected = plain(row_normalize(x), edge_index)
+    assert torch.allclose(normed(x, edge_index), expected, atol=1e-6)
+    assert not torch.allclose(plain(x, edge_index), expected, atol=1e-3)
+    program = torch.export.export(normed, (x, edge_index), dynamic_shapes=node_dynamic_shapes())
+    assert torch.allclose(program.module()(x, edge_index), expected, atol=1e-6)  # takes raw features
+    assert row_normalize(torch.zeros(2, 3)).eq(0).all()  # empty rows stay zero
+
+
+def test_checkpoint_without_the_normalisation_flag_loads_as_raw_features(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("gcn", 6, 3, normalize_features=False)
+    config = {k: v for k, v in model.qg_config.items() if k != "normalize_features"}  # an older checkpoint
+    save_checkpoint(tmp_path / "old.pt", model, arch="gcn", config=config)
+    loaded, info = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.normalize_features is False and "normalize_features" not in info["config"]
+
+
+def test_training_can_select_and_stop_on_validation_loss():
+    data = separable_graph()
+    torch.manual_seed(0)
+    model = build_model("gat", 8, 3)
+    result = train_node_classifier(model, data, epochs=60, lr=0.01, seed=0, patience=10, select="loss")
+    best_loss = min(h["val_loss"] for h in result.history)
+    assert result.history[result.best_epoch - 1]["val_loss"] == best_loss
+    assert result.epochs_run == 60 or result.epochs_run - result.best_epoch == 10
+    with pytest.raises(InputError, match="select"):
+        train_node_classifier(model, data, epochs=2, select="f1")

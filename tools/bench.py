@@ -91,6 +91,8 @@ METHODS = (
     "native_int4",
     "native_int2",
 )
+#: native e2e method -> the native model it runs with one kernel call per program step (no fusion plan)
+NATIVE_UNFUSED = {f"{m}_unfused": m for m in ("native_int8", "native_int4", "native_int2")}
 E2E_METHODS = (
     "pyg_fp32",
     "torch_csr_fp32",
@@ -102,6 +104,7 @@ E2E_METHODS = (
     "native_int2",
     "native_int8_degree",
     "native_int8_rcm",
+    *NATIVE_UNFUSED,
 )
 FP32_E2E = ("pyg_fp32", "torch_csr_fp32", "ort_fp32")
 #: native e2e method -> (bits, integer aggregation i.e. skip_roles=["message"])
@@ -678,6 +681,7 @@ def build_models(
         return out
     traced = qg.trace(model, calib.inputs())
     wanted = set(methods) | {NATIVE_ORDERED[m][0] for m in methods if m in NATIVE_ORDERED}
+    wanted |= {NATIVE_UNFUSED[m] for m in methods if m in NATIVE_UNFUSED}
     for method, (bits, integer_aggregation) in NATIVE_VARIANTS.items():
         if method in wanted:
             options = {"skip_roles": ["message"]} if integer_aggregation else {}
@@ -796,10 +800,14 @@ class E2ECase:
                 n * h * (1 if qdq else 4),
                 check=check,
             )
-        if method in NATIVE_VARIANTS or method in NATIVE_ORDERED:
-            base, order = NATIVE_ORDERED.get(method, (method, "none"))
+        if method in NATIVE_VARIANTS or method in NATIVE_ORDERED or method in NATIVE_UNFUSED:
+            base, order = NATIVE_ORDERED.get(method, (NATIVE_UNFUSED.get(method, method), "none"))
             bits, integer_aggregation = NATIVE_VARIANTS[base]
             nm = self.models.native[base]
+            if method in NATIVE_UNFUSED:
+                from quantgraph.native.runtime import NativeModel
+
+                nm = NativeModel(nm.program, fuse=False)
             nm.threads = self.threads
 
             prepared = self.prepare(base, order)
@@ -1157,7 +1165,9 @@ REAL_TARGET = 2.0  # ... on Cora
 
 def family_markdown(rows: list[E2ERow]) -> str:
     """Per graph: torch CSR FP32 time, native speed-ups over it, native prepare times; targets per row."""
-    methods = [m for m in (*NATIVE_VARIANTS, *NATIVE_ORDERED) if any(r.method == m for r in rows)]
+    methods = [
+        m for m in (*NATIVE_VARIANTS, *NATIVE_UNFUSED, *NATIVE_ORDERED) if any(r.method == m for r in rows)
+    ]
     head = [
         "graph",
         "E",
@@ -1490,7 +1500,8 @@ def main(argv: list[str] | None = None) -> int:
             "(`native/fusion.py`: input quantize inside the first GEMM, requantize chains, 4/2-bit packing and "
             "the output dequantize in the producing kernel); `native_int8_degree` / `native_int8_rcm` = "
             "native_int8 with `prepare(order=...)` renumbering the nodes (degree-sorted / reverse "
-            "Cuthill-McKee; outputs mapped back). Compiled on "
+            "Cuthill-McKee; outputs mapped back); `native_int*_unfused` = the same program with one kernel call "
+            "per step (`NativeModel(fuse=False)`). Compiled on "
             f"{calibrations or '-'}. Speed-up = time(fastest FP32 method on that graph) / time; argmax "
             "agreement is against the PyG FP32 logits (random weights: accuracy means nothing). "
             "x bytes: input features as the first layer's kernel reads them (native: int8 after the input "

@@ -87,6 +87,11 @@ METHODS: dict[str, Method] = {
     "minmax-int4": Method("minmax-int4", 4, _compiled("minmax", 4)),
     "percentile-int8": Method("percentile-int8", 8, _compiled("minmax", 8, calibration="percentile")),
     "percentile-int4": Method("percentile-int4", 4, _compiled("minmax", 4, calibration="percentile")),
+    "mse-int8": Method("mse-int8", 8, _compiled("minmax", 8, calibration="mse")),
+    "mse-int4": Method("mse-int4", 4, _compiled("minmax", 4, calibration="mse")),
+    "relative-mse-int8": Method("relative-mse-int8", 8, _compiled("minmax", 8, calibration="relative-mse")),
+    "relative-mse-int4": Method("relative-mse-int4", 4, _compiled("minmax", 4, calibration="relative-mse")),
+    "entropy-int8": Method("entropy-int8", 8, _compiled("minmax", 8, calibration="entropy")),
     "qat-int8": Method("qat-int8", 8, _compiled("qat", 8)),
     "qat-int4": Method("qat-int4", 4, _compiled("qat", 4)),
     "degree-quant-int8": Method("degree-quant-int8", 8, _compiled("degree-quant", 8)),
@@ -143,7 +148,8 @@ def train(arch: str, task: Task, seed: int) -> torch.nn.Module:
         )
     else:
         model = build_model(arch, task.data.num_features, task.data.num_classes)
-        train_node_classifier(model, task.data, **common)
+        early = {k: hp[k] for k in ("patience", "select") if k in hp}
+        train_node_classifier(model, task.data, **common, **early)
     return model.eval()
 
 

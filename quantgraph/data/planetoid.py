@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import pickle
+import types
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -15,6 +18,56 @@ from quantgraph.errors import InputError
 PLANETOID_NAMES = {"cora": "Cora", "citeseer": "CiteSeer", "pubmed": "PubMed"}
 RAW_SUFFIXES = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 ENV_ROOT = "QUANTGRAPH_DATA_ROOT"
+
+
+#: The globals the Planetoid raw files reference (scipy CSR matrices, NumPy arrays, a defaultdict of lists).
+PLANETOID_GLOBALS = {
+    ("scipy.sparse.csr", "csr_matrix"),
+    ("scipy.sparse._csr", "csr_matrix"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("collections", "defaultdict"),
+    ("__builtin__", "list"),
+    ("builtins", "list"),
+}
+
+
+class PlanetoidUnpickler(pickle.Unpickler):
+    """Unpickles only :data:`PLANETOID_GLOBALS`; any other global is refused with an InputError."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in PLANETOID_GLOBALS:
+            raise InputError(
+                f"a Planetoid raw file references {module}.{name}, which Planetoid files never contain "
+                "(refused: unpickling it could run code)",
+                "replace the ind.* files with intact copies of the Planetoid distribution",
+            )
+        if module == "__builtin__":
+            return list
+        if module.startswith("scipy.sparse"):
+            import scipy.sparse
+
+            return scipy.sparse.csr_matrix
+        if module.startswith("numpy") and name == "_reconstruct":
+            return _numpy_reconstruct()
+        return super().find_class(module, name)
+
+
+def _numpy_reconstruct() -> Any:
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return _reconstruct
+
+
+def _restricted_load(file: Any, **kwargs: Any) -> Any:
+    return PlanetoidUnpickler(file, encoding=kwargs.get("encoding", "latin1")).load()
+
+
+_RESTRICTED_PICKLE = types.SimpleNamespace(load=_restricted_load)
 
 
 def _fix(prefix: str) -> str:
@@ -74,7 +127,8 @@ def find_planetoid_folder(root: Path, name: str) -> Path:
 def load_planetoid(name: str, root: str | os.PathLike[str] | None = None) -> GraphData:
     """Load Cora, CiteSeer or PubMed with the public split (e.g. 140/500/1000 nodes for Cora).
 
-    The raw files are pickles (that is the Planetoid format), so only load files from a trusted source.
+    The raw files are pickles (that is the Planetoid format); they are read with a restricted unpickler that
+    admits only the NumPy/SciPy types these files contain, so a planted file cannot run code.
     """
     prefix = name.lower()
     if prefix not in PLANETOID_NAMES:
@@ -87,15 +141,23 @@ def load_planetoid(name: str, root: str | os.PathLike[str] | None = None) -> Gra
         from torch_geometric.io import read_planetoid_data
     except ImportError as exc:  # pragma: no cover - dependency missing
         raise InputError(f"cannot read Planetoid files: {exc}", "install torch_geometric and scipy") from exc
+    import torch_geometric.io.planetoid as pyg_planetoid
+
+    saved_pickle = pyg_planetoid.pickle
+    pyg_planetoid.pickle = _RESTRICTED_PICKLE  # PyG's read_file calls pickle.load: only the types below
     try:
         with warnings.catch_warnings():  # PyG's reader edits the global warning filters; keep them local
             data = read_planetoid_data(str(folder), prefix)
+    except InputError:
+        raise
     except Exception as exc:
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise InputError(
             f"could not read the Planetoid files ind.{prefix}.* in {folder} ({detail})",
             f"replace them with intact copies of the Planetoid ind.{prefix}.* files",
         ) from exc
+    finally:
+        pyg_planetoid.pickle = saved_pickle
     graph = GraphData(
         x=data.x.to(torch.float32).contiguous(),
         edge_index=data.edge_index.to(torch.int64).contiguous(),

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from quantgraph.errors import InputError
-from quantgraph.models.zoo import ARCHITECTURES, build_model
+from quantgraph.models.zoo import ARCHITECTURES, MODEL_DEFAULTS, build_model
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
@@ -247,6 +247,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
     obj = read_checkpoint(path)
     where = repr(str(path))
     config = dict(obj["config"])
+    if "normalize_features" in MODEL_DEFAULTS.get(obj["arch"], {}):
+        # checkpoints written before the flag existed were trained on raw features
+        config.setdefault("normalize_features", False)
     try:
         model = build_model(obj["arch"], **config)
     except InputError as e:

@@ -38,6 +38,13 @@ __all__ = [
 ]
 
 
+def row_normalize(x: Tensor) -> Tensor:
+    """Each row divided by its sum (rows summing to less than 1 are left as they are): PyG's
+    ``NormalizeFeatures``. Node classifiers built with ``normalize_features=True`` apply it first in
+    ``forward``, so the traced model, its exported ONNX and the native program all take raw features."""
+    return x / x.sum(dim=-1, keepdim=True).clamp(min=1.0)
+
+
 def _mlp(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
     """Two linear layers with a ReLU between them (the GIN update function)."""
     return nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(), nn.Linear(hidden, out_channels))
@@ -61,14 +68,18 @@ class GCN(nn.Module):
         hidden: int = 64,
         dropout: float = 0.5,
         input_dropout: float = 0.0,
+        normalize_features: bool = False,
     ) -> None:
         super().__init__()
         self.dropout = dropout
         self.input_dropout = input_dropout
+        self.normalize_features = normalize_features
         self.conv1 = GCNConv(in_channels, hidden)
         self.conv2 = GCNConv(hidden, out_channels)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        if self.normalize_features:  # a constructor flag, fixed at build time: no data-dependent branch
+            x = row_normalize(x)
         x = F.dropout(x, p=self.input_dropout, training=self.training)
         x = F.relu(self.conv1(x, edge_index))
         x = F.dropout(x, p=self.dropout, training=self.training)
@@ -93,14 +104,18 @@ class GAT(nn.Module):
         heads: int = 8,
         dropout: float = 0.6,
         input_dropout: float = 0.6,
+        normalize_features: bool = False,
     ) -> None:
         super().__init__()
         self.dropout = dropout
         self.input_dropout = input_dropout
+        self.normalize_features = normalize_features
         self.conv1 = GATConv(in_channels, hidden, heads=heads, concat=True, dropout=dropout)
         self.conv2 = GATConv(hidden * heads, out_channels, heads=1, concat=False, dropout=dropout)
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        if self.normalize_features:  # a constructor flag, fixed at build time: no data-dependent branch
+            x = row_normalize(x)
         x = F.dropout(x, p=self.input_dropout, training=self.training)
         x = F.elu(self.conv1(x, edge_index))
         x = F.dropout(x, p=self.dropout, training=self.training)
@@ -129,10 +144,12 @@ class _ProjectedInput(nn.Module):
         dropout: float = 0.5,
         input_dropout: float = 0.0,
         project_input: bool = True,
+        normalize_features: bool = False,
     ) -> None:
         super().__init__()
         self.dropout = dropout
         self.input_dropout = input_dropout
+        self.normalize_features = normalize_features
         self.project_input = project_input
         self.lin_in = nn.Linear(in_channels, hidden, bias=False) if project_input else None
         first = hidden if project_input else in_channels
@@ -142,6 +159,8 @@ class _ProjectedInput(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        if self.normalize_features:  # a constructor flag, fixed at build time: no data-dependent branch
+            x = row_normalize(x)
         x = F.dropout(x, p=self.input_dropout, training=self.training)
         x = self.lin_in(x) if self.lin_in is not None else x
         x = F.relu(self.conv1(x, edge_index))
@@ -250,19 +269,23 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 
 #: Per-architecture model hyper-parameters (the constructor keyword defaults, besides in/out channels).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gcn": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0},
-    "gat": {"hidden": 8, "heads": 8, "dropout": 0.6, "input_dropout": 0.6},
-    "gin": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "project_input": True},
-    "sage": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "project_input": True},
+    "gcn": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "normalize_features": True},
+    "gat": {"hidden": 8, "heads": 8, "dropout": 0.6, "input_dropout": 0.6, "normalize_features": True},
+    "gin": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "project_input": True, "normalize_features": False},
+    "sage": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "project_input": True, "normalize_features": False},
     "gin_graph": {"hidden": 64, "num_layers": 3, "dropout": 0.5, "pool": "mean"},
 }
 
 #: Recommended training settings per architecture (keyword arguments of the ``quantgraph.training`` loops).
 #: Node models: full-batch Adam on the public Planetoid split; the best-validation epoch is kept.
+#: ``patience``/``select`` (optional) are the early stopping of :func:`quantgraph.training.train_node_classifier`.
+#: Chosen on validation (docs/results.md, "FP32 recipes"): GCN and GAT on row-normalised features
+#: (``normalize_features`` in :data:`MODEL_DEFAULTS`), GAT with the paper's 1000 epochs and early stopping on
+#: validation loss (patience 100); GIN on raw features with lr 0.005 and weight decay 5e-3.
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "gcn": {"epochs": 200, "lr": 0.01, "weight_decay": 5e-4},
-    "gat": {"epochs": 200, "lr": 0.005, "weight_decay": 5e-4},
-    "gin": {"epochs": 200, "lr": 0.01, "weight_decay": 5e-4},
+    "gat": {"epochs": 1000, "lr": 0.005, "weight_decay": 5e-4, "patience": 100, "select": "loss"},
+    "gin": {"epochs": 200, "lr": 0.005, "weight_decay": 5e-3},
     "sage": {"epochs": 200, "lr": 0.01, "weight_decay": 5e-4},
     "gin_graph": {"epochs": 150, "lr": 0.002, "weight_decay": 0.0, "batch_size": 32},
 }
@@ -313,8 +336,9 @@ def build_model(arch: str, in_channels: int, out_channels: int, **config: Any) -
             if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
                 raise InputError(f"{key}={p!r} is out of range", "use a probability in [0, 1)")
             kwargs[key] = float(p)
-    if "project_input" in kwargs and not isinstance(kwargs["project_input"], bool):
-        raise InputError(f"project_input={kwargs['project_input']!r} is not a boolean", "use true or false")
+    for key in ("project_input", "normalize_features"):
+        if key in kwargs and not isinstance(kwargs[key], bool):
+            raise InputError(f"{key}={kwargs[key]!r} is not a boolean", "use true or false")
     model = cls(in_channels, out_channels, **kwargs)
     model.qg_arch = arch
     model.qg_config = {"in_channels": in_channels, "out_channels": out_channels, **kwargs}

@@ -30,6 +30,8 @@ import numpy as np
 
 from quantgraph.errors import InputError
 from quantgraph.fileio import atomic_write_bytes
+from quantgraph.native.program_check import check_arrays, check_program
+from quantgraph.safe_zip import GiB, MiB, ZipLimits, inspect_zip
 
 FORMAT = "quantgraph-native"
 VERSION = 1
@@ -37,6 +39,10 @@ STAGES = ("graph", "feature")
 _PROGRAM = "program.json"
 _ARRAYS = "arrays/"
 _DATE = (1980, 1, 1, 0, 0, 0)
+MAX_ARRAY_BYTES = 4 * GiB
+MAX_PROGRAM_BYTES = 64 * MiB
+#: a model's arrays are weights and quantization parameters: they do not compress 200-fold beyond 4 MiB
+QGN_LIMITS = ZipLimits(max_total=MAX_ARRAY_BYTES + MAX_PROGRAM_BYTES, max_member=MAX_ARRAY_BYTES)
 
 
 @dataclass
@@ -109,6 +115,12 @@ def load_program(path: str | Path) -> Program:
         raise InputError(
             f"native model {path} does not exist", "create one with `quantgraph compile --backend native`"
         )
+    infos = inspect_zip(path, "quantgraph native model (.qgn)", QGN_LIMITS)
+    sizes = {i.filename: i.file_size for i in infos}
+    if sizes.get(_PROGRAM, 0) > MAX_PROGRAM_BYTES:
+        raise InputError(
+            f"{path}: {_PROGRAM} is larger than {MAX_PROGRAM_BYTES >> 20} MiB", "re-create the model"
+        )
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
@@ -123,7 +135,7 @@ def load_program(path: str | Path) -> Program:
                 for n in sorted(names)
                 if n.startswith(_ARRAYS) and n.endswith(".npy")
             }
-    except (zipfile.BadZipFile, json.JSONDecodeError, ValueError, OSError) as err:
+    except (zipfile.BadZipFile, json.JSONDecodeError, ValueError, OSError, RecursionError, EOFError) as err:
         raise InputError(
             f"{path} is not a quantgraph native model ({str(err).splitlines()[0][:100]})",
             "re-create it with `quantgraph compile --backend native`",
@@ -138,10 +150,17 @@ def load_program(path: str | Path) -> Program:
     try:
         steps = [Step(**s) for s in doc["steps"]]
         program = Program(list(doc["inputs"]), list(doc["outputs"]), steps, arrays, dict(doc.get("meta", {})))
-    except (KeyError, TypeError) as err:
+        if not all(isinstance(n, str) for n in program.inputs + program.outputs):
+            raise TypeError("input and output names must be strings")
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise InputError(
             f"{path} has a malformed program ({err})", "re-create it with `quantgraph compile`"
         ) from err
+    try:
+        check_arrays(program.arrays, MAX_ARRAY_BYTES)
+        check_program(program)
+    except InputError as err:
+        raise InputError(f"{path}: {err.problem}", err.fix) from None
     for step in program.steps:
         if step.stage not in STAGES:
             raise InputError(f"{path}: step {step.out} has stage {step.stage!r}", "re-create the model")

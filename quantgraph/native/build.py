@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantgraph.errors import InputError
+from quantgraph.errors import EnvironmentFailure, InputError
 
 SOURCE = Path(__file__).with_name("kernels.c")
 ABI_VERSION = 3
@@ -155,6 +155,46 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_cache_dir(out_dir: Path) -> None:
+    """The cache folder must be the user's own and not writable by group or others (a library planted there
+    would run its constructor in this process)."""
+    try:
+        st = out_dir.stat()
+    except OSError:
+        return  # not there yet: _compile creates it with the user's umask
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise InputError(
+            f"the native kernel cache {out_dir} belongs to another user (uid {st.st_uid})",
+            "set QUANTGRAPH_CACHE to a folder of your own",
+        )
+    if st.st_mode & 0o022:
+        raise InputError(
+            f"the native kernel cache {out_dir} is writable by group or others (mode {st.st_mode & 0o777:o})",
+            f"run `chmod go-w {out_dir}` or set QUANTGRAPH_CACHE to a private folder",
+        )
+
+
+def _cached_library_ok(out_dir: Path, key: str) -> bool:
+    """True when ``<key>.so`` exists with its flags file and matches the hash recorded when it was built; a
+    missing, truncated or replaced library (or one without a recorded hash) is rebuilt."""
+    _check_cache_dir(out_dir)
+    path, flags, digest = (out_dir / f"{key}{ext}" for ext in (".so", ".flags", ".sha256"))
+    try:
+        if not (path.is_file() and flags.is_file() and digest.is_file()) or path.is_symlink():
+            return False
+        return _sha256(path) == digest.read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
+
+
 def _compile(cc: list[str], out_dir: Path, key: str) -> tuple[Path, list[str]] | str:
     """Compile with the first flag set that works: the final path and the extra flags used, or (no flag set
     works) the last error line."""
@@ -175,6 +215,7 @@ def _compile(cc: list[str], out_dir: Path, key: str) -> tuple[Path, list[str]] |
             errors.append("it wrote an empty library")
         if res is not None and res.returncode == 0:
             _write_atomic(out_dir / f"{key}.flags", (" ".join(extra) + "\n").encode())
+            _write_atomic(out_dir / f"{key}.sha256", (_sha256(Path(tmp)) + "\n").encode())
             os.replace(tmp, target)  # last: a library on disk always has its flags file
             return target, extra
         if res is not None:
@@ -287,10 +328,16 @@ def load() -> NativeLib:
             key = library_key(cc)
             path = out_dir / f"{key}.so"
             flags_file = out_dir / f"{key}.flags"
-            if path.exists() and flags_file.exists():
+            if _cached_library_ok(out_dir, key):
                 extra = flags_file.read_text(encoding="utf-8").split()
                 break
-            result = _compile(cc, out_dir, key)
+            try:
+                result = _compile(cc, out_dir, key)
+            except OSError as exc:
+                raise EnvironmentFailure(  # the machine, not the input: exit 1
+                    f"cannot write the native kernel cache {out_dir} ({exc.strerror or exc})",
+                    "set QUANTGRAPH_CACHE to a writable folder",
+                ) from None
             if not isinstance(result, str):
                 path, extra = result
                 break

@@ -34,6 +34,7 @@ from quantgraph.native.artifact import Program, Step, load_program, references, 
 from quantgraph.native.fusion import FusedStep, plan
 from quantgraph.native.opnames import OPERATORS
 from quantgraph.native.order import ORDERS, inverse, node_order
+from quantgraph.native.program_check import check_program, resolve_allowed
 
 NATIVE_OPS = (
     "native.csr",
@@ -53,16 +54,7 @@ def resolve_op(op: str) -> Callable[..., Any] | None:
     library, _, rest = op.partition(".")
     if library == "operator" and rest in OPERATORS:
         return OPERATORS[rest]
-    name, _, overload = rest.rpartition(".")
-    if library in LIBRARIES and name:
-        try:
-            return getattr(getattr(getattr(torch.ops, library), name), overload)
-        except (AttributeError, RuntimeError):
-            pass
-    raise InputError(
-        f"the native model uses op {op!r}, which this runtime does not know",
-        "re-compile the model with this version of quantgraph",
-    )
+    return resolve_allowed(op)  # only allow-listed ATen/quantgraph ops (see native.program_check)
 
 
 @dataclass
@@ -94,8 +86,10 @@ class NativeModel:
     threads: int | None = None
     profile: list[StepTime] = field(default_factory=list)
     order: str = "none"  # node order of prepare: none, degree or rcm (see NativeModel.prepare)
+    fuse: bool = True  # run the fusion plan (False: one kernel call per program step, e.g. to measure it)
 
     def __post_init__(self) -> None:
+        check_program(self.program)  # allow-listed ops, argument kinds, arrays: before anything runs
         self._ops = {s.out: resolve_op(s.op) for s in self.program.steps}
         self._tensors = {k: torch.from_numpy(np.array(v)) for k, v in self.program.arrays.items()}
         self._narrow: set[str] = {  # int8 outputs of native steps whose IR value is int32
@@ -218,7 +212,8 @@ class NativeModel:
                 x = x[torch.from_numpy(perm)]  # the GEMM that quantizes x reads its rows through perm itself
             values[name] = x
         self.profile = []
-        steps: list[Step | FusedStep] = self._steps("feature") if capture is not None else self._plan
+        fused = self.fuse and capture is None
+        steps: list[Step | FusedStep] = self._plan if fused else self._steps("feature")
         for step in steps:
             start = time.perf_counter() if profile else 0.0
             if isinstance(step, FusedStep):
@@ -300,7 +295,14 @@ class NativeModel:
         if fn is not None:
             args = [self._decode(a, values) for a in step.args]
             kwargs = {k: self._decode(v, values) for k, v in step.kwargs.items()}
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except (RuntimeError, ValueError, IndexError, TypeError, MemoryError) as err:
+                detail = " ".join(str(err).split())[:160]
+                raise InputError(
+                    f"step {step.out} ({step.op}) of the native model failed on these inputs ({detail})",
+                    "check that the data matches the model (feature width, edge_index), or re-compile it",
+                ) from None
         native = {
             "native.csr": self._csr,
             "native.aggregate": self._aggregate,

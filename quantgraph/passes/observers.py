@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -87,6 +89,147 @@ class PercentileObserver(Observer):
         return lo, hi
 
 
+#: Samples kept per calibration batch by the MSE observer (a deterministic strided sample).
+MSE_SAMPLE = 1 << 18
+#: Candidate clip ranges the MSE observer tries: ``alpha * [min, max]`` for alpha in (0, 1], this many.
+MSE_GRID = 128
+
+
+def quantization_mse(
+    values: Tensor, lo: Tensor, hi: Tensor, spec: QuantSpec, weight: Tensor | None = None
+) -> Tensor:
+    """(Weighted) mean squared error of quantize-dequantize of ``values`` with the range [lo, hi]."""
+    qp = QParams.from_range(lo, hi, spec)
+    q = torch.clamp(torch.round(values / qp.scale) + qp.zero_point, spec.qmin, spec.qmax)
+    err = ((q - qp.zero_point) * qp.scale - values).square()
+    return (err if weight is None else err * weight).mean()
+
+
+def relative_weight(values: Tensor) -> Tensor:
+    """``1 / (|x| + mean|x|)``: weights each squared error by the size of the value it perturbs, so the
+    many small values (GIN's low-degree nodes) count as much as the few large ones (its hubs)."""
+    magnitude = values.abs()
+    return 1.0 / (magnitude + magnitude.mean().clamp(min=torch.finfo(torch.float32).tiny))
+
+
+def mse_optimal_range(
+    values: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    spec: QuantSpec,
+    grid: int = MSE_GRID,
+    weight: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The clip range ``alpha * [lo, hi]`` (alpha on a grid in (0, 1]) with the least (weighted) quantization
+    MSE on ``values``; on a tie the wider range. Needs no labels: only the calibration values."""
+    best_alpha, best_err = 1.0, quantization_mse(values, lo, hi, spec, weight)
+    for k in range(grid - 1, 0, -1):  # widest first, so a tie keeps the wider range
+        alpha = k / grid
+        err = quantization_mse(values, lo * alpha, hi * alpha, spec, weight)
+        if err < best_err:
+            best_alpha, best_err = alpha, err
+    return lo * best_alpha, hi * best_alpha
+
+
+class MSEObserver(Observer):
+    """Per-tensor range minimising the quantization MSE on the calibration values (clip search).
+
+    Like onnxruntime's and TensorRT's calibrators, it keeps a sample of every calibration batch, then
+    tries ``alpha * [min, max]`` for ``grid`` values of alpha in (0, 1] and keeps the range whose
+    quantize-dequantize error is smallest. Heavy tails (GIN's sums over hub nodes) get clipped; a tensor
+    whose min/max range is already optimal keeps it. ``observer_args``: ``grid`` (default 128).
+    """
+
+    relative = False
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__(spec)
+        self.samples: list[Tensor] = []
+
+    def update(self, x: Tensor, groups: Tensor | None = None) -> None:
+        if self.spec.granularity != Granularity.PER_TENSOR:
+            raise InputError(
+                f"the {self.spec.observer} observer supports per-tensor ranges only", "use observer='minmax'"
+            )
+        super().update(x, groups)
+        if x.numel():
+            self.samples.append(strided_sample(x.detach().float().flatten(), MSE_SAMPLE))
+
+    def qparams(self) -> QParams:
+        if self.lo is None or self.hi is None:
+            return super().qparams()
+        grid = int(dict(self.spec.observer_args).get("grid", MSE_GRID))
+        values = torch.cat(self.samples)
+        weight = relative_weight(values) if self.relative else None
+        lo, hi = mse_optimal_range(values, self.lo, self.hi, self.spec, grid, weight)
+        return QParams.from_range(lo, hi, self.spec)
+
+
+class RelativeMSEObserver(MSEObserver):
+    """:class:`MSEObserver` with each squared error weighted by :func:`relative_weight` (relative error).
+
+    Plain MSE is dominated by the largest values, so on GIN's sums it keeps the hub nodes' range and
+    leaves low-degree nodes with a coarse step; weighting by ``1 / (|x| + mean|x|)`` clips the hubs instead.
+    """
+
+    relative = True
+
+
+#: Histogram bins of the entropy observer (TensorRT's calibrator uses 2048).
+ENTROPY_BINS = 2048
+
+
+def entropy_optimal_bound(magnitudes: Tensor, bits: int, bins: int = ENTROPY_BINS) -> float:
+    """TensorRT's KL-divergence threshold on a histogram of ``|x|``: the bound ``t`` whose clipped
+    distribution, re-binned into ``2**(bits-1)`` levels, diverges least from the unclipped one."""
+    top = float(magnitudes.max())
+    if top <= 0.0:
+        return top
+    hist = torch.histc(magnitudes, bins=bins, min=0.0, max=top).double()
+    levels = 1 << (bits - 1)
+    if bins <= levels:
+        return top
+    best_i, best_kl = bins, math.inf
+    for i in range(levels, bins + 1):
+        p = hist[:i].clone()
+        p[i - 1] += hist[i:].sum()  # outliers clip into the last bin
+        nonzero = p > 0
+        # q: p re-binned into `levels` equal groups, spread evenly over each group's non-empty bins
+        group = torch.div(torch.arange(i) * levels, i, rounding_mode="floor")
+        mass = torch.zeros(levels, dtype=torch.float64).index_add_(0, group, hist[:i])
+        count = torch.zeros(levels, dtype=torch.float64).index_add_(0, group, nonzero.double())
+        q = torch.where(nonzero, mass[group] / count[group].clamp(min=1), torch.zeros_like(p))
+        q[i - 1] += hist[i:].sum() * nonzero[i - 1]
+        ps, qs = p / p.sum(), q / q.sum()
+        mask = nonzero & (qs > 0)
+        kl = float((ps[mask] * (ps[mask] / qs[mask]).log()).sum())
+        if kl < best_kl:
+            best_i, best_kl = i, kl
+    return top * best_i / bins
+
+
+class EntropyObserver(MSEObserver):
+    """Per-tensor range from the KL-divergence (entropy) calibration of TensorRT / onnxruntime.
+
+    INT8 only (TensorRT's method; with fewer levels the threshold collapses). Keeps the same calibration
+    sample as :class:`MSEObserver`; the bound ``t`` from
+    :func:`entropy_optimal_bound` on ``|x|`` clips the min/max range to ``[max(min, -t), min(max, t)]``.
+    """
+
+    def qparams(self) -> QParams:
+        if self.lo is None or self.hi is None:
+            return Observer.qparams(self)
+        if self.spec.bits != 8:
+            raise InputError(
+                f"entropy calibration is defined for 8 bits, not {self.spec.bits}",
+                "use --calibration relative-mse (or mse) below 8 bits",
+            )
+        bins = int(dict(self.spec.observer_args).get("bins", ENTROPY_BINS))
+        bound = entropy_optimal_bound(torch.cat(self.samples).abs(), self.spec.bits, bins)
+        t = torch.tensor(bound, dtype=torch.float32)
+        return QParams.from_range(torch.maximum(self.lo, -t), torch.minimum(self.hi, t), self.spec)
+
+
 #: Range methods by name (``QuantSpec.observer``); add one with :func:`register_observer` or the
 #: entry-point group ``quantgraph.observers``.
 def _adapt(name: str, obj: object) -> tuple[str, type[Observer]] | None:
@@ -96,6 +239,9 @@ def _adapt(name: str, obj: object) -> tuple[str, type[Observer]] | None:
 REGISTRY: Registry[type[Observer]] = Registry("observer", "quantgraph.observers", _adapt)
 REGISTRY.add("minmax", MinMaxObserver)
 REGISTRY.add("percentile", PercentileObserver)
+REGISTRY.add("mse", MSEObserver)
+REGISTRY.add("relative-mse", RelativeMSEObserver)
+REGISTRY.add("entropy", EntropyObserver)
 OBSERVERS = REGISTRY.entries  # name -> class (the registry's own table)
 
 

@@ -141,7 +141,8 @@ def _prepare(sandbox: dict, case: gen.Case, index: int) -> Path:
 
 def _judge(case: gen.Case, outcome, before: dict, after: dict, folder: Path) -> list[str]:
     problems = []
-    lines = [ln for ln in outcome.stderr.splitlines() if ln.strip()]
+    progress = "quantgraph: "  # stage timings, printed to stderr without --quiet: not error lines
+    lines = [ln for ln in outcome.stderr.splitlines() if ln.strip() and not ln.startswith(progress)]
     if outcome.crashed:
         problems.append(f"crash (exit {outcome.rc})")
     if outcome.hung:
