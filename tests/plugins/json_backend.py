@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from quantgraph.backends.registry import Backend, register_backend
-from quantgraph.fileio import atomic_write_json
+from quantgraph.fileio import atomic_write_bytes
 from quantgraph.ir.meta import SOURCE_KEY
 from quantgraph.ir.ops import QUANTIZE
 from quantgraph.metrics import accuracy
@@ -45,5 +46,7 @@ class QuantParamsJSONBackend(Backend):
         }
 
     def save(self, artifact: dict[str, Any], path: str | Path) -> int:
-        atomic_write_json(path, artifact)
-        return Path(path).stat().st_size
+        # inside the CLI's output transaction the file appears only when the command ends: size the bytes
+        data = (json.dumps(artifact, indent=2, sort_keys=True) + "\n").encode()
+        atomic_write_bytes(path, data)
+        return len(data)
