@@ -34,16 +34,9 @@ from quantgraph.native.artifact import Program, Step, load_program, references, 
 from quantgraph.native.fusion import FusedStep, plan
 from quantgraph.native.opnames import OPERATORS
 from quantgraph.native.order import ORDERS, inverse, node_order
+from quantgraph.native.program_check import NATIVE_STEPS as NATIVE_OPS
 from quantgraph.native.program_check import check_program, resolve_allowed
 
-NATIVE_OPS = (
-    "native.csr",
-    "native.aggregate",
-    "native.linear",
-    "native.requantize",
-    "native.quantize",
-    "input.size",
-)
 LIBRARIES = ("aten", "quantgraph")
 
 
