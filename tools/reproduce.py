@@ -122,10 +122,50 @@ def _mixq(lam: float) -> Callable:
     return run
 
 
+def _sgquant(**options) -> Callable:
+    """SGQuant with a bit configuration or an ABS budget: accuracy, memory reduction (logged per seed)."""
+
+    def run(model: torch.nn.Module, task: Task, tmp: Path, seed: int, arch: str) -> dict[str, float]:
+        compiled = qg_compile(
+            model,
+            task.data,
+            policy="sgquant",
+            options={**options, "seed": seed},
+            calibration=task.calibration(),
+            task_data=task.task_data(),
+        )
+        compiled.export_onnx(tmp / "m.onnx", task.data)
+        info = compiled.report["sgquant"]
+        return {"acc": compiled.report["accuracy"]["onnx"], "mem_x": info["memory"]["reduction"]}
+
+    return run
+
+
+#: SGQuant rows: uniform bits, their layer-wise (4, 32) and component-wise (4, 8, 6, 1) configurations,
+#: topology-aware bits (their 32/sqrt(d) map), and ABS at memory-reduction targets (``sgquant-abs<R>``).
+SGQUANT_METHODS: dict[str, Method] = {
+    **{
+        f"sgquant-u{b}": Method(f"sgquant-u{b}", b, _sgquant(sgquant_config=f"*.*={b}")) for b in (8, 4, 2, 1)
+    },
+    "sgquant-layer": Method("sgquant-layer", 0, _sgquant(sgquant_config="0.*=4,1.*=32")),
+    "sgquant-component": Method(
+        "sgquant-component",
+        0,
+        _sgquant(sgquant_config="0.aggregation=4,0.combination=8,1.aggregation=6,1.combination=1"),
+    ),
+    "sgquant-topo": Method("sgquant-topo", 0, _sgquant(sgquant_buckets="sqrt")),
+}
+
+
 def method(name: str) -> Method:
-    """A method by name; ``mixq-l<lambda>`` (e.g. ``mixq-l0.1``) is MixQ at that lambda, integer backend."""
+    """A method by name; ``mixq-l<lambda>`` (e.g. ``mixq-l0.1``) is MixQ at that lambda, integer backend;
+    ``sgquant-abs<R>`` (e.g. ``sgquant-abs16``) is SGQuant's ABS at an R× memory-reduction target."""
     if name.startswith("mixq-l"):
         return Method(name, 0, _mixq(float(name[len("mixq-l") :])))
+    if name.startswith("sgquant-abs"):
+        return Method(name, 0, _sgquant(memory_target=float(name[len("sgquant-abs") :])))
+    if name in SGQUANT_METHODS:
+        return SGQUANT_METHODS[name]
     return METHODS[name]
 
 
@@ -193,6 +233,7 @@ def table_rows(per_cell: dict[tuple[str, str, str], list[float]]) -> list[dict]:
                 "method": name,
                 "bits": _bits(per_cell, dataset, arch, name),
                 "bitops_reduction": _mean_or_none(per_cell.get((dataset, arch, f"{name} bitops_x"))),
+                "memory_reduction": _mean_or_none(per_cell.get((dataset, arch, f"{name} mem_x"))),
                 "mean": mean,
                 "std": std,
                 "delta": delta,
@@ -204,8 +245,9 @@ def table_rows(per_cell: dict[tuple[str, str, str], list[float]]) -> list[dict]:
 
 
 def _method_label(row: dict) -> str:
-    reduction = row.get("bitops_reduction")
-    return row["method"] + (f" (BitOPs ÷{reduction:.1f})" if reduction else "")
+    reduction, memory = row.get("bitops_reduction"), row.get("memory_reduction")
+    label = row["method"] + (f" (BitOPs ÷{reduction:.1f})" if reduction else "")
+    return label + (f" (memory ÷{memory:.1f})" if memory else "")
 
 
 def render_markdown(results: dict, command: str) -> str:

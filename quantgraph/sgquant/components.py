@@ -47,26 +47,38 @@ def _ancestors(node: fx.Node) -> set[fx.Node]:
     return seen
 
 
+def _width(node: fx.Node) -> int:
+    shape = getattr(node.meta.get("val"), "shape", ())
+    size = 1
+    for d in list(shape)[1:]:
+        size *= int(d) if isinstance(d, int) else 1
+    return size
+
+
 def _feature_sources(scatter: fx.Node) -> set[fx.Node]:
-    """Node-level values whose gathered rows are the features the scatter sums (and their inputs)."""
-    gathers = [a for a in _ancestors(scatter) | {scatter} if a.target == GATHER]
-    if not gathers:
-        return set()
+    """Node-level values whose gathered rows are the features the scatter sums (and their inputs).
 
-    def width(g: fx.Node) -> int:
-        val = g.meta.get("val")
-        shape = getattr(val, "shape", ())
-        size = 1
-        for d in list(shape)[1:]:
-            size *= int(d) if isinstance(d, int) else 1
-        return size
-
-    feature = max(gathers, key=width)  # the feature rows, not a per-edge scalar
-    source = feature.args[0]
-    return {source, *_ancestors(source)} if isinstance(source, fx.Node) else set()
+    The feature gather is the widest gather nearest to the scatter's message (GAT and AGNN also gather
+    attention terms, further up).
+    """
+    level = [scatter.args[0]] if isinstance(scatter.args[0], fx.Node) else []
+    seen: set[fx.Node] = set()
+    for _ in range(4):
+        gathers = [n for n in level if n.target == GATHER]
+        if gathers:
+            source = max(gathers, key=_width).args[0]
+            return {source, *_ancestors(source)} if isinstance(source, fx.Node) else set()
+        seen.update(level)
+        level = [i for n in level for i in n.all_input_nodes if i not in seen and i.target != SCATTER]
+    return set()
 
 
 def point_layer(node: fx.Node) -> int:
+    """The node's layer (``LAYER_KEY``; inputs: 0). A parameter takes the layer of the op that uses it."""
+    if node.op == "get_attr":
+        layers = [u.meta.get(LAYER_KEY) for u in node.users if u.meta.get(LAYER_KEY) is not None]
+        if layers:
+            return int(min(layers))
     layer = node.meta.get(LAYER_KEY)
     return 0 if layer is None else int(layer)
 
@@ -109,25 +121,27 @@ _DIV = {"aten.div.Tensor"}
 
 
 def denominators(gm: fx.GraphModule) -> set[str]:
-    """Softmax denominators: each division's divisor back to the scatter that sums it (gathers included).
+    """Divisors kept FP32: each division's divisor, back along values used only on the way to it.
 
-    SGQuant quantizes attention logits and coefficients, not the normaliser: a low-bit denominator rounds
-    small sums to 0 and the division to infinity. These points stay FP32 (and count at 32 bits).
+    SGQuant quantizes attention logits and coefficients, not the normaliser: a low-bit softmax sum (or
+    AGNN's feature norm) rounds small values to 0 and the division to infinity. From the divisor the walk
+    follows gathers to their source and an op to its one feature input while that input feeds nothing
+    else, and stops after a scatter (the softmax sum). These points stay FP32 (and count at 32 bits).
     """
     out: set[str] = set()
     for n in gm.graph.nodes:
         if str(n.target) not in _DIV or len(n.args) < 2 or not isinstance(n.args[1], fx.Node):
             continue
-        stack = [n.args[1]]
-        while stack:
-            d = stack.pop()
-            if d.name in out or d.op != "call_function":
-                continue
+        d: fx.Node | None = n.args[1]
+        while d is not None and d.op == "call_function" and d.name not in out:
             out.add(d.name)
             if d.target == SCATTER:
-                continue
+                break
+            inputs = [
+                i for i in d.all_input_nodes if i.meta.get(ROLE_KEY) != Role.STRUCTURE and i.op != "get_attr"
+            ]
             if d.target == GATHER:
-                stack.append(d.args[0])
-                continue
-            stack.extend(i for i in d.all_input_nodes if i.op == "call_function")
+                inputs = [d.args[0]]
+            nxt = inputs[0] if len(inputs) == 1 else None
+            d = nxt if nxt is not None and (d.target == GATHER or len(nxt.users) == 1) else None
     return out
