@@ -283,3 +283,24 @@ def test_topology_aware_native_equals_ir_on_other_sizes(kind, tmp_path):
         ints = compare_native_integers(native, compiled, inputs)
         assert ints["equal"] and ints["compared"] >= 4, (graph.num_nodes, ints)
         assert torch.allclose(native.run(inputs), compiled.run(inputs), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["onnx-qdq", "native"])
+def test_agnn_traces_and_exports_topology_aware(backend, tmp_path):
+    from quantgraph.models import build_model
+
+    torch.manual_seed(0)
+    data = make_csbm(num_nodes=300, num_features=8, num_classes=4, power=2.0, seed=3)
+    model = build_model("agnn", 8, 4).eval()
+    options = {"sgquant_buckets": "2,4", "sgquant_config": "*.*=8,*.*.b1=4,*.*.b2=2"}
+    compiled = qg_compile(model, data, policy="sgquant", pipeline=NO_QAT, backend=backend, options=options)
+    info = compiled.report["sgquant"]
+    # AGNN's cosine attention divides by the feature norm: kept FP32 like the softmax sum
+    assert any(n.startswith("linalg_vector_norm") for n in info["fp32_points"])
+    assert {p["component"] for p in info["points"].values()} == {"aggregation", "combination"}
+    checks = compiled.export(tmp_path / ("m.qgn" if backend == "native" else "m.onnx"), data)
+    assert checks["max_abs_error"] == 0.0 and checks["argmax_agreement"] == 1.0
+    graph = _graphs()[2]
+    runner = compiled.to_native(data) if backend == "native" else ort_session(compiled.to_onnx())
+    got = runner.run(graph.inputs()) if backend == "native" else run_onnx(runner, graph.inputs())
+    assert torch.allclose(got, compiled.run(graph.inputs()), atol=1e-5)
