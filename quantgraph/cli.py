@@ -203,6 +203,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     options.update({"calibration": args.calibration, "percentile_tail": args.percentile_tail})
     if args.int_overflow:
         options["int_overflow"] = args.int_overflow
+    for dest in ("graph_input", "onnx_target"):  # ONNX backends' export options
+        if getattr(args, dest, None):
+            options[dest] = getattr(args, dest)
     if args.skip_roles:
         options["skip_roles"] = [r.strip() for spec in args.skip_roles for r in spec.split(",") if r.strip()]
     options.update(
@@ -241,7 +244,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from quantgraph.backends.verify import check_onnx_inputs, ort_session, run_onnx
+    import onnx
+
+    from quantgraph.backends.verify import check_onnx_inputs, ort_session, run_onnx, with_prepared_graph
     from quantgraph.data.task import load_task
     from quantgraph.metrics import accuracy
 
@@ -261,7 +266,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data, mask, split = _split_data(task, args.split)
     check_onnx_inputs(session, data, path)
     try:
-        logits = run_onnx(session, data.inputs(), time_limit=args.timeout)
+        inputs = with_prepared_graph(onnx.load(str(path)), data.inputs())  # csr models: sorted once here
+        logits = run_onnx(session, inputs, time_limit=args.timeout)
     except TimeoutError as err:
         raise InputError(
             f"{path} did not finish within --timeout {args.timeout:g} s on {data.name}",
@@ -573,6 +579,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--int-overflow",
         choices=["error", "float"],
         help="integer backends: when an int32 accumulator could overflow, fail (default) or keep that op in float",
+    )
+    p.add_argument(
+        "--graph-input",
+        choices=["edges", "csr"],
+        help="ONNX backends: edges (default) takes x, edge_index and sorts the edges inside the model; csr "
+        "also takes the destination-sorted edge order (graph_perm_<i>, made once per graph by "
+        "`quantgraph prepare-graph`), so no sort runs per call",
+    )
+    p.add_argument(
+        "--onnx-target",
+        choices=["onnx", "ort"],
+        help="ONNX backends: onnx (default) writes standard ONNX ops only; ort allows onnxruntime's "
+        "com.microsoft ops",
     )
     p.add_argument(
         "-o",
