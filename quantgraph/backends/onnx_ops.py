@@ -1351,7 +1351,35 @@ def _qg_gather(ctx: OnnxBuilder, node: fx.Node) -> str | QValue:
         gathered = ctx.op("Gather", [stored.name, index], dtype=stored.dtype, rank=rank, axis=0)
         return QValue(gathered, stored.dtype, rank)
     src, index = ctx.t(node.args[0]), ctx.t(node.args[1])
-    return ctx.op("Gather", [src, index], rank=ctx.rank(src) - 1 + ctx.rank(index), axis=0)
+    rank = ctx.rank(src) - 1 + ctx.rank(index)
+    dq = ctx.producer(src)
+    if (
+        dq is not None
+        and dq.op_type == "DequantizeLinear"
+        and _per_tensor(ctx, dq)
+        and _feeds_linear(node.args[0])
+    ):
+        # gather the integers, then dequantize (equal values): the DequantizeLinear then feeds only the
+        # linear layer, which onnxruntime fuses into QGemm (SAGE's root weight reads the same rows).
+        # Not otherwise: a QuantizeLinear read by a Gather stops onnxruntime fusing the layer before it.
+        rows = ctx.op("Gather", [dq.input[0], index], rank=rank, axis=0)
+        return ctx.op("DequantizeLinear", [rows, *dq.input[1:]], dtype=ctx.dtype(src), rank=rank)
+    return ctx.op("Gather", [src, index], rank=rank, axis=0)
+
+
+_LINEAR_TARGETS = ("linear.default", "addmm.default", "mm.default", "matmul.default")
+
+
+def _feeds_linear(arg: Any) -> bool:
+    """Whether the FX value ``arg`` is also an input of a linear layer."""
+    targets = {_resolve(t) for t in _LINEAR_TARGETS}
+    return isinstance(arg, fx.Node) and any(user.target in targets for user in arg.users)
+
+
+def _per_tensor(ctx: OnnxBuilder, node: Any) -> bool:
+    """A Q/DQ node with 0-d scale and zero point (its parameters do not depend on the row)."""
+    params = [i for i in node.input[1:] if i]
+    return all(name in ctx.initializers and not ctx.initializers[name].dims for name in params)
 
 
 @register(qg_ops.SCATTER)
