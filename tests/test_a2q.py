@@ -18,6 +18,7 @@ from quantgraph.ir.a2q_quantizer import (
     nns_groups,
     qmax_of,
 )
+from quantgraph.ir.meta import QPARAMS_KEY
 from quantgraph.ir.ops import DEQUANTIZE, QUANTIZE
 from quantgraph.ir.qspec import Granularity, QParams, QuantSpec
 from quantgraph.ir.quantizer import QuantizerSettings, get_quantizer
@@ -215,6 +216,23 @@ def test_a2q_policy_learns_per_node_bits_within_budget_and_onnx_equals_ir(gcn_an
     assert len(per_node) == 2 and all(len(q["scale"]) == data.num_nodes for q in per_node)
     checks = compiled.export_onnx(tmp_path / "a2q.onnx", data)
     assert checks["argmax_agreement"] == 1.0
+    a2q = rep["a2q"]
+    degree = torch.bincount(data.edge_index[1], minlength=data.num_nodes)
+    nodes = {n.name: n for n in compiled.graph_module.graph.nodes}
+    for layer in a2q["layers"]:  # the report's bits are the exported ones
+        qmax = nodes[layer["point"]].meta[QPARAMS_KEY].qmax.double()
+        bits = (qmax + 1).log2().add(1).round().long()
+        assert layer["bits_histogram"] == {str(b): int((bits == b).sum()) for b in bits.unique().tolist()}
+        assert layer["mean_bits"] <= 3.0 and layer["mean_bits"] == pytest.approx(
+            float(bits.double().mean()), abs=1e-4
+        )
+        assert sum(r["nodes"] for r in layer["bits_by_in_degree"]) == data.num_nodes
+        assert layer["bits_by_in_degree"][0]["in_degree"].startswith(str(int(degree.min())))
+    relu = next(la for la in a2q["layers"] if la["non_negative"])
+    assert relu["a2q_convention_bits"] == pytest.approx(relu["mean_bits"] - 1)
+    mem = a2q["memory_bytes"]
+    assert mem["fp32"] == 4 * mem["int8"] and mem["vs_fp32"] == pytest.approx(4 * mem["vs_int8"], rel=1e-3)
+    assert mem["vs_int8"] >= 8 / 3.0 - 1e-6  # every layer at most 3 bits on average
     assert dequantized_points_equal(compiled.to_onnx(), compiled, data.inputs()) == 4
 
 

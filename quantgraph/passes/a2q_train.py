@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from quantgraph.a2q_report import a2q_summary, in_degree, layer_summary
 from quantgraph.errors import InputError
 from quantgraph.ir.a2q_quantizer import A2QBase, A2QNNSQuantizer, integer_bits
 from quantgraph.ir.meta import ROLE_KEY, ROWS_KEY
@@ -154,8 +155,19 @@ def param_groups(gm: fx.GraphModule, points: list[A2QPoint], opts: dict) -> list
     return groups
 
 
-def _is_better(acc: float, loss: float, best: tuple[float, float]) -> bool:
-    return acc > best[0] or (acc == best[0] and loss < best[1])
+def bit_report(memory: FeatureMemory, points: list[A2QPoint], x: Tensor, edge_index: Tensor) -> dict:
+    """:func:`~quantgraph.a2q_report.a2q_summary` of the bits of the last forward pass."""
+    degree = in_degree(edge_index, int(x.shape[0]))
+    layers = []
+    for p in memory.features:
+        if p.name not in memory.shapes:
+            continue
+        rows, width = memory.shapes[p.name]
+        bits = memory.row_bits(p, rounded=True).detach()
+        node_degree = degree if rows == degree.numel() else torch.zeros(rows, dtype=torch.long)
+        layers.append(layer_summary(p.source, bits, width, not bool(p.module.seen_negative), node_degree))
+    input_quantized = any(p.source == "x" for p in memory.features)
+    return a2q_summary(layers, 0 if input_quantized else int(x.numel()))
 
 
 @register_pass
@@ -225,6 +237,9 @@ class A2QTrainPass(PassBase):
         if best_state is not None:
             gm.load_state_dict(best_state)
         gm.eval()
+        with torch.no_grad():
+            gm(x, edge_index)  # the kept epoch's bits (and NNS groups) on the training graph
+        ctx.report["a2q"] = bit_report(memory, points, x, edge_index)
         ctx.report["a2q_train"] = {
             "best_epoch": best_epoch,
             "val_acc": -best_key[1] if best_key else math.nan,
