@@ -65,33 +65,33 @@ class A2QRound(torch.autograd.Function):
         s = positive_scale(scale)
         qmax = qmax_of(bits)
         v = x / s
-        inside = v.abs() <= qmax
-        clipped = torch.maximum(torch.minimum(v, qmax), -qmax)
-        q = torch.floor(clipped.abs() + 0.5) * torch.sign(x)
+        magnitude = v.abs()
+        inside = magnitude <= qmax
+        sign_x = torch.sign(x)
+        q = torch.minimum(magnitude, qmax).add_(0.5).floor_().mul_(sign_x)
         out = q * s
-        ctx.save_for_backward(x, v, q, out, inside, s, qmax, scale, bits)
+        if any(ctx.needs_input_grad[:3]):  # few full-size temporaries: these terms are all backward needs
+            rounding = v.neg_().add_(q).masked_fill_(~inside, 0.0)  # (q - x/s) where in range
+            clipped = sign_x.masked_fill_(inside, 0.0)  # sign(x) where clipped
+            weight = torch.sign(out - x) if local else None  # Local Gradient: d E / d x̂ (times d)
+            ctx.save_for_backward(inside, rounding, clipped, weight, s, qmax, scale, bits)
         ctx.local = local
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, v, q, out, inside, s, qmax, scale, bits = ctx.saved_tensors
-        grad_x = grad * inside
-        sign_x = torch.sign(x)
-        weight = torch.sign(out - x) if ctx.local else grad
-        d_scale = torch.where(inside, q - v, sign_x * qmax)
-        d_bits = torch.where(inside, torch.zeros_like(x), sign_x * (qmax + 1) * LN2 * s)
+        inside, rounding, clipped, weight, s, qmax, scale, bits = ctx.saved_tensors
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        w = weight if ctx.local else grad
         grad_scale = grad_bits = None
-        if ctx.needs_input_grad[1]:
-            grad_scale = (weight * d_scale).sum_to_size(scale.shape)
-            if ctx.local:
-                grad_scale = grad_scale / (x.numel() // max(scale.numel(), 1))
-            grad_scale = grad_scale * torch.sign(scale)
-        if ctx.needs_input_grad[2]:
-            grad_bits = (weight * d_bits).sum_to_size(bits.shape)
-            if ctx.local:
-                grad_bits = grad_bits / (x.numel() // max(bits.numel(), 1))
-            grad_bits = grad_bits * torch.sign(bits)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            at_clip = (w * clipped).sum_to_size(qmax.shape)  # Σ w · sign(x) over the clipped values
+            count = inside.numel() // max(qmax.numel(), 1) if ctx.local else 1  # local: a mean over them
+            if ctx.needs_input_grad[1]:
+                in_range = (w * rounding).sum_to_size(qmax.shape)
+                grad_scale = ((in_range + at_clip * qmax) / count * torch.sign(scale)).sum_to_size(scale.shape)
+            if ctx.needs_input_grad[2]:
+                grad_bits = (at_clip * (qmax + 1) * LN2 * s / count * torch.sign(bits)).sum_to_size(bits.shape)
         return grad_x, grad_scale, grad_bits, None
 
 
