@@ -89,9 +89,13 @@ class A2QRound(torch.autograd.Function):
             count = inside.numel() // max(qmax.numel(), 1) if ctx.local else 1  # local: a mean over them
             if ctx.needs_input_grad[1]:
                 in_range = (w * rounding).sum_to_size(qmax.shape)
-                grad_scale = ((in_range + at_clip * qmax) / count * torch.sign(scale)).sum_to_size(scale.shape)
+                grad_scale = ((in_range + at_clip * qmax) / count * torch.sign(scale)).sum_to_size(
+                    scale.shape
+                )
             if ctx.needs_input_grad[2]:
-                grad_bits = (at_clip * (qmax + 1) * LN2 * s / count * torch.sign(bits)).sum_to_size(bits.shape)
+                grad_bits = (at_clip * (qmax + 1) * LN2 * s / count * torch.sign(bits)).sum_to_size(
+                    bits.shape
+                )
         return grad_x, grad_scale, grad_bits, None
 
 
