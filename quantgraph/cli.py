@@ -285,6 +285,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare_graph(args: argparse.Namespace) -> int:
+    import io
+
+    import numpy as np
+    import onnx
+
+    from quantgraph.backends.onnx_segment import prep_model, prepare_graph_inputs
+    from quantgraph.data.task import load_task
+    from quantgraph.fileio import atomic_write_bytes
+
+    path = Path(args.model)
+    if not path.is_file():
+        raise InputError(f"ONNX file {path} does not exist", "check the path")
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # onnx raises DecodeError and others
+        raise InputError(
+            f"{path} is not an ONNX model ({err})", "pass an .onnx file from `quantgraph compile`"
+        ) from err
+    if prep_model(model) is None:
+        raise InputError(
+            f"{path} takes x, edge_index only: it has no prepared-graph inputs",
+            "compile it with --graph-input csr, or run it on the graph directly",
+        )
+    data = load_task(args.data, args.data_root).data
+    prepared = prepare_graph_inputs(model, data.inputs())
+    buffer = io.BytesIO()
+    np.savez(buffer, **prepared)  # plain arrays: read back with np.load(..., allow_pickle=False)
+    atomic_write_bytes(args.output, buffer.getvalue())
+    sizes = ", ".join(f"{k} [{v.shape[0]:,}]" for k, v in prepared.items())
+    _console(args).print(f"wrote {args.output}: {sizes}")
+    return 0
+
+
 def _split_data(task, split: str):
     """The graph, row mask and label for ``--split``: node masks, or the split's graphs batched."""
     from quantgraph.data import collate
@@ -698,6 +732,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _quiet(p)
     p.set_defaults(func=cmd_eval)
+
+    p = _sub(
+        sub,
+        "prepare-graph",
+        "the prepared-graph inputs of a --graph-input csr ONNX model for one graph (.npz)",
+    )
+    p.add_argument("model", help="an .onnx file from `quantgraph compile --graph-input csr`")
+    _add_data_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE.npz", help="write the arrays here")
+    _quiet(p)
+    p.set_defaults(func=cmd_prepare_graph)
 
     p = _sub(sub, "run", "run a native model (.qgn) with the integer kernels")
     p.add_argument("model", help="a .qgn file from `quantgraph compile --backend native`")

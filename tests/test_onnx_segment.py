@@ -201,3 +201,34 @@ def test_onnx_int_segment_sums_equal_the_integer_ir(kind):
         checks = verify_onnx(model, compiled, data)
         assert checks["values_differing_across_threads"] == 0
         assert checks["max_abs_error"] == 0.0
+
+
+def test_prepare_graph_cli_writes_the_sort_order(tmp_path):
+    from quantgraph.cli import main
+
+    g = torch.Generator().manual_seed(1)
+    data = GraphData(x=torch.randn(30, 8, generator=g), edge_index=torch.randint(0, 30, (2, 90), generator=g))
+    torch.manual_seed(0)
+    compiled = qg.compile(
+        TwoLayer("gcn").eval(), data, policy="minmax", bits=8, options={"graph_input": "csr"}
+    )
+    path = tmp_path / "m.onnx"
+    compiled.export_onnx(path, data)
+    assert compiled.report["onnx"]["argmax_agreement"] == 1.0
+    graph = tmp_path / "g.npz"
+    torch.save({"x": data.x, "edge_index": data.edge_index}, tmp_path / "g.pt")
+    assert (
+        main(["prepare-graph", str(path), "--data", str(tmp_path / "g.pt"), "-o", str(graph), "--quiet"]) == 0
+    )
+    arrays = np.load(graph, allow_pickle=False)
+    assert list(arrays) == [f"{PERM_PREFIX}0"]
+    expected = prepare_graph_inputs(onnx.load(str(path)), data.inputs())
+    np.testing.assert_array_equal(arrays[f"{PERM_PREFIX}0"], expected[f"{PERM_PREFIX}0"])
+    plain = tmp_path / "plain.onnx"
+    qg.compile(TwoLayer("gcn").eval(), data, policy="fp32").export_onnx(plain, data)
+    before = graph.read_bytes()
+    assert (
+        main(["prepare-graph", str(plain), "--data", str(tmp_path / "g.pt"), "-o", str(graph), "--quiet"])
+        != 0
+    )
+    assert graph.read_bytes() == before  # nothing half-written

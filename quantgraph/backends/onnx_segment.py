@@ -254,10 +254,36 @@ def attach_prep_model(
 
 
 def prep_model(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """The prepared-graph model stored in a ``graph_input="csr"`` model (None for an ``x, edge_index`` model)."""
+    """The prepared-graph model stored in a ``graph_input="csr"`` model (None for an ``x, edge_index`` model).
+
+    It must be standard ONNX (default domain, no functions, no subgraphs) and pass the checker; it runs
+    with the same trust as the model that carries it.
+    """
+    from quantgraph.errors import InputError
+
     for entry in model.metadata_props:
-        if entry.key == PREP_MODEL_KEY:
-            return onnx.load_from_string(base64.b64decode(entry.value))
+        if entry.key != PREP_MODEL_KEY:
+            continue
+        fix = "re-export the model with `quantgraph compile --graph-input csr`"
+        try:
+            prep = onnx.load_from_string(base64.b64decode(entry.value, validate=True))
+            onnx.checker.check_model(prep)
+        except Exception as err:  # binascii, protobuf and checker errors
+            raise InputError(
+                f"the model's prepared-graph program is damaged ({type(err).__name__})", fix
+            ) from err
+        odd = [
+            n.op_type
+            for n in prep.graph.node
+            if n.domain not in ("", "ai.onnx")
+            or len(n.attribute)
+            and any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)
+        ]
+        if odd or prep.functions:
+            raise InputError(
+                f"the model's prepared-graph program uses ops outside standard ONNX ({odd})", fix
+            )
+        return prep
     return None
 
 
