@@ -356,6 +356,61 @@ def _curves(ax: Any, history: list[dict[str, float]], best: int | None, title: s
     ax.legend(lines, [line.get_label() for line in lines], loc="center right")
 
 
+def _bit_choices(report: dict[str, Any], Figure: Any) -> str:
+    """The search's bit choices per point and epoch: most likely bits (a map) and expected bits (lines)."""
+    import matplotlib
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    labels = {p["node"]: p["label"] for p in report.get("points", [])}
+    mixq = report["mixq"]
+    pts = [p for p in mixq["points"] if p.get("bits_by_epoch")]
+    names = [labels.get(p["node"], p["node"]) for p in pts]
+    epochs = len(pts[0]["bits_by_epoch"])
+    cands = sorted({*mixq.get("candidates", []), *(b for p in pts for b in p["bits_by_epoch"])})
+    viridis = matplotlib.colormaps["viridis"]
+    cmap = ListedColormap([viridis(0.15 + 0.75 * i / max(len(cands) - 1, 1)) for i in range(len(cands))])
+    edges = [
+        cands[0] - 0.5,
+        *[(a + b) / 2 for a, b in zip(cands[:-1], cands[1:], strict=True)],
+        cands[-1] + 0.5,
+    ]
+    fig = Figure(figsize=(7, 0.28 * len(pts) + 1.2))
+    ax = fig.subplots()
+    grid = [p["bits_by_epoch"] for p in pts]
+    mesh = ax.pcolormesh(
+        [e + 0.5 for e in range(epochs + 1)],
+        range(len(pts) + 1),
+        grid,
+        cmap=cmap,
+        norm=BoundaryNorm(edges, cmap.N),
+        edgecolors="face",
+        linewidth=0.2,
+    )
+    ax.set_yticks([i + 0.5 for i in range(len(pts))], names)
+    ax.invert_yaxis()
+    ax.set_xlabel("search epoch")
+    ax.set_title("bit choices over the search (most likely bitwidth of each point)")
+    bar = fig.colorbar(mesh, ax=ax, ticks=cands, spacing="uniform")
+    bar.set_label("bits")
+    body = f'<figure id="bit-choices">{_svg(fig)}</figure>'
+    if all(p.get("expected_bits_by_epoch") for p in pts):
+        fig = Figure(figsize=(7, 3.2))
+        ax = fig.subplots()
+        for name, p in zip(names, pts, strict=True):
+            ax.plot(range(1, epochs + 1), p["expected_bits_by_epoch"], label=name)
+        ax.set_xlabel("search epoch")
+        ax.set_ylabel("expected bits")
+        ax.set_title("expected bitwidth of each point over the search")
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        body += f"<figure>{_svg(fig)}</figure>"
+    rows = [
+        [name, " ".join(str(b) for b in p["bits_by_epoch"]), p["bits"]]
+        for name, p in zip(names, pts, strict=True)
+    ]
+    body += _table(["point", "most likely bits, epoch 1 → last", "kept"], rows)
+    return body
+
+
 def _training(report: dict[str, Any], Figure: Any) -> str:
     from quantgraph.report import training_summary
 
@@ -385,6 +440,8 @@ def _training(report: dict[str, Any], Figure: Any) -> str:
         ax.set_title("bit choices of the search")
         ax.legend(loc="lower right")
         body += f"<figure>{_svg(fig)}</figure>"
+    if mixq and any(p.get("bits_by_epoch") for p in mixq.get("points", [])):
+        body += _bit_choices(report, Figure)
     if qat and qat.get("history"):
         fig = Figure(figsize=(7, 3))
         _curves(fig.subplots(), qat["history"], qat.get("best_epoch"), "quantization-aware training")
