@@ -377,11 +377,17 @@ def test_html_without_matplotlib_says_how_to_install_and_writes_nothing(
 
 
 TINY = "synthetic:nodes=80,seed=3"
-POLICIES = ("minmax", "qat", "degree-quant", "mixq")
+POLICIES = ("minmax", "qat", "degree-quant", "mixq", "a2q")
 BACKENDS = ("onnx-qdq", "onnx-int", "native")
 #: the cells of the policy x backend matrix in the default run (each policy and each backend at least once
 #: with the fixtures above: minmax/onnx-int and qat/onnx-qdq pages are built there); the rest are slow
-DEFAULT_CELLS = {("mixq", "native"), ("degree-quant", "onnx-int"), ("minmax", "native"), ("qat", "onnx-qdq")}
+DEFAULT_CELLS = {
+    ("mixq", "native"),
+    ("degree-quant", "onnx-int"),
+    ("minmax", "native"),
+    ("qat", "onnx-qdq"),
+    ("a2q", "onnx-qdq"),
+}
 MATRIX = [
     pytest.param(p, b, marks=() if (p, b) in DEFAULT_CELLS else pytest.mark.slow, id=f"{p}-{b}")
     for p in POLICIES
@@ -433,6 +439,10 @@ def test_html_report_for_every_policy_and_backend(tiny_checkpoint, workdir, poli
         assert '<figure id="bit-choices"><svg' in training
         assert "most likely bits, epoch 1 → last" in training
         assert "layer 0 · aggregation" in training
+    if policy == "a2q":
+        assert "A²Q: learned bits per node against in-degree" in _section_text(text, "bits-degree")
+        assert "bit choices over A²Q training" in training
+        assert "layer 0 · " in _section_text(text, "bits-degree")  # points named by layer and role
     if policy == "mixq" and backend == "native":  # the richest page, in a real browser where there is one
         from tests.test_report_browser import _browser, _load
 
