@@ -266,3 +266,22 @@ def test_a2q_native_integers_equal_the_ir_on_unseen_graph_sizes(gcn_and_graph, t
         ints = compare_native_integers(native, compiled, graph.inputs())
         assert ints["equal"] and ints["compared"] >= 6, (n, ints)
         assert torch.allclose(native.run(graph.inputs()), compiled.run(graph.inputs()), atol=1e-5)
+
+
+def test_readme_cora_command_compiles_a2q(planetoid_root, tmp_path):
+    """`quantgraph compile gcn_cora.pt --data cora --policy a2q -o m.onnx` (few epochs here)."""
+    import json
+
+    from quantgraph.cli import main
+
+    ckpt, out, report = tmp_path / "gcn_cora.pt", tmp_path / "m.onnx", tmp_path / "a2q.json"
+    root = str(planetoid_root)
+    assert main(["train", "--arch", "gcn", "--data", "cora", "--data-root", root, "-o", str(ckpt), "--epochs", "20", "--quiet"]) == 0  # fmt: skip
+    args = ["compile", str(ckpt), "--data", "cora", "--data-root", root, "--policy", "a2q", "--epochs", "3"]
+    assert main([*args, "-o", str(out), "--report", str(report), "--quiet"]) == 0
+    rep = json.loads(report.read_text())
+    assert out.exists() and rep["onnx"]["argmax_agreement"] == 1.0
+    layers = rep["a2q"]["layers"]
+    assert [la["point"] for la in layers] == ["x", "relu"] and all(la["rows"] == 2708 for la in layers)
+    assert layers[0]["width"] == 1433 and layers[0]["non_negative"] and layers[1]["non_negative"]
+    assert set(rep["a2q"]["average_bits"]) == {"a2q_convention", "stored", "stored_all_features"}
