@@ -115,14 +115,6 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             f"{bitops['fp32_bitops']:.3g}",
             f"{bitops['bitops']:.3g} (÷{bitops['reduction']:.1f})",
         )
-        for key, other in bitops.items():  # other conventions (e.g. MixQ-GNN's) under their own key
-            if isinstance(other, dict) and isinstance(other.get("bitops"), (int, float)):
-                fp32 = other.get("fp32_bitops")
-                table.add_row(
-                    f"BitOPs ({key.replace('_', ' ')})",
-                    f"{fp32:.3g}" if isinstance(fp32, (int, float)) else "",
-                    f"{other['bitops']:.3g}",
-                )
     integer = report.get("integer")
     if integer:
         folded = len(integer["folded"])
