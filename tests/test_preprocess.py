@@ -66,9 +66,10 @@ def _input_points(gm) -> list:
     return [n for n in gm.graph.nodes if QSPEC_KEY in n.meta and n.meta[ROLE_KEY] == Role.INPUT]
 
 
-def test_gcn_and_gat_normalise_by_default_gin_does_not():
+def test_gcn_gat_and_sage_normalise_by_default_gin_does_not():
     assert build_model("gcn", 4, 2).feature_norm is not None
     assert build_model("gat", 4, 2).feature_norm is not None
+    assert build_model("sage", 4, 2).feature_norm is not None
     assert build_model("gin", 4, 2).feature_norm is None
     plain = build_model("gcn", 4, 2, normalize_features=False)
     assert plain.feature_norm is None

@@ -292,7 +292,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "gcn": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "normalize_features": True},
     "gat": {"hidden": 8, "heads": 8, "dropout": 0.6, "input_dropout": 0.6, "normalize_features": True},
     "gin": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "project_input": True, "normalize_features": False},
-    "sage": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "project_input": True, "normalize_features": False},
+    "sage": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "project_input": True, "normalize_features": True},
     "gin_graph": {"hidden": 64, "num_layers": 3, "dropout": 0.5, "pool": "mean"},
 }
 
@@ -303,7 +303,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 #: (``normalize_features``, on by default in :data:`MODEL_DEFAULTS`; a :class:`RowNormalize` preprocessing
 #: module inside the model, which no policy quantizes); GAT with the paper's 1000 epochs and early stopping
 #: on validation loss (patience 100); GIN on raw features (normalisation lowered it) with lr 0.005 and
-#: weight decay 5e-3.
+#: weight decay 5e-3; SAGE row-normalised too (validation, 2 seeds: CiteSeer 70.3 vs 68.8 raw, Cora 78.2
+#: vs 78.4 raw).
 TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "gcn": {"epochs": 200, "lr": 0.01, "weight_decay": 5e-4},
     "gat": {"epochs": 1000, "lr": 0.005, "weight_decay": 5e-4, "patience": 100, "select": "loss"},
