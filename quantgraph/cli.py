@@ -203,6 +203,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     options.update({"calibration": args.calibration, "percentile_tail": args.percentile_tail})
     if args.int_overflow:
         options["int_overflow"] = args.int_overflow
+    for dest in ("graph_input", "onnx_target"):  # ONNX backends' export options
+        if getattr(args, dest, None):
+            options[dest] = getattr(args, dest)
     if args.skip_roles:
         options["skip_roles"] = [r.strip() for spec in args.skip_roles for r in spec.split(",") if r.strip()]
     options.update(
@@ -241,7 +244,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from quantgraph.backends.verify import check_onnx_inputs, ort_session, run_onnx
+    import onnx
+
+    from quantgraph.backends.verify import check_onnx_inputs, ort_session, run_onnx, with_prepared_graph
     from quantgraph.data.task import load_task
     from quantgraph.metrics import accuracy
 
@@ -249,6 +254,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise InputError(
             f"ONNX file {path} does not exist", "check the path (create one with `quantgraph compile`)"
+        )
+    from quantgraph.printer import sniff_format
+
+    if sniff_format(path) == "native":
+        raise InputError(
+            f"{path} is a quantgraph native model (.qgn), not an ONNX model",
+            f"score it with the integer kernels: `quantgraph run {path} --data ... --split ...`",
         )
     try:
         session = ort_session(str(path))
@@ -261,7 +273,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data, mask, split = _split_data(task, args.split)
     check_onnx_inputs(session, data, path)
     try:
-        logits = run_onnx(session, data.inputs(), time_limit=args.timeout)
+        inputs = with_prepared_graph(onnx.load(str(path)), data.inputs())  # csr models: sorted once here
+        logits = run_onnx(session, inputs, time_limit=args.timeout)
     except TimeoutError as err:
         raise InputError(
             f"{path} did not finish within --timeout {args.timeout:g} s on {data.name}",
@@ -276,6 +289,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if acc is None:
         raise InputError(f"dataset {data.name} has no labels", "evaluate on a labelled dataset")
     _console(args).print(f"{path.name} on {data.name} ({split}): accuracy {100 * acc:.2f}%")
+    return 0
+
+
+def cmd_prepare_graph(args: argparse.Namespace) -> int:
+    import io
+
+    import numpy as np
+    import onnx
+
+    from quantgraph.backends.onnx_segment import prep_model, prepare_graph_inputs
+    from quantgraph.data.task import load_task
+    from quantgraph.fileio import atomic_write_bytes
+
+    path = Path(args.model)
+    if not path.is_file():
+        raise InputError(f"ONNX file {path} does not exist", "check the path")
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # onnx raises DecodeError and others
+        raise InputError(
+            f"{path} is not an ONNX model ({err})", "pass an .onnx file from `quantgraph compile`"
+        ) from err
+    if prep_model(model) is None:
+        raise InputError(
+            f"{path} takes x, edge_index only: it has no prepared-graph inputs",
+            "compile it with --graph-input csr, or run it on the graph directly",
+        )
+    data = load_task(args.data, args.data_root).data
+    prepared = prepare_graph_inputs(model, data.inputs())
+    buffer = io.BytesIO()
+    np.savez(buffer, **prepared)  # plain arrays: read back with np.load(..., allow_pickle=False)
+    atomic_write_bytes(args.output, buffer.getvalue())
+    sizes = ", ".join(f"{k} [{v.shape[0]:,}]" for k, v in prepared.items())
+    _console(args).print(f"wrote {args.output}: {sizes}")
     return 0
 
 
@@ -575,6 +622,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="integer backends: when an int32 accumulator could overflow, fail (default) or keep that op in float",
     )
     p.add_argument(
+        "--graph-input",
+        choices=["edges", "csr"],
+        help="ONNX backends: edges (default) takes x, edge_index and sorts the edges inside the model; csr "
+        "also takes the destination-sorted edge order (graph_perm_<i>, made once per graph by "
+        "`quantgraph prepare-graph`), so no sort runs per call",
+    )
+    p.add_argument(
+        "--onnx-target",
+        choices=["onnx", "ort"],
+        help="ONNX backends: onnx (default) writes standard ONNX ops only; ort allows onnxruntime's "
+        "com.microsoft ops",
+    )
+    p.add_argument(
         "-o",
         "--output",
         required=True,
@@ -679,6 +739,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _quiet(p)
     p.set_defaults(func=cmd_eval)
+
+    p = _sub(
+        sub,
+        "prepare-graph",
+        "the prepared-graph inputs of a --graph-input csr ONNX model for one graph (.npz)",
+    )
+    p.add_argument("model", help="an .onnx file from `quantgraph compile --graph-input csr`")
+    _add_data_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE.npz", help="write the arrays here")
+    _quiet(p)
+    p.set_defaults(func=cmd_prepare_graph)
 
     p = _sub(sub, "run", "run a native model (.qgn) with the integer kernels")
     p.add_argument("model", help="a .qgn file from `quantgraph compile --backend native`")

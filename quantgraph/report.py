@@ -130,7 +130,11 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     integer = report.get("integer")
     if integer:
         folded = len(integer["folded"])
-        table.add_row("integer requantize points", "", f"{folded} of {folded + len(integer['kept_float'])}")
+        table.add_row(
+            "integer requantize points (activations)",
+            "",
+            f"{folded} of {folded + len(integer['kept_float'])}",
+        )
         for kept in integer.get("kept_float_points", []):
             table.add_row(f"  stays float: {kept['label']}", "", "float")
         table.add_row(
