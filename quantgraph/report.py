@@ -19,7 +19,9 @@ def _pct(v: float | None) -> str:
 
 
 def _bits_label(report: dict[str, Any]) -> str:
-    mixq = report.get("mixq")
+    mixq, sgquant = report.get("mixq"), report.get("sgquant")
+    if sgquant and sgquant.get("memory"):
+        return f"SGQuant bits (memory ÷{sgquant['memory']['reduction']:.2f})"
     return f"mixed bits (mean {mixq['average_bits']:.2f})" if mixq else f"{report.get('bits')} bits"
 
 

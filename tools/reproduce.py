@@ -174,11 +174,50 @@ def _a2q(policy: str) -> Callable:
 A2Q_METHODS = {"a2q": "a2q", "a2q-nns": "a2q-nns"}
 
 
+def _sgquant(**options) -> Callable:
+    """SGQuant with a bit configuration or an ABS budget: accuracy, memory reduction (logged per seed)."""
+
+    def run(model: torch.nn.Module, task: Task, tmp: Path, seed: int, arch: str) -> dict[str, float]:
+        compiled = qg_compile(
+            model,
+            task.data,
+            policy="sgquant",
+            options={**options, "seed": seed},
+            calibration=task.calibration(),
+            task_data=task.task_data(),
+        )
+        compiled.export_onnx(tmp / "m.onnx", task.data)
+        info = compiled.report["sgquant"]
+        return {"acc": compiled.report["accuracy"]["onnx"], "mem_x": info["memory"]["reduction"]}
+
+    return run
+
+
+#: SGQuant rows: uniform bits, their layer-wise (4, 32) and component-wise (4, 8, 6, 1) configurations,
+#: topology-aware bits (their 32/sqrt(d) map), and ABS at memory-reduction targets (``sgquant-abs<R>``).
+SGQUANT_METHODS: dict[str, Method] = {
+    **{
+        f"sgquant-u{b}": Method(f"sgquant-u{b}", b, _sgquant(sgquant_config=f"*.*={b}")) for b in (8, 4, 2, 1)
+    },
+    "sgquant-layer": Method("sgquant-layer", 0, _sgquant(sgquant_config="0.*=4,1.*=32")),
+    "sgquant-component": Method(
+        "sgquant-component",
+        0,
+        _sgquant(sgquant_config="0.aggregation=4,0.combination=8,1.aggregation=6,1.combination=1"),
+    ),
+    "sgquant-topo": Method("sgquant-topo", 0, _sgquant(sgquant_buckets="sqrt")),
+}
+
+
 def method(name: str) -> Method:
     """A method by name; ``mixq-l<lambda>`` (e.g. ``mixq-l0.1``) is MixQ at that lambda, integer backend;
     ``a2q``/``a2q-nns`` are A²Q (not in the default list: each trains 200 epochs)."""
     if name.startswith("mixq-l"):
         return Method(name, 0, _mixq(float(name[len("mixq-l") :])))
+    if name.startswith("sgquant-abs"):  # SGQuant's ABS at an R x memory-reduction target, e.g. sgquant-abs16
+        return Method(name, 0, _sgquant(memory_target=float(name[len("sgquant-abs") :])))
+    if name in SGQUANT_METHODS:
+        return SGQUANT_METHODS[name]
     if name in A2Q_METHODS:
         return Method(name, 0, _a2q(A2Q_METHODS[name]))
     return METHODS[name]
@@ -249,6 +288,7 @@ def table_rows(per_cell: dict[tuple[str, str, str], list[float]]) -> list[dict]:
                 "bits": _bits(per_cell, dataset, arch, name),
                 "bitops_reduction": _mean_or_none(per_cell.get((dataset, arch, f"{name} bitops_x"))),
                 **{k: _mean_or_none(per_cell.get((dataset, arch, f"{name} {k}"))) for k in BIT_FIGURES},
+                "memory_reduction": _mean_or_none(per_cell.get((dataset, arch, f"{name} mem_x"))),
                 "mean": mean,
                 "std": std,
                 "delta": delta,
@@ -260,8 +300,9 @@ def table_rows(per_cell: dict[tuple[str, str, str], list[float]]) -> list[dict]:
 
 
 def _method_label(row: dict) -> str:
-    reduction = row.get("bitops_reduction")
-    return row["method"] + (f" (BitOPs ÷{reduction:.1f})" if reduction else "")
+    reduction, memory = row.get("bitops_reduction"), row.get("memory_reduction")
+    label = row["method"] + (f" (BitOPs ÷{reduction:.1f})" if reduction else "")
+    return label + (f" (memory ÷{memory:.1f})" if memory else "")
 
 
 def render_markdown(results: dict, command: str) -> str:

@@ -154,6 +154,8 @@ class QValue:
     name: str
     dtype: int
     rank: int
+    #: the stored integers minus ``offset`` are the IR's (a signed tensor stored as uint8 has offset 128)
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -414,9 +416,12 @@ class OnnxBuilder:
             return self.attr(value)
         if isinstance(value, QValue):
             if value.name not in self._qcast_cache:
-                self._qcast_cache[value.name] = self.op(
+                ints = self.op(
                     "Cast", [value.name], dtype=TensorProto.INT32, rank=value.rank, to=TensorProto.INT32
                 )
+                if value.offset:
+                    ints = self.op("Sub", [ints, self.scalar(value.offset, TensorProto.INT32)])
+                self._qcast_cache[value.name] = ints
             return self._qcast_cache[value.name]
         raise TypeError(f"FX node {arg.name} does not hold a single tensor ({type(value).__name__})")
 

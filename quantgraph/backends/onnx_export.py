@@ -131,7 +131,7 @@ def _lower(ctx: OnnxBuilder, node: fx.Node) -> None:
     if isinstance(value, str):
         value = ctx.rename_output(value, node.name, start)
     elif isinstance(value, QValue):
-        value = QValue(ctx.rename_output(value.name, node.name, start), value.dtype, value.rank)
+        value = QValue(ctx.rename_output(value.name, node.name, start), value.dtype, value.rank, value.offset)
     elif not isinstance(value, tuple | list | Lazy | QValue):
         raise unsupported(node, f"its lowering returned {type(value).__name__}")
     ctx.env[node] = value

@@ -1349,7 +1349,7 @@ def _qg_gather(ctx: OnnxBuilder, node: fx.Node) -> str | QValue:
         index = ctx.t(node.args[1])
         rank = stored.rank - 1 + ctx.rank(index)
         gathered = ctx.op("Gather", [stored.name, index], dtype=stored.dtype, rank=rank, axis=0)
-        return QValue(gathered, stored.dtype, rank)
+        return QValue(gathered, stored.dtype, rank, stored.offset)
     src, index = ctx.t(node.args[0]), ctx.t(node.args[1])
     rank = ctx.rank(src) - 1 + ctx.rank(index)
     dq = ctx.producer(src)
