@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 QAT_OPTIONS = ("epochs", "lr", "weight_decay", "seed", "p_min", "p_max", "batch_size")
+#: sgquant flags: argparse dest -> compile option
+SGQUANT_OPTIONS = {
+    "memory_target": "memory_target",
+    "accuracy_tolerance": "accuracy_tolerance",
+    "sgquant_config": "sgquant_config",
+}
 #: mixq search flags: argparse dest -> compile option
 MIXQ_OPTIONS = {
     "lambda_": "lambda",
@@ -211,6 +217,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     options.update(
         {opt: getattr(args, dest) for dest, opt in MIXQ_OPTIONS.items() if getattr(args, dest) is not None}
     )
+    options.update(
+        {opt: getattr(args, dest) for dest, opt in SGQUANT_OPTIONS.items() if getattr(args, dest) is not None}
+    )
     options.update(parse_assignments(args.option or []))  # generic --option key=value (checked by compile)
     compiled = qg_compile(
         model,
@@ -238,6 +247,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
             write_html(report, args.html)
     render_report(report, console)
+    if "sgquant" in report:
+        from quantgraph.sgquant.summary import render_sgquant
+
+        render_sgquant(report, console)
     written = [str(p) for p in (args.output, args.report, args.html) if p]
     console.print("wrote " + ", ".join(written))
     return 0
@@ -560,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         required=True,
-        choices=["gcn", "gat", "gin", "sage", "gin_graph"],
+        choices=["gcn", "gat", "gin", "sage", "agnn", "gin_graph"],
         help="model: gcn, gat, gin, sage (node tasks) or gin_graph (graph-classification .npz)",
     )
     _add_data_args(p)
@@ -692,6 +705,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mixq.add_argument(
         "--search-epochs", type=int, metavar="N", help="epochs of the bitwidth search (default 40)"
+    )
+    sgq = p.add_argument_group("multi-granularity bits (sgquant)")
+    sgq.add_argument(
+        "--memory-target", type=float, metavar="R", help="ABS: reach R× memory reduction vs FP32 (e.g. 16)"
+    )
+    sgq.add_argument(
+        "--accuracy-tolerance",
+        type=float,
+        metavar="T",
+        help="ABS: least memory within T (a fraction, e.g. 0.004) of FP32 validation accuracy",
+    )
+    sgq.add_argument(
+        "--sgquant-config",
+        metavar="RULES",
+        help="bits per LAYER.COMPONENT[.bBUCKET], e.g. 0.aggregation=4,0.combination=8 (default: --bits)",
     )
     p.add_argument(
         "--pass",
