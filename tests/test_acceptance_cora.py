@@ -31,14 +31,7 @@ def _trained(arch: str, data):
     return model
 
 
-GIN_TIES = pytest.mark.xfail(
-    reason="known open bug (issue 12/16): with onnxruntime 1.32, GIN INT8 minmax on Cora differs from the IR by "
-    "one output step on 0.1-0.4% of nodes (argmax agreement 0.996-0.999 < 0.999); not yet explained",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("arch", ["gcn", "gat", "sage", pytest.param("gin", marks=GIN_TIES)])
+@pytest.mark.parametrize("arch", ["gcn", "gat", "sage", "gin"])
 def test_minmax_int8_and_int4_on_cora(arch, cora, tmp_path):
     model = _trained(arch, cora)
     compiled = qg_compile(model, cora, policy="minmax", bits=8)
