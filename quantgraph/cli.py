@@ -266,6 +266,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InputError(
             f"ONNX file {path} does not exist", "check the path (create one with `quantgraph compile`)"
         )
+    from quantgraph.printer import sniff_format
+
+    if sniff_format(path) == "native":
+        raise InputError(
+            f"{path} is a quantgraph native model (.qgn), not an ONNX model",
+            f"score it with the integer kernels: `quantgraph run {path} --data ... --split ...`",
+        )
     try:
         session = ort_session(str(path))
     except Exception as err:  # onnxruntime raises its own exception types

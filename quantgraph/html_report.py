@@ -287,6 +287,9 @@ def _bits_degree(report: dict[str, Any], Figure: Any) -> str:
     buckets = report.get("degree_buckets")
     if buckets and buckets.get("nodes"):
         return _group_scales(report, buckets, Figure)
+    a2q_layers = (report.get("a2q") or {}).get("layers")
+    if a2q_layers and any(layer.get("bits_by_in_degree") for layer in a2q_layers):
+        return _a2q_bits_degree(a2q_layers, _labels(report), Figure)
     rows = report.get("bits_by_degree")
     if not rows:
         body = (
@@ -300,6 +303,44 @@ def _bits_degree(report: dict[str, Any], Figure: Any) -> str:
     ax.set_xlabel("in-degree")
     ax.set_ylabel("mean bits")
     return _section("bits-degree", "Bits by in-degree", f"<figure>{_svg(fig)}</figure>")
+
+
+def _labels(report: dict[str, Any]) -> dict[str, str]:
+    """Node name -> ``layer L · role`` label of every quantization point."""
+    return {p["node"]: p["label"] for p in report.get("points", [])}
+
+
+def _a2q_bits_degree(layers: list[dict[str, Any]], labels: dict[str, str], Figure: Any) -> str:
+    """A²Q's learned per-node bits: mean bits per in-degree bucket of each node-feature point."""
+    order: list[str] = []
+    for layer in layers:
+        order += [r["in_degree"] for r in layer.get("bits_by_in_degree", []) if r["in_degree"] not in order]
+    fig = Figure(figsize=(7, 3.2))
+    ax = fig.subplots()
+    cells: dict[str, dict[str, str]] = {d: {} for d in order}
+    for layer in layers:
+        rows = layer.get("bits_by_in_degree", [])
+        ax.plot(
+            [order.index(r["in_degree"]) for r in rows],
+            [r["mean_bits"] for r in rows],
+            marker="o",
+            label=labels.get(layer["point"], layer["point"]),
+        )
+        for r in rows:
+            cells[r["in_degree"]][layer["point"]] = f"{r['mean_bits']:.2f} ({r['nodes']})"
+    ax.set_xticks(range(len(order)), order)
+    ax.set_xlabel("in-degree")
+    ax.set_ylabel("mean learned bits")
+    ax.set_title("A²Q: learned bits per node against in-degree")
+    ax.legend(fontsize=7)
+    names = [layer["point"] for layer in layers]
+    table = _table(
+        ["in-degree", *[f"{labels.get(n, n)}: mean bits (nodes)" for n in names]],
+        [[d, *[cells[d].get(n, "—") for n in names]] for d in order],
+    )
+    return _section(
+        "bits-degree", "Bits by in-degree (per node, A²Q)", f"<figure>{_svg(fig)}</figure>{table}"
+    )
 
 
 def _bucket_labels(boundaries: Sequence[int]) -> list[str]:
@@ -356,6 +397,61 @@ def _curves(ax: Any, history: list[dict[str, float]], best: int | None, title: s
     ax.legend(lines, [line.get_label() for line in lines], loc="center right")
 
 
+def _bit_choices(report: dict[str, Any], Figure: Any) -> str:
+    """The search's bit choices per point and epoch: most likely bits (a map) and expected bits (lines)."""
+    import matplotlib
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    labels = {p["node"]: p["label"] for p in report.get("points", [])}
+    mixq = report["mixq"]
+    pts = [p for p in mixq["points"] if p.get("bits_by_epoch")]
+    names = [labels.get(p["node"], p["node"]) for p in pts]
+    epochs = len(pts[0]["bits_by_epoch"])
+    cands = sorted({*mixq.get("candidates", []), *(b for p in pts for b in p["bits_by_epoch"])})
+    viridis = matplotlib.colormaps["viridis"]
+    cmap = ListedColormap([viridis(0.15 + 0.75 * i / max(len(cands) - 1, 1)) for i in range(len(cands))])
+    edges = [
+        cands[0] - 0.5,
+        *[(a + b) / 2 for a, b in zip(cands[:-1], cands[1:], strict=True)],
+        cands[-1] + 0.5,
+    ]
+    fig = Figure(figsize=(7, 0.28 * len(pts) + 1.2))
+    ax = fig.subplots()
+    grid = [p["bits_by_epoch"] for p in pts]
+    mesh = ax.pcolormesh(
+        [e + 0.5 for e in range(epochs + 1)],
+        range(len(pts) + 1),
+        grid,
+        cmap=cmap,
+        norm=BoundaryNorm(edges, cmap.N),
+        edgecolors="face",
+        linewidth=0.2,
+    )
+    ax.set_yticks([i + 0.5 for i in range(len(pts))], names)
+    ax.invert_yaxis()
+    ax.set_xlabel("search epoch")
+    ax.set_title("bit choices over the search (most likely bitwidth of each point)")
+    bar = fig.colorbar(mesh, ax=ax, ticks=cands, spacing="uniform")
+    bar.set_label("bits")
+    body = f'<figure id="bit-choices">{_svg(fig)}</figure>'
+    if all(p.get("expected_bits_by_epoch") for p in pts):
+        fig = Figure(figsize=(7, 3.2))
+        ax = fig.subplots()
+        for name, p in zip(names, pts, strict=True):
+            ax.plot(range(1, epochs + 1), p["expected_bits_by_epoch"], label=name)
+        ax.set_xlabel("search epoch")
+        ax.set_ylabel("expected bits")
+        ax.set_title("expected bitwidth of each point over the search")
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        body += f"<figure>{_svg(fig)}</figure>"
+    rows = [
+        [name, " ".join(str(b) for b in p["bits_by_epoch"]), p["bits"]]
+        for name, p in zip(names, pts, strict=True)
+    ]
+    body += _table(["point", "most likely bits, epoch 1 → last", "kept"], rows)
+    return body
+
+
 def _training(report: dict[str, Any], Figure: Any) -> str:
     from quantgraph.report import training_summary
 
@@ -384,6 +480,28 @@ def _training(report: dict[str, Any], Figure: Any) -> str:
         ax.set_xlabel("probability of each candidate at the end of the search")
         ax.set_title("bit choices of the search")
         ax.legend(loc="lower right")
+        body += f"<figure>{_svg(fig)}</figure>"
+    if mixq and any(p.get("bits_by_epoch") for p in mixq.get("points", [])):
+        body += _bit_choices(report, Figure)
+    a2q_history = (report.get("a2q_train") or {}).get("history") or []
+    if a2q_history and all(isinstance(h.get("bits"), list) and h["bits"] for h in a2q_history):
+        layers = (report.get("a2q") or {}).get("layers") or []
+        width = len(a2q_history[0]["bits"])
+        labels = _labels(report)
+        names = (
+            [labels.get(layer["point"], layer["point"]) for layer in layers]
+            if len(layers) == width
+            else [f"feature point {i}" for i in range(width)]
+        )
+        fig = Figure(figsize=(7, 3))
+        ax = fig.subplots()
+        epochs = [h["epoch"] for h in a2q_history]
+        for i, name in enumerate(names):
+            ax.plot(epochs, [h["bits"][i] if i < len(h["bits"]) else None for h in a2q_history], label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean bits")
+        ax.set_title("bit choices over A²Q training (mean learned bits per point)")
+        ax.legend(fontsize=7)
         body += f"<figure>{_svg(fig)}</figure>"
     if qat and qat.get("history"):
         fig = Figure(figsize=(7, 3))

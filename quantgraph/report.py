@@ -60,6 +60,18 @@ def training_summary(report: dict[str, Any]) -> list[str]:
             f"QAT: kept epoch {qat['best_epoch']} of {qat['epochs_run']} (best validation accuracy "
             f"{_pct(qat['val_acc'])}), {qat['seconds']:.1f} s"
         )
+    a2q = report.get("a2q")
+    if a2q:
+        avg, mem = a2q["average_bits"], a2q["memory_bytes"]
+        lines.append(
+            f"A²Q: average bits {avg['a2q_convention']:.2f} (A²Q convention), {avg['stored']:.2f} stored; "
+            f"features {mem['features'] / 1024:.1f} KB (÷{mem['vs_int8']:.2f} vs INT8, ÷{mem['vs_fp32']:.2f} vs FP32)"
+        )
+        for layer in a2q["layers"]:
+            by_degree = ", ".join(
+                f"{r['in_degree']}: {r['mean_bits']:.2f}" for r in layer["bits_by_in_degree"]
+            )
+            lines.append(f"A²Q bits of {layer['point']} by in-degree: {by_degree}")
     return lines
 
 
@@ -103,10 +115,22 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             f"{bitops['fp32_bitops']:.3g}",
             f"{bitops['bitops']:.3g} (÷{bitops['reduction']:.1f})",
         )
+        for key, other in bitops.items():  # other conventions (e.g. MixQ-GNN's) under their own key
+            if isinstance(other, dict) and isinstance(other.get("bitops"), (int, float)):
+                fp32 = other.get("fp32_bitops")
+                table.add_row(
+                    f"BitOPs ({key.replace('_', ' ')})",
+                    f"{fp32:.3g}" if isinstance(fp32, (int, float)) else "",
+                    f"{other['bitops']:.3g}",
+                )
     integer = report.get("integer")
     if integer:
         folded = len(integer["folded"])
-        table.add_row("integer requantize points", "", f"{folded} of {folded + len(integer['kept_float'])}")
+        table.add_row(
+            "integer requantize points (activations)",
+            "",
+            f"{folded} of {folded + len(integer['kept_float'])}",
+        )
         for kept in integer.get("kept_float_points", []):
             table.add_row(f"  stays float: {kept['label']}", "", "float")
         table.add_row(

@@ -220,6 +220,7 @@ def train_node_classifier(
     penalty: Penalty | None = None,
     restore_best: bool = True,
     select: str = "acc",
+    on_epoch: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Full-batch node classification: Adam, cross-entropy on ``train_mask``, best-validation selection.
 
@@ -229,6 +230,7 @@ def train_node_classifier(
     ``forward``: computes logits from ``(x, edge_index)`` instead of ``model``; see the module docs.
     ``penalty``: a differentiable term added to the loss at every step (e.g. a bit-cost regulariser).
     ``restore_best``: False keeps the last epoch's state (e.g. for a search whose goal is not accuracy).
+    ``on_epoch(epoch)``: called after each epoch's evaluation (e.g. to record a search's choices).
     Returns a :class:`TrainResult`; the model is left in eval mode holding the best epoch's weights.
     """
     _check_node_data(data)
@@ -267,6 +269,8 @@ def train_node_classifier(
             if _is_better(val_acc, val_loss, best_acc, best_loss, select):
                 best_acc, best_loss, best_epoch, best_state = val_acc, val_loss, epoch, _snapshot(model)
             bar.update(epoch, val_acc, best_acc)
+            if on_epoch is not None:
+                on_epoch(epoch)
             if patience is not None and epoch - best_epoch >= patience:
                 break
 
@@ -371,13 +375,15 @@ def train_graph_classifier(
     forward: GraphForward | None = None,
     penalty: Penalty | None = None,
     restore_best: bool = True,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Mini-batch graph classification with Adam and best-validation selection.
 
     ``collate(list_of_graphs)`` must return an object with ``x``, ``edge_index``, ``batch`` and ``y`` (one
     label per graph); the default :func:`collate_graphs` works for any graph objects with ``x``,
     ``edge_index`` and ``y``. Training graphs are reshuffled every epoch (from the seeded global RNG).
-    ``penalty`` (added to every batch's loss) and ``restore_best`` work as in :func:`train_node_classifier`.
+    ``penalty`` (added to every batch's loss), ``restore_best`` and ``on_epoch`` work as in
+    :func:`train_node_classifier`.
     """
     _check_hparams(epochs, lr, patience)
     if len(train_graphs) == 0 or len(val_graphs) == 0:
@@ -429,6 +435,8 @@ def train_graph_classifier(
             if _is_better(val_acc, val_loss, best_acc, best_loss):
                 best_acc, best_loss, best_epoch, best_state = val_acc, val_loss, epoch, _snapshot(model)
             bar.update(epoch, val_acc, best_acc)
+            if on_epoch is not None:
+                on_epoch(epoch)
             if patience is not None and epoch - best_epoch >= patience:
                 break
 

@@ -374,3 +374,105 @@ def test_html_without_matplotlib_says_how_to_install_and_writes_nothing(
     line = _error_line(capsys)
     assert "needs matplotlib" in line and "pip install" in line
     assert not out.exists() and not (workdir / "nomp.html").exists()
+
+
+TINY = "synthetic:nodes=80,seed=3"
+POLICIES = ("minmax", "qat", "degree-quant", "mixq", "a2q")
+BACKENDS = ("onnx-qdq", "onnx-int", "native")
+#: the cells of the policy x backend matrix in the default run (each policy and each backend at least once
+#: with the fixtures above: minmax/onnx-int and qat/onnx-qdq pages are built there); the rest are slow
+DEFAULT_CELLS = {
+    ("mixq", "native"),
+    ("degree-quant", "onnx-int"),
+    ("minmax", "native"),
+    ("qat", "onnx-qdq"),
+    ("a2q", "onnx-qdq"),
+}
+MATRIX = [
+    pytest.param(p, b, marks=() if (p, b) in DEFAULT_CELLS else pytest.mark.slow, id=f"{p}-{b}")
+    for p in POLICIES
+    for b in BACKENDS
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(workdir) -> Path:
+    path = workdir / "tiny.pt"
+    assert main(["train", "--arch", "gcn", "--data", TINY, "--epochs", "10", "--quiet", "-o", str(path)]) == 0
+    return path
+
+
+def _section_text(page: str, sid: str) -> str:
+    text = page[page.index(f'<section id="{sid}">') :]
+    return text[: text.index("</section>")]
+
+
+@pytest.mark.parametrize(("policy", "backend"), MATRIX)
+def test_html_report_for_every_policy_and_backend(tiny_checkpoint, workdir, policy, backend):
+    name = f"{policy}-{backend}"
+    out = workdir / (f"{name}.qgn" if backend == "native" else f"{name}.onnx")
+    rep, page = workdir / f"{name}.json", workdir / f"{name}.html"
+    args = ["compile", str(tiny_checkpoint), "--data", TINY, "--policy", policy, "--backend", backend]
+    args += ["--epochs", "1", "--search-epochs", "3", "-o", str(out), "--report", str(rep)]
+    assert main([*args, "--html", str(page), "--quiet"]) == 0
+    text, report = page.read_text(), json.loads(rep.read_text())
+    for sid in SECTIONS:
+        assert f'<section id="{sid}">' in text, sid
+    assert "<script" not in text and not re.search(r"(src|href)=\"https?:", text)
+    runtime = "native kernels" if backend == "native" else "onnxruntime"
+    assert f"<th>{runtime}</th>" in _section_text(text, "summary")
+    kept = _section_text(text, "kept-float")
+    assert ("nothing runs on integers" in kept) == (backend == "onnx-qdq")
+    assert ("became integer requantizes" in kept) == (backend != "onnx-qdq")
+    training = _section_text(text, "training")
+    assert ("trains nothing" in training) == (policy == "minmax")
+    assert ("quantization-aware training" in training) == (policy != "minmax")
+    assert ("bit choices over the search" in training) == (policy == "mixq")
+    if policy == "mixq":
+        mixq = report["mixq"]
+        for point in mixq["points"]:
+            assert len(point["bits_by_epoch"]) == len(point["expected_bits_by_epoch"]) == 3
+            assert set(point["bits_by_epoch"]) <= set(mixq["candidates"])
+            low, high = min(mixq["candidates"]), max(mixq["candidates"])
+            assert all(low <= b <= high for b in point["expected_bits_by_epoch"])
+            assert point["bits_by_epoch"][-1] == point["bits"]  # no target: the last epoch's argmax is kept
+        assert '<figure id="bit-choices"><svg' in training
+        assert "most likely bits, epoch 1 → last" in training
+        assert "layer 0 · aggregation" in training
+    if policy == "a2q":
+        assert "A²Q: learned bits per node against in-degree" in _section_text(text, "bits-degree")
+        assert "bit choices over A²Q training" in training
+        assert "layer 0 · " in _section_text(text, "bits-degree")  # points named by layer and role
+    if policy == "mixq" and backend == "native":  # the richest page, in a real browser where there is one
+        from tests.test_report_browser import _browser, _load
+
+        dom, console = _load(_browser(), page)
+        assert console == [] and '<figure id="bit-choices"><svg' in dom
+
+
+def test_table_shows_a_second_bitops_convention(int_compile):
+    """A report with another BitOPs convention (e.g. MixQ-GNN's, under its own key) prints both rows."""
+    import io
+
+    from rich.console import Console
+
+    from quantgraph.report import render_report
+
+    rep = json.loads(int_compile["json"].read_text())
+    rep["bitops"]["mixq_convention"] = {"bitops": 1.5e9, "fp32_bitops": 3.0e10}
+    buf = io.StringIO()
+    render_report(rep, Console(file=buf, width=120))
+    text = buf.getvalue()
+    assert re.search(r"BitOPs \(linear \+ aggregation\)\s*│\s*[\d.e+]+\s*│", text), text
+    assert re.search(r"BitOPs \(mixq convention\)\s*│\s*3e\+10\s*│\s*1\.5e\+09", text), text
+
+
+def test_eval_of_a_native_model_points_to_run(checkpoint, workdir, capsys):
+    qgn = workdir / "ev.qgn"
+    args = ["compile", str(checkpoint), "--data", SYN, "--backend", "native", "-o", str(qgn), "--quiet"]
+    assert main(args) == 0
+    assert main(["eval", str(qgn), "--data", SYN, "--split", "val"]) == 2
+    line = _error_line(capsys)
+    assert "native model (.qgn)" in line and "quantgraph run" in line and "re-export" not in line
+    assert main(["run", str(qgn), "--data", SYN, "--split", "val"]) == 0
+    assert "(val nodes): accuracy" in capsys.readouterr().out

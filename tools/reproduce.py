@@ -122,10 +122,41 @@ def _mixq(lam: float) -> Callable:
     return run
 
 
+def _a2q(policy: str) -> Callable:
+    """A²Q (per-node or NNS): accuracy, average bits in A²Q's convention (the table's bits) and stored bits."""
+
+    def run(model: torch.nn.Module, task: Task, tmp: Path, seed: int, arch: str) -> dict[str, float]:
+        compiled = qg_compile(
+            model,
+            task.data,
+            policy=policy,
+            options={"seed": seed},
+            calibration=task.calibration(),
+            task_data=task.task_data(),
+        )
+        compiled.export_onnx(tmp / "m.onnx", task.data)
+        a2q = compiled.report["a2q"]
+        return {
+            "acc": compiled.report["accuracy"]["onnx"],
+            "bits": a2q["average_bits"]["a2q_convention"],
+            "stored_bits": a2q["average_bits"]["stored"],
+            "memory_vs_fp32": a2q["memory_bytes"]["vs_fp32"],
+            "val_acc": compiled.report["a2q_train"]["val_acc"],
+        }
+
+    return run
+
+
+A2Q_METHODS = {"a2q": "a2q", "a2q-nns": "a2q-nns"}
+
+
 def method(name: str) -> Method:
-    """A method by name; ``mixq-l<lambda>`` (e.g. ``mixq-l0.1``) is MixQ at that lambda, integer backend."""
+    """A method by name; ``mixq-l<lambda>`` (e.g. ``mixq-l0.1``) is MixQ at that lambda, integer backend;
+    ``a2q``/``a2q-nns`` are A²Q (not in the default list: each trains 200 epochs)."""
     if name.startswith("mixq-l"):
         return Method(name, 0, _mixq(float(name[len("mixq-l") :])))
+    if name in A2Q_METHODS:
+        return Method(name, 0, _a2q(A2Q_METHODS[name]))
     return METHODS[name]
 
 

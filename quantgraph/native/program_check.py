@@ -45,6 +45,7 @@ ALLOWED_OPS = frozenset(
                 "linear.default", "scatter_add.default", "scatter_reduce.two", "item.default",
                 "sym_size.int", "_to_copy.default", "to.dtype", "clone.default", "alias.default",
                 "round.default", "floor.default", "detach.default",
+                "argmin.default",  # A²Q's NNS group choice
             )
         ),
         "quantgraph.gather.default",

@@ -1,6 +1,9 @@
 """Import the built-in passes so they register themselves."""
 
 from quantgraph.passes import (  # noqa: F401
+    a2q_annotate,
+    a2q_freeze_nns,
+    a2q_train,
     annotate,
     calibrate,
     canonicalize,

@@ -14,6 +14,9 @@ Which task loss trains the bit logits (``search_on``):
   ``lambda = 0``; the validation loss does not.
 * ``"train"``: MixQ's joint objective, weights and logits on the training loss.
 
+Each point's report entry records, per search epoch, its most likely bitwidth (``bits_by_epoch``) and its
+expected bitwidth (``expected_bits_by_epoch``), for the HTML report's plot of the bit choices.
+
 The search keeps its last epoch (a best-validation pick would favour the widest bits). Each point then
 gets its most likely bitwidth (ties: the wider): the chosen candidate, a plain ``FakeQuantize`` with the
 range it learned, replaces the mixture, and the source node's ``qg_qspec`` gets that bitwidth, so
@@ -236,15 +239,23 @@ class SearchBitsPass(PassBase):
         for m in mixed:
             m.detach_alpha = val_loss is not None  # the training loss then trains only the weights
 
+        chosen_by_epoch: list[list[int]] = []  # per epoch: each point's most likely bitwidth
+        expected_by_epoch: list[list[float]] = []  # per epoch: each point's expected bitwidth
+
+        def record(_epoch: int) -> None:
+            with torch.no_grad():
+                chosen_by_epoch.append([int(m.bits[m.chosen_index()]) for m in mixed])
+                expected_by_epoch.append([round(float(m.expected_bits()), 4) for m in mixed])
+
         start = time.perf_counter()
-        result = self._train(gm, ctx, epochs, penalty)
+        result = self._train(gm, ctx, epochs, penalty, record)
         seconds = time.perf_counter() - start
         with torch.no_grad():
             final_cost = float(cost())
         choice = choose_bits([m.alpha for m in mixed], bits, target)
 
         points = []
-        for fq, mix, index in zip(nodes, mixed, choice, strict=True):
+        for i, (fq, mix, index) in enumerate(zip(nodes, mixed, choice, strict=True)):
             chosen = mix.candidates[index]
             gm.add_submodule(fq.target, chosen)
             source = next(n for n in gm.graph.nodes if n.name == fq.meta[SOURCE_KEY])
@@ -258,6 +269,8 @@ class SearchBitsPass(PassBase):
                     "bits": chosen.spec.bits,
                     "probabilities": [round(p, 4) for p in mix.probabilities().tolist()],
                     "elements": math.prod(shapes.get(fq.name, ())),
+                    "bits_by_epoch": [row[i] for row in chosen_by_epoch],
+                    "expected_bits_by_epoch": [row[i] for row in expected_by_epoch],
                 }
             )
         gm.eval()
@@ -281,8 +294,20 @@ class SearchBitsPass(PassBase):
         }
         return PassResult(gm, True)
 
-    def _train(self, gm: fx.GraphModule, ctx: CompileContext, epochs: int, penalty: Callable[[], Tensor]):
-        hp = {**training_hyperparameters(ctx, epochs), "penalty": penalty, "restore_best": False}
+    def _train(
+        self,
+        gm: fx.GraphModule,
+        ctx: CompileContext,
+        epochs: int,
+        penalty: Callable[[], Tensor],
+        on_epoch: Callable[[int], None],
+    ):
+        hp = {
+            **training_hyperparameters(ctx, epochs),
+            "penalty": penalty,
+            "restore_best": False,
+            "on_epoch": on_epoch,
+        }
         graphs = ctx.task_data.get("graphs")
         if graphs is not None:
             return train_graph_classifier(

@@ -124,3 +124,5 @@ MIXQ = register_policy(
         defaults={"trace_training": True},
     )
 )
+
+import quantgraph.policies.a2q  # noqa: E402, F401  (A²Q: its own module)

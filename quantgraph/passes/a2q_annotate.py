@@ -1,0 +1,149 @@
+"""A²Q's quantization points: per-node learned bits on the node features entering each layer.
+
+As in the official code (weihai-98/A-2Q): the node features a layer reads (the rows its linear transform
+or aggregation consumes: the model input ``x`` for the first layer, the previous layer's output, before
+dropout, for the next) get one learned ``(s_i, b_i)`` per node (``PER_NODE``, quantizer ``a2q``) or, with
+``a2q_nns``, the Nearest-Neighbour Strategy's groups (quantizer ``a2q-nns``); weights get per-output-channel
+scales at fixed bits; linear outputs ``XW`` per-column scales (``axis=1``) at fixed bits. Nothing else is
+quantized (attention logits and aggregation outputs stay float).
+
+The raw input features: the official GCN/GAT leave them float; here they are quantized like any other
+layer's features unless ``a2q_quantize_input=false`` (binary bag-of-words features then settle at 2 bits,
+exact). The initial bits are ``a2q_feature_bits`` (4), one more for non-negative features (post-ReLU, or
+an input without negative values), whose sign bit is unused.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from quantgraph.errors import InputError
+from quantgraph.ir.meta import LAYER_KEY, QSPEC_KEY, ROLE_KEY, ROWS_KEY
+from quantgraph.ir.qspec import Granularity, QuantSpec
+from quantgraph.ir.roles import Role
+from quantgraph.options import Option
+from quantgraph.passes.infra import CompileContext, PassBase, PassResult, node_value_is_float
+from quantgraph.passes.registry import register_pass
+
+aten = torch.ops.aten
+
+A2Q_OPTIONS = (
+    Option("a2q_nns", bool, False, "Nearest-Neighbour Strategy: learned groups chosen per node (any graph)"),
+    Option("a2q_groups", int, 1000, "NNS: number of (scale, bits) groups per layer", minimum=1),
+    Option("a2q_feature_bits", int, 4, "initial bits of node features (+1 when non-negative)", minimum=2),
+    Option("a2q_weight_bits", int, 4, "fixed bits of weights (per output channel scales)", minimum=2),
+    Option("a2q_xw_bits", int, 4, "fixed bits of linear outputs XW (per column scales)", minimum=2),
+    Option("a2q_quantize_input", bool, True, "quantize the model's input features per node too"),
+)
+NON_NEGATIVE_OPS = (aten.relu.default,)
+
+
+def _skip_dropout(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
+    while node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), nn.Dropout):
+        node = node.args[0]
+    return node
+
+
+def _layer(node: fx.Node) -> int:
+    layer = node.meta.get(LAYER_KEY)
+    return -1 if layer is None or node.op == "placeholder" else int(layer)
+
+
+def layer_feature_inputs(gm: fx.GraphModule, input_name: str = "x") -> list[fx.Node]:
+    """Node-row float values read by a later layer (the features entering each layer), dropout skipped."""
+    found: dict[str, fx.Node] = {}
+    for node in gm.graph.nodes:
+        source = _skip_dropout(gm, node) if node.op == "call_module" else node
+        if source.meta.get(ROLE_KEY) == Role.STRUCTURE or source.op == "output":
+            continue
+        if source.op == "placeholder" and source.name != input_name:
+            continue
+        if source.op != "placeholder" and source.meta.get(ROWS_KEY) != "node":
+            continue
+        if not node_value_is_float(source, gm):
+            continue
+        readers = [
+            u
+            for u in node.users
+            if u.meta.get(ROLE_KEY) not in (Role.STRUCTURE, None) and u.meta.get(LAYER_KEY) is not None
+        ]
+        if any(int(u.meta[LAYER_KEY]) > _layer(source) for u in readers):
+            found.setdefault(source.name, source)
+    return list(found.values())
+
+
+def _non_negative(node: fx.Node, ctx: CompileContext) -> bool:
+    if node.op == "placeholder":
+        return all(bool((g[node.name] >= 0).all()) for g in ctx.calibration_data if node.name in g)
+    return node.target in NON_NEGATIVE_OPS
+
+
+@register_pass
+class A2QAnnotatePass(PassBase):
+    """Mark A²Q's points: per-node (or NNS) features entering each layer, weights, linear outputs."""
+
+    name = "a2q-annotate"
+    description = "A²Q points: learned per-node bits on layer input features, fixed-bit weights and XW"
+    options = A2Q_OPTIONS
+
+    def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
+        if not any(ROLE_KEY in n.meta for n in gm.graph.nodes):
+            raise InputError("nodes have no roles", "run the 'tag-roles' pass before 'a2q-annotate'")
+
+    def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
+        nns, groups = self.option(ctx, "a2q_nns"), self.option(ctx, "a2q_groups")
+        fbits = self.option(ctx, "a2q_feature_bits")
+        weight = QuantSpec(
+            bits=self.option(ctx, "a2q_weight_bits"),
+            symmetric=True,
+            granularity=Granularity.PER_CHANNEL,
+            axis=0,
+            quantizer="a2q",
+        )
+        xw = QuantSpec(
+            bits=self.option(ctx, "a2q_xw_bits"),
+            symmetric=True,
+            granularity=Granularity.PER_CHANNEL,
+            axis=1,
+            quantizer="a2q",
+        )
+        features = layer_feature_inputs(gm)
+        if not self.option(ctx, "a2q_quantize_input"):
+            features = [n for n in features if n.op != "placeholder"]
+        marked: dict[str, str] = {}
+        for node in features:
+            bits = min(fbits + int(_non_negative(node, ctx)), 8)
+            if nns:
+                spec = QuantSpec(bits=bits, symmetric=True, num_groups=groups, quantizer="a2q-nns")
+            else:
+                spec = QuantSpec(
+                    bits=bits, symmetric=True, granularity=Granularity.PER_NODE, axis=0, quantizer="a2q"
+                )
+            node.meta[QSPEC_KEY] = spec
+            marked[node.name] = "features"
+        for node in gm.graph.nodes:
+            if node.name in marked or not node_value_is_float(node, gm):
+                continue
+            role = node.meta.get(ROLE_KEY)
+            if role == Role.WEIGHT and node.op == "get_attr" and _is_matrix(gm, node):
+                node.meta[QSPEC_KEY] = weight
+                marked[node.name] = "weight"
+            elif role == Role.LINEAR_OUT and node.meta.get(ROWS_KEY) == "node":
+                node.meta[QSPEC_KEY] = xw
+                marked[node.name] = "xw"
+        if not any(kind == "features" for kind in marked.values()):
+            raise InputError(
+                "A²Q found no node features entering a layer",
+                "the model needs node-row inputs named x read by its layers (see docs/architecture.md)",
+            )
+        ctx.report["a2q_points"] = marked
+        ctx.report["quantization_points"] = len(marked)
+        return PassResult(gm, True)
+
+
+def _is_matrix(gm: fx.GraphModule, node: fx.Node) -> bool:
+    from quantgraph.passes.infra import attr_tensor
+
+    value = attr_tensor(gm, str(node.target))
+    return isinstance(value, torch.Tensor) and value.dim() == 2
