@@ -288,3 +288,16 @@ def test_huge_zero_point_of_a_generic_quantize_is_refused(artifact, tmp_path):
     _edit(artifact, evil, add_quantize, arrays=extra)
     with pytest.raises(InputError, match="scale"):
         NativeModel.load(evil)
+
+
+def test_bias_of_the_wrong_length_is_refused(artifact, tmp_path):
+    """Declared and checksummed (a hostile author reseals it), but a bias needs one value per output column: a
+    kernel's bias is checked at load (native.linear) or, where the width is only known then, before it runs."""
+    with zipfile.ZipFile(artifact) as z:
+        doc = json.loads(z.read("program.json"))
+    step = next(s for s in doc["steps"] if s["op"].startswith("native.") and s["kwargs"].get("bias"))
+    name = step["kwargs"]["bias"]["array"]
+    evil = tmp_path / "bias.qgn"
+    _edit(artifact, evil, arrays={name: _arrays(artifact)[name][:-1]})
+    with pytest.raises(InputError, match="bias has .* values for"):
+        NativeModel.load(evil).run(_power_law(50, seed=3).inputs())
