@@ -65,24 +65,33 @@ def allowed(target: str) -> bool:
     return False
 
 
-def serialized_targets(doc: Any) -> Iterator[str]:
-    """Every node target in a serialised exported program (nested graphs included), without recursion."""
+def _source_line(metadata: Any) -> str:
+    """The user's source line of a serialised node (the last line of its stack trace), or ''."""
+    trace = metadata.get("stack_trace") if isinstance(metadata, dict) else None
+    lines = [ln.strip() for ln in str(trace or "").splitlines() if ln.strip()]
+    return lines[-1][:100] if lines else ""
+
+
+def serialized_targets(doc: Any) -> Iterator[tuple[str, str]]:
+    """``(target, source line)`` of every node in a serialised exported program (nested graphs included),
+    without recursion."""
     stack = [doc]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             if "target" in item and "inputs" in item and "outputs" in item:
-                yield str(item["target"])
+                yield str(item["target"]), _source_line(item.get("metadata"))
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
 
 
-def check_targets(path: object, targets: Iterable[str]) -> None:
-    for target in targets:
+def check_targets(path: object, targets: Iterable[tuple[str, str]]) -> None:
+    for target, line in targets:
         if not allowed(target):
+            at = f" (at `{line}`)" if line else ""
             raise InputError(
-                f"{path}: its graph calls {target[:100]!r}, which is not on the allow-list of ops a GNN "
+                f"{path}: its graph calls {target[:100]!r}{at}, which is not on the allow-list of ops a GNN "
                 "model may use; it was not loaded for safety",
                 FIX,
             )
@@ -115,4 +124,5 @@ def check_loaded_ops(path: object, program: Any) -> None:
         graph = getattr(module, "graph", None)
         if graph is None:
             continue
-        check_targets(path, (target_name(n.target) for n in graph.nodes if n.op == "call_function"))
+        nodes = (n for n in graph.nodes if n.op == "call_function")
+        check_targets(path, ((target_name(n.target), _source_line(n.meta)) for n in nodes))
