@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 QAT_OPTIONS = ("epochs", "lr", "weight_decay", "seed", "p_min", "p_max", "batch_size")
+#: sgquant flags: argparse dest -> compile option
+SGQUANT_OPTIONS = {
+    "memory_target": "memory_target",
+    "accuracy_tolerance": "accuracy_tolerance",
+    "sgquant_config": "sgquant_config",
+}
 #: mixq search flags: argparse dest -> compile option
 MIXQ_OPTIONS = {
     "lambda_": "lambda",
@@ -219,10 +225,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     options.update({"calibration": args.calibration, "percentile_tail": args.percentile_tail})
     if args.int_overflow:
         options["int_overflow"] = args.int_overflow
+    for dest in ("graph_input", "onnx_target"):  # ONNX backends' export options
+        if getattr(args, dest, None):
+            options[dest] = getattr(args, dest)
     if args.skip_roles:
         options["skip_roles"] = [r.strip() for spec in args.skip_roles for r in spec.split(",") if r.strip()]
     options.update(
         {opt: getattr(args, dest) for dest, opt in MIXQ_OPTIONS.items() if getattr(args, dest) is not None}
+    )
+    options.update(
+        {opt: getattr(args, dest) for dest, opt in SGQUANT_OPTIONS.items() if getattr(args, dest) is not None}
     )
     options.update(parse_assignments(args.option or []))  # generic --option key=value (checked by compile)
     compiled = qg_compile(
@@ -251,13 +263,19 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
             write_html(report, args.html)
     render_report(report, console)
+    if "sgquant" in report:
+        from quantgraph.sgquant.summary import render_sgquant
+
+        render_sgquant(report, console)
     written = [str(p) for p in (args.output, args.report, args.html) if p]
     console.print("wrote " + ", ".join(written))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from quantgraph.backends.verify import check_onnx_inputs, ort_session, run_onnx
+    import onnx
+
+    from quantgraph.backends.verify import check_onnx_inputs, ort_session, run_onnx, with_prepared_graph
     from quantgraph.data.task import load_task
     from quantgraph.metrics import accuracy
 
@@ -284,7 +302,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data, mask, split = _split_data(task, args.split)
     check_onnx_inputs(session, data, path)
     try:
-        logits = run_onnx(session, data.inputs(), time_limit=args.timeout)
+        inputs = with_prepared_graph(onnx.load(str(path)), data.inputs())  # csr models: sorted once here
+        logits = run_onnx(session, inputs, time_limit=args.timeout)
     except TimeoutError as err:
         raise InputError(
             f"{path} did not finish within --timeout {args.timeout:g} s on {data.name}",
@@ -299,6 +318,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if acc is None:
         raise InputError(f"dataset {data.name} has no labels", "evaluate on a labelled dataset")
     _console(args).print(f"{path.name} on {data.name} ({split}): accuracy {100 * acc:.2f}%")
+    return 0
+
+
+def cmd_prepare_graph(args: argparse.Namespace) -> int:
+    import io
+
+    import numpy as np
+    import onnx
+
+    from quantgraph.backends.onnx_segment import prep_model, prepare_graph_inputs
+    from quantgraph.data.task import load_task
+    from quantgraph.fileio import atomic_write_bytes
+
+    path = Path(args.model)
+    if not path.is_file():
+        raise InputError(f"ONNX file {path} does not exist", "check the path")
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # onnx raises DecodeError and others
+        raise InputError(
+            f"{path} is not an ONNX model ({err})", "pass an .onnx file from `quantgraph compile`"
+        ) from err
+    if prep_model(model) is None:
+        raise InputError(
+            f"{path} takes x, edge_index only: it has no prepared-graph inputs",
+            "compile it with --graph-input csr, or run it on the graph directly",
+        )
+    data = load_task(args.data, args.data_root).data
+    prepared = prepare_graph_inputs(model, data.inputs())
+    buffer = io.BytesIO()
+    np.savez(buffer, **prepared)  # plain arrays: read back with np.load(..., allow_pickle=False)
+    atomic_write_bytes(args.output, buffer.getvalue())
+    sizes = ", ".join(f"{k} [{v.shape[0]:,}]" for k, v in prepared.items())
+    _console(args).print(f"wrote {args.output}: {sizes}")
     return 0
 
 
@@ -540,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         required=True,
-        choices=["gcn", "gat", "gin", "sage", "gin_graph"],
+        choices=["gcn", "gat", "gin", "sage", "agnn", "gin_graph"],
         help="model: gcn, gat, gin, sage (node tasks) or gin_graph (graph-classification .npz)",
     )
     _add_data_args(p)
@@ -602,6 +655,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="integer backends: when an int32 accumulator could overflow, fail (default) or keep that op in float",
     )
     p.add_argument(
+        "--graph-input",
+        choices=["edges", "csr"],
+        help="ONNX backends: edges (default) takes x, edge_index and sorts the edges inside the model; csr "
+        "also takes the destination-sorted edge order (graph_perm_<i>, made once per graph by "
+        "`quantgraph prepare-graph`), so no sort runs per call",
+    )
+    p.add_argument(
+        "--onnx-target",
+        choices=["onnx", "ort"],
+        help="ONNX backends: onnx (default) writes standard ONNX ops only; ort allows onnxruntime's "
+        "com.microsoft ops",
+    )
+    p.add_argument(
         "-o",
         "--output",
         required=True,
@@ -660,6 +726,21 @@ def build_parser() -> argparse.ArgumentParser:
     mixq.add_argument(
         "--search-epochs", type=int, metavar="N", help="epochs of the bitwidth search (default 40)"
     )
+    sgq = p.add_argument_group("multi-granularity bits (sgquant)")
+    sgq.add_argument(
+        "--memory-target", type=float, metavar="R", help="ABS: reach R× memory reduction vs FP32 (e.g. 16)"
+    )
+    sgq.add_argument(
+        "--accuracy-tolerance",
+        type=float,
+        metavar="T",
+        help="ABS: least memory within T (a fraction, e.g. 0.004) of FP32 validation accuracy",
+    )
+    sgq.add_argument(
+        "--sgquant-config",
+        metavar="RULES",
+        help="bits per LAYER.COMPONENT[.bBUCKET], e.g. 0.aggregation=4,0.combination=8 (default: --bits)",
+    )
     p.add_argument(
         "--pass",
         dest="passes",
@@ -697,6 +778,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _quiet(p)
     p.set_defaults(func=cmd_eval)
+
+    p = _sub(
+        sub,
+        "prepare-graph",
+        "the prepared-graph inputs of a --graph-input csr ONNX model for one graph (.npz)",
+    )
+    p.add_argument("model", help="an .onnx file from `quantgraph compile --graph-input csr`")
+    _add_data_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE.npz", help="write the arrays here")
+    _quiet(p)
+    p.set_defaults(func=cmd_prepare_graph)
 
     p = _sub(sub, "run", "run a native model (.qgn) with the integer kernels")
     p.add_argument("model", help="a .qgn file from `quantgraph compile --backend native`")

@@ -16,7 +16,7 @@ from torch import Tensor, fx
 
 import quantgraph
 from quantgraph.backends.registry import OnnxQDQBackend, available_backends, get_backend
-from quantgraph.bitops import count_bitops
+from quantgraph.bitops import bit_conventions, count_bitops
 from quantgraph.data import GraphData, validate_graph
 from quantgraph.errors import InputError
 from quantgraph.frontend import TracedGraph, trace, trace_exported
@@ -66,6 +66,8 @@ class CompiledModel:
     data: GraphData | None = None
     #: integer backends: the Q/DQ form before ``fold-scales`` rewrote it
     qdq_module: fx.GraphModule | None = None
+    #: the backend's declared options as compiled (ONNX: ``onnx_aggregation``, ``graph_input``, ...)
+    backend_options: dict[str, Any] = field(default_factory=dict)
 
     def run(self, inputs: dict[str, Tensor] | GraphData) -> Tensor:
         """Logits of the quantized IR (the fake-quant reference semantics)."""
@@ -81,17 +83,20 @@ class CompiledModel:
     def run_fp32(self, inputs: dict[str, Tensor] | GraphData) -> Tensor:
         return _run(self.fp32_module, self.input_names, _as_inputs(inputs))
 
-    def to_onnx(self, quantized: bool = True):
-        from quantgraph.backends.onnx_export import export_onnx
+    def to_onnx(self, quantized: bool = True, options: dict[str, Any] | None = None):
+        """The ONNX model (``options``: ONNX export options over the compiled ones, see ``export_onnx``)."""
+        from quantgraph.backends.onnx_export import DEFAULT_OPTIONS, export_onnx
 
         gm = self.graph_module if quantized else self.fp32_module
         integer = quantized and get_backend(self.backend).integer_ir
+        onnx_options = {k: v for k, v in self.backend_options.items() if k in DEFAULT_OPTIONS}
         return export_onnx(
             gm,
             input_names=self.input_names,
             dim_names=self.dim_names,
             integer=integer,
             output_shapes=_output_shapes(self.fp32_module),
+            options={**onnx_options, **(options or {})},
         )
 
     def export_onnx(self, path: str | Path, data: GraphData | None = None) -> dict[str, Any]:
@@ -283,6 +288,7 @@ def compile(  # noqa: A001 - mirrors the CLI command
         backend=backend,
         data=data,
         qdq_module=ctx.qdq_module,
+        backend_options={o.name: o.read(opts) for o in target.options},
     )
     with stage("report (accuracy, SQNR)"):
         compiled.report = _report(compiled, ctx, manager, pol.name, bits if pol.quantizes else 32, data)
@@ -386,6 +392,10 @@ def _report(
     }
     if annotated:
         report["bitops"] = count_bitops(qdq, compiled.input_names, ctx.calibration_data[0])
+        conventions = bit_conventions(qdq, compiled.input_names, ctx.calibration_data[0])  # the papers'
+        report["bitops"]["mixq_convention"] = conventions["mixq"]
+        report["average_bits"] = conventions["average_bits"]
+        report["sgquant_memory"] = conventions["sgquant_memory"]
     for key, value in ctx.report.items():
         report.setdefault(key, value)
     if "integer" in report:

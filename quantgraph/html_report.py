@@ -31,6 +31,16 @@ svg { max-width: 100%; height: auto; }
 """
 
 
+#: labels of the bit conventions a report may carry (``bitops.<key>``, ``average_bits.<key>``)
+_CONVENTIONS = {
+    "mixq_convention": "MixQ-GNN: ops × mean module bits",
+    "elements": "ours: over quantized elements",
+    "a2q": "A²Q: layers' node features",
+    "sgquant": "SGQuant: memory of all tensors",
+    "points": "plain mean over points",
+}
+
+
 def read_report(path: str | Path) -> dict[str, Any]:
     """A compile report JSON, or one clear error."""
     path = Path(path)
@@ -143,14 +153,21 @@ def _summary(report: dict[str, Any]) -> str:
     for key, other in bitops.items():  # other conventions (e.g. MixQ-GNN's), whatever key they use
         if isinstance(other, dict) and isinstance(other.get("bitops"), (int, float)):
             fp32 = other.get("fp32_bitops")
+            reduction = other.get("reduction")
             rows.append(
                 [
-                    f"BitOPs ({key.replace('_', ' ')})",
+                    f"BitOPs ({_CONVENTIONS.get(key, key.replace('_', ' '))})",
                     "" if not isinstance(fp32, (int, float)) else f"{fp32:.3g}",
-                    f"{other['bitops']:.3g}",
+                    f"{other['bitops']:.3g}"
+                    + (f" (÷{reduction:.1f})" if isinstance(reduction, (int, float)) else ""),
                     "",
                 ]
             )
+    average = report.get("average_bits")
+    if isinstance(average, dict):  # average bits in each convention (ours, the papers')
+        for key, value in average.items():
+            if isinstance(value, (int, float)):
+                rows.append([f"average bits ({_CONVENTIONS.get(key, key)})", "32", f"{value:.2f}", ""])
     rows.append(["quantization points", "", str(report.get("quantization_points", 0)), ""])
     parts = [
         _table(["", "FP32 (IR)", f"quantized ({_bits_label(report)}, IR)", runtime], rows),

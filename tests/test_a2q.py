@@ -24,7 +24,7 @@ from quantgraph.ir.qspec import Granularity, QParams, QuantSpec
 from quantgraph.ir.quantizer import QuantizerSettings, get_quantizer
 from quantgraph.passes.a2q_train import A2QPoint, FeatureMemory
 
-from .conftest import TwoLayer
+from .conftest import TwoLayer, data_root
 
 LN2 = math.log(2.0)
 
@@ -282,6 +282,36 @@ def test_readme_cora_command_compiles_a2q(planetoid_root, tmp_path):
     rep = json.loads(report.read_text())
     assert out.exists() and rep["onnx"]["argmax_agreement"] == 1.0
     layers = rep["a2q"]["layers"]
-    assert [la["point"] for la in layers] == ["x", "relu"] and all(la["rows"] == 2708 for la in layers)
+    # GCN row-normalises inside the model: layer 0's point is the normalised features (the division)
+    assert [la["point"] for la in layers] == ["div", "relu"] and all(la["rows"] == 2708 for la in layers)
     assert layers[0]["width"] == 1433 and layers[0]["non_negative"] and layers[1]["non_negative"]
     assert set(rep["a2q"]["average_bits"]) == {"a2q_convention", "stored", "stored_all_features"}
+
+
+def test_graph_level_a2q_nns_trains_with_the_task_gradient_and_exports(tmp_path):
+    """Graph classification: NNS only (per-node parameters are refused), no Local Gradient, ONNX equals the IR
+    on the test graphs batched together (sizes the model never saw)."""
+    from quantgraph.data import collate
+    from quantgraph.data.task import load_task
+    from quantgraph.errors import InputError
+    from quantgraph.models import build_model
+
+    root = data_root()
+    path = root / "graph_classification" / "hard_small.npz" if root else None
+    if path is None or not path.exists():
+        pytest.skip("hard_small.npz not found")
+    task = load_task(str(path))
+    train, val, test = task.graphs["train"][:16], task.graphs["val"][:8], task.graphs["test"][:8]
+    torch.manual_seed(0)
+    classes = max(int(g.y.max()) for g in task.graphs["train"]) + 1
+    model = build_model("gin_graph", task.data.num_features, classes).eval()
+    common = {"calibration": [collate(train)], "task_data": {"graphs": {"train": train, "val": val}}}
+    with pytest.raises(InputError, match="a2q-nns"):
+        qg_compile(model, collate(test), policy="a2q", options={"epochs": 1}, **common)
+    options = {"epochs": 2, "a2q_groups": 16, "batch_size": 8}
+    compiled = qg_compile(model, collate(test), policy="a2q-nns", options=options, **common)
+    assert compiled.report["a2q_train"]["local_gradient"] is False  # graph tasks: the task gradient
+    assert len(compiled.report["a2q_train"]["history"]) == 2
+    checks = compiled.export_onnx(tmp_path / "g.onnx", collate(test))
+    assert checks["argmax_agreement"] == 1.0
+    assert dequantized_points_equal(compiled.to_onnx(), compiled, collate(test).inputs()) >= 3

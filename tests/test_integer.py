@@ -139,25 +139,44 @@ def _value_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def test_integer_onnx_has_no_float_ops_between_quantize_and_requantize(tmp_path):
+def _aggregation_data_inputs(node: onnx.NodeProto, types: dict[str, int]) -> list[str]:
+    """The data read by an aggregation: ScatterElements' data and updates; a segment Loop's accumulator and
+    the int32 values its body reads from the outer graph (the messages)."""
+    if node.op_type == "ScatterElements":
+        return [node.input[0], node.input[2]]
+    body = next(a.g for a in node.attribute if a.name == "body")
+    made = {o for n in body.node for o in n.output} | {i.name for i in body.input}
+    outer = {i for n in body.node for i in n.input if i and i not in made}
+    return [node.input[2], *sorted(i for i in outer if types.get(i) == onnx.TensorProto.INT32)]
+
+
+@pytest.mark.parametrize("aggregation", ["segment", "scatter"])
+def test_integer_onnx_has_no_float_ops_between_quantize_and_requantize(tmp_path, aggregation):
     torch.manual_seed(0)
     data = _graph(60, 300)
-    compiled = qg.compile(TwoLayer("gcn").eval(), data, policy="test-int-aggregation", backend="onnx-int")
+    compiled = qg.compile(
+        TwoLayer("gcn").eval(),
+        data,
+        policy="test-int-aggregation",
+        backend="onnx-int",
+        options={"onnx_aggregation": aggregation},
+    )
     compiled.export_onnx(tmp_path / "m.onnx", data)
     model = onnx.load(tmp_path / "m.onnx")
     types = _value_types(model)
     producer = {o: n for n in model.graph.node for o in n.output}
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16}
+    aggregation_op = "ScatterElements" if aggregation == "scatter" else "Loop"
     int_scatters = [
         n
         for n in model.graph.node
-        if n.op_type == "ScatterElements" and types.get(n.output[0]) == onnx.TensorProto.INT32
+        if n.op_type == aggregation_op and types.get(n.output[0]) == onnx.TensorProto.INT32
     ]
     assert len(int_scatters) >= 2
     assert sum(n.op_type == "MatMulInteger" for n in model.graph.node) == 2
     for scatter in int_scatters:
         # backwards along the data inputs, up to the quantized tensors
-        stack, seen = [scatter.input[0], scatter.input[2]], set()
+        stack, seen = _aggregation_data_inputs(scatter, types), set()
         while stack:
             name = stack.pop()
             node = producer.get(name)

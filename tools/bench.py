@@ -93,11 +93,26 @@ METHODS = (
 )
 #: native e2e method -> the native model it runs with one kernel call per program step (no fusion plan)
 NATIVE_UNFUSED = {f"{m}_unfused": m for m in ("native_int8", "native_int4", "native_int2")}
+#: onnxruntime e2e method -> (backend, quantized, ONNX export options); the plain names use the defaults
+#: (segment aggregation, x/edge_index inputs), ``_scatter`` the old ScatterElements formulation, ``_csr``
+#: the prepared-graph inputs (the sort order computed once per graph: the graph stage)
+ORT_E2E: dict[str, tuple[str, bool, dict[str, str]]] = {
+    f"{name}{suffix}": (backend, quantized, options)
+    for name, backend, quantized in (
+        ("ort_fp32", "onnx-qdq", False),
+        ("ort_qdq_int8", "onnx-qdq", True),
+        ("ort_int8", "onnx-int", True),
+    )
+    for suffix, options in (
+        ("", {}),
+        ("_scatter", {"onnx_aggregation": "scatter"}),
+        ("_csr", {"graph_input": "csr"}),
+    )
+}
 E2E_METHODS = (
     "pyg_fp32",
     "torch_csr_fp32",
-    "ort_fp32",
-    "ort_qdq_int8",
+    *ORT_E2E,
     "native_int8",
     "native_int8_msg",
     "native_int4",
@@ -106,7 +121,7 @@ E2E_METHODS = (
     "native_int8_rcm",
     *NATIVE_UNFUSED,
 )
-FP32_E2E = ("pyg_fp32", "torch_csr_fp32", "ort_fp32")
+FP32_E2E = ("pyg_fp32", "torch_csr_fp32", "ort_fp32", "ort_fp32_scatter", "ort_fp32_csr")
 #: native e2e method -> (bits, integer aggregation i.e. skip_roles=["message"])
 NATIVE_VARIANTS = {
     "native_int8": (8, True),
@@ -618,8 +633,7 @@ class E2EModels:
     """One GCN (per input width and degree) and its compiled forms: ONNX FP32, ONNX Q/DQ INT8, native."""
 
     model: torch.nn.Module
-    onnx_fp32: Any = None
-    onnx_qdq: Any = None
+    onnx: dict[str, Any] = field(default_factory=dict)  # ORT_E2E method -> ONNX model
     native: dict[str, Any] = field(default_factory=dict)  # method -> NativeModel
     compiled: dict[str, Any] = field(default_factory=dict)  # method -> CompiledModel (parent only)
     calibration: str = ""
@@ -630,10 +644,8 @@ class E2EModels:
 
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(self.model.state_dict(), folder / "model.pt")
-        if self.onnx_fp32 is not None:
-            onnx.save(self.onnx_fp32, str(folder / "fp32.onnx"))
-        if self.onnx_qdq is not None:
-            onnx.save(self.onnx_qdq, str(folder / "qdq.onnx"))
+        for method, proto in self.onnx.items():
+            onnx.save(proto, str(folder / f"{method}.onnx"))
         for method, nm in self.native.items():
             nm.save(folder / f"{method}.qgn")
 
@@ -644,13 +656,11 @@ class E2EModels:
         from quantgraph.models import build_model
         from quantgraph.native.runtime import NativeModel
 
-        model = build_model("gcn", in_channels, classes, hidden=hidden).eval()
+        model = build_model("gcn", in_channels, classes, hidden=hidden, normalize_features=False).eval()
         model.load_state_dict(torch.load(folder / "model.pt"))
         out = cls(model)
-        if (folder / "fp32.onnx").exists():
-            out.onnx_fp32 = onnx.load(str(folder / "fp32.onnx"))
-        if (folder / "qdq.onnx").exists():
-            out.onnx_qdq = onnx.load(str(folder / "qdq.onnx"))
+        for path in folder.glob("*.onnx"):
+            out.onnx[path.stem] = onnx.load(str(path))
         for path in folder.glob("*.qgn"):
             out.native[path.stem] = NativeModel.load(path, threads)
         return out
@@ -675,7 +685,8 @@ def build_models(
 
     start = time.perf_counter()
     torch.manual_seed(seed)
-    model = build_model("gcn", in_channels, classes, hidden=hidden).eval()
+    # the benchmarked GCN is the plain layer pair (as the FP32 baselines), without the zoo's row normalisation
+    model = build_model("gcn", in_channels, classes, hidden=hidden, normalize_features=False).eval()
     out = E2EModels(model, calibration=f"{calib.name} ({calib.num_nodes:,} nodes, {calib.num_edges:,} edges)")
     if not any(m.startswith(("ort_", "native_")) for m in methods):
         return out
@@ -690,10 +701,12 @@ def build_models(
             )
             out.compiled[method] = compiled
             out.native[method] = compiled.to_native(calib, threads=threads)
-    if "ort_qdq_int8" in methods or "ort_fp32" in methods:
-        qdq = qg.compile(traced, calib, policy="minmax", bits=8)
-        out.onnx_qdq = qdq.to_onnx() if "ort_qdq_int8" in methods else None
-        out.onnx_fp32 = qdq.to_onnx(quantized=False) if "ort_fp32" in methods else None
+    compiled_onnx: dict[str, Any] = {}
+    for method in (m for m in methods if m in ORT_E2E):
+        backend, quantized, options = ORT_E2E[method]
+        if backend not in compiled_onnx:
+            compiled_onnx[backend] = qg.compile(traced, calib, policy="minmax", bits=8, backend=backend)
+        out.onnx[method] = compiled_onnx[backend].to_onnx(quantized=quantized, options=options)
     out.compile_seconds = time.perf_counter() - start
     return out
 
@@ -784,20 +797,26 @@ class E2ECase:
 
             graph_bytes = sum(t.nbytes for t in (adj.crow_indices(), adj.col_indices(), adj.values()))
             return Method(csr, n * f * 4, graph_bytes, weight_bytes, n * h * 4, seconds, check)
-        if method in ("ort_fp32", "ort_qdq_int8"):
-            qdq = method == "ort_qdq_int8"
-            model_proto = self.models.onnx_qdq if qdq else self.models.onnx_fp32
+        if method in ORT_E2E:
+            from quantgraph.backends.onnx_segment import prepare_graph_inputs
+
+            qdq = ORT_E2E[method][1]
+            model_proto = self.models.onnx[method]
             # int64 [E, H] scatter index, gathered and normalised messages in the arena (~44 B per E x H measured)
             check_memory(method, e * h * 44 + n * f * 8)
             session = ort_session(model_proto, self.threads)
             feeds = {"x": g.x, "edge_index": g.edge_index.astype(np.int64)}
+            start = time.perf_counter()
+            feeds.update(prepare_graph_inputs(model_proto, feeds))  # csr models: the sort, once per graph
+            seconds = time.perf_counter() - start
             check = None if qdq else (lambda out: f"max |diff| vs PyG {self.max_diff(out):.1e}")
             return Method(
                 lambda: session.run(None, feeds)[0],
                 n * f * (1 if qdq else 4),
-                feeds["edge_index"].nbytes,
+                sum(v.nbytes for k, v in feeds.items() if k != "x"),
                 onnx_bytes(model_proto),
                 n * h * (1 if qdq else 4),
+                seconds,
                 check=check,
             )
         if method in NATIVE_VARIANTS or method in NATIVE_ORDERED or method in NATIVE_UNFUSED:
@@ -1491,9 +1510,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.classes} classes, seeded random weights, eval mode. `pyg_fp32` = `model(x, edge_index)` "
             "(GCNConv normalises the graph on every call); `torch_csr_fp32` = A_hat @ (X W1) + b1, ReLU, "
             "A_hat @ (H W2) + b2 with A_hat = D^-1/2 (A+I) D^-1/2 built once per graph as a CSR tensor "
-            "(graph stage); `ort_fp32` / `ort_qdq_int8` = onnxruntime on the compiled FP32 ONNX and on the "
-            "onnx-qdq minmax INT8 model (Q/DQ on weights, activations and messages; both normalise the graph "
-            'in the graph on every run); `native_int8` = `backend="native"` with `skip_roles=["message"]` '
+            "(graph stage); `ort_fp32` / `ort_qdq_int8` / `ort_int8` = onnxruntime on the compiled FP32 ONNX, on the "
+            "onnx-qdq minmax INT8 model (Q/DQ on weights, activations and messages) and on the onnx-int model "
+            "(MatMulInteger, int32 aggregation); all normalise the graph in the graph on every run and "
+            "aggregate by destination-sorted segments (the sort inside the model); `_csr` = the same with "
+            "`--graph-input csr` (the sort order as an input, computed once per graph: graph stage); "
+            "`_scatter` = `onnx_aggregation=scatter`, the old element-wise ScatterElements export; "
+            '`native_int8` = `backend="native"` with `skip_roles=["message"]` '
             "(integer aggregation), `native_int8_msg` = with the per-edge message quantizer, `native_int4` / "
             "`native_int2` = integer aggregation at 4 / 2 bits; `NativeModel.run` on a prepared graph "
             "(graph stage = `prepare`: CSRs and quantized edge weights, once per graph), its steps fused "

@@ -14,12 +14,16 @@ cd "$(dirname "$0")/.."
 repo=$(pwd)
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 export QUANTGRAPH_DATA_ROOT="${QUANTGRAPH_DATA_ROOT:-$repo/../shared/data}"
+if [[ ! -d $QUANTGRAPH_DATA_ROOT/planetoid ]]; then  # without the data the Cora tests skip and the times lie
+    echo "time_readme: no planetoid/ under QUANTGRAPH_DATA_ROOT=$QUANTGRAPH_DATA_ROOT; export it (e.g. /work/shared/data)" >&2
+    exit 2
+fi
 REPEATS="${REPEATS:-3}"
 SKIP="${SKIP:-}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 qg=(python -m quantgraph.cli)
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo "?")
+commit=$(git describe --always --dirty 2>/dev/null || echo "?")
 day=$(date -u +%Y-%m-%d)
 cores=$(nproc)
 

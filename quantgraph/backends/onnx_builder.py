@@ -9,6 +9,7 @@ GraphModule twice gives the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from onnx import NodeProto, TensorProto, helper, numpy_helper
+from onnx import AttributeProto, NodeProto, TensorProto, helper, numpy_helper
 from torch import fx
 
 from quantgraph.errors import UnsupportedOpError
@@ -48,6 +49,18 @@ BROADCASTING_OPS = frozenset(
     "Add Sub Mul Div Pow Mod Max Min Where Equal Less LessOrEqual Greater GreaterOrEqual And Or Xor "
     "BitwiseAnd BitwiseOr BitwiseXor".split()
 )
+
+
+def with_subgraphs(nodes: Sequence[NodeProto]) -> list[NodeProto]:
+    """``nodes`` and every node of their subgraphs (``Loop`` bodies), outer first."""
+    out: list[NodeProto] = []
+    for node in nodes:
+        out.append(node)
+        for attr in node.attribute:
+            graphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs)
+            for graph in graphs:
+                out.extend(with_subgraphs(list(graph.node)))
+    return out
 
 
 def onnx_type(dtype: torch.dtype) -> int:
@@ -141,6 +154,8 @@ class QValue:
     name: str
     dtype: int
     rank: int
+    #: the stored integers minus ``offset`` are the IR's (a signed tensor stored as uint8 has offset 128)
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,6 +209,14 @@ class OnnxBuilder:
         self._same_shape_as: dict[str, str] = {}
         self._const_count = 0
         self.integer_storage = False  # integer backend: 2- to 4-bit values are stored in int8/uint8
+        #: backend options (``onnx_aggregation``, ``graph_input``, ``onnx_target``; see ``onnx_export``)
+        self.options: dict[str, Any] = {}
+        #: graph preparations of the segment aggregation by structural key (see ``onnx_segment``)
+        self.segment_preps: dict[tuple, Any] = {}
+        #: graph_input="csr": (model input, the TopK output it replaces) per sorted index
+        self.perm_inputs: list[tuple[str, str]] = []
+        self._keys: dict[str, str] = {}
+        self._producers: dict[str, NodeProto] = {}
 
     # ------------------------------------------------------------------ names and bookkeeping
     def reserve(self, name: str) -> str:
@@ -229,7 +252,7 @@ class OnnxBuilder:
         producer = next((n for n in self.nodes[start:] if old in n.output), None)
         if producer is None:
             return old
-        for n in self.nodes[start:]:
+        for n in with_subgraphs(self.nodes[start:]):
             for seq in (n.input, n.output):
                 for i, name in enumerate(seq):
                     if name == old:
@@ -248,6 +271,36 @@ class OnnxBuilder:
             (new if k == old else k): (new if v == old else v) for k, v in self._same_shape_as.items()
         }
         return new
+
+    def producer(self, name: str) -> NodeProto | None:
+        """The node that makes ``name`` (None for inputs and initializers)."""
+        if name not in self._producers:
+            self._producers = {o: n for n in self.nodes for o in n.output}
+        return self._producers.get(name)
+
+    def value_key(self, name: str) -> str:
+        """A digest of the expression computing ``name`` (equal for values computed the same way).
+
+        Leaves are graph inputs (by name) and initializers (constants by content, others by name), so two
+        layers that recompute the same edge index from the inputs get the same key.
+        """
+        if name in self._keys:
+            return self._keys[name]
+        tensor = self.initializers.get(name)
+        node = None if tensor is not None else self.producer(name)
+        if tensor is not None:
+            parts = ["const", tensor.data_type, list(tensor.dims), tensor.raw_data.hex()]
+            if not name.startswith("const_"):
+                parts = ["init", name]
+        elif node is None:
+            parts = ["input", name]
+        else:
+            attrs = [a.SerializeToString(deterministic=True).hex() for a in node.attribute]
+            inputs = [self.value_key(i) if i else "" for i in node.input]
+            parts = ["node", node.op_type, node.domain, attrs, inputs, list(node.output).index(name)]
+        key = hashlib.sha1(repr(parts).encode()).hexdigest()
+        self._keys[name] = key
+        return key
 
     # ------------------------------------------------------------------ emitting
     def op(
@@ -363,9 +416,12 @@ class OnnxBuilder:
             return self.attr(value)
         if isinstance(value, QValue):
             if value.name not in self._qcast_cache:
-                self._qcast_cache[value.name] = self.op(
+                ints = self.op(
                     "Cast", [value.name], dtype=TensorProto.INT32, rank=value.rank, to=TensorProto.INT32
                 )
+                if value.offset:
+                    ints = self.op("Sub", [ints, self.scalar(value.offset, TensorProto.INT32)])
+                self._qcast_cache[value.name] = ints
             return self._qcast_cache[value.name]
         raise TypeError(f"FX node {arg.name} does not hold a single tensor ({type(value).__name__})")
 

@@ -29,7 +29,7 @@ from onnx import TensorProto, helper
 from torch import fx
 
 import quantgraph
-from quantgraph.backends import onnx_int, onnx_qdq  # noqa: F401  (register the Q/DQ and integer lowerings)
+from quantgraph.backends import onnx_int, onnx_qdq, onnx_segment  # noqa: F401  (register the Q/DQ and integer lowerings)
 from quantgraph.backends.onnx_builder import (
     AttrRef,
     Lazy,
@@ -38,6 +38,7 @@ from quantgraph.backends.onnx_builder import (
     onnx_type,
     target_name,
     unsupported,
+    with_subgraphs,
 )
 from quantgraph.backends.onnx_ops import LOWERINGS, register
 from quantgraph.errors import InputError, QuantGraphError, UnsupportedOpError
@@ -45,6 +46,13 @@ from quantgraph.errors import InputError, QuantGraphError, UnsupportedOpError
 __all__ = ["DEFAULT_OPSET", "IR_VERSION", "LOWERINGS", "export_onnx", "register", "save_onnx"]
 
 DEFAULT_OPSET = 21
+#: export options and their choices (the first is the default); backends declare them as compile options
+ONNX_OPTION_CHOICES: dict[str, tuple[str, ...]] = {
+    "onnx_aggregation": onnx_segment.AGGREGATIONS,
+    "graph_input": onnx_segment.GRAPH_INPUTS,
+    "onnx_target": ("onnx", "ort"),
+}
+DEFAULT_OPTIONS = {key: choices[0] for key, choices in ONNX_OPTION_CHOICES.items()}
 IR_VERSION = 10  # the IR version of opset 21; onnx 1.23 would write 14, which onnxruntime 1.31 refuses
 
 
@@ -123,7 +131,7 @@ def _lower(ctx: OnnxBuilder, node: fx.Node) -> None:
     if isinstance(value, str):
         value = ctx.rename_output(value, node.name, start)
     elif isinstance(value, QValue):
-        value = QValue(ctx.rename_output(value.name, node.name, start), value.dtype, value.rank)
+        value = QValue(ctx.rename_output(value.name, node.name, start), value.dtype, value.rank, value.offset)
     elif not isinstance(value, tuple | list | Lazy | QValue):
         raise unsupported(node, f"its lowering returned {type(value).__name__}")
     ctx.env[node] = value
@@ -131,12 +139,23 @@ def _lower(ctx: OnnxBuilder, node: fx.Node) -> None:
 
 
 def _rename_everywhere(ctx: OnnxBuilder, old: str, new: str) -> None:
-    for n in ctx.nodes:
+    for n in with_subgraphs(ctx.nodes):
         for seq in (n.input, n.output):
             for i, name in enumerate(seq):
                 if name == old:
                     seq[i] = new
     ctx.info[new] = ctx.info.pop(old)
+
+
+def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
+    """Every name read inside ``node``'s subgraphs (``Loop`` bodies read outer values by name)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            for inner in graph.node:
+                names.update(i for i in inner.input if i)
+                names |= _subgraph_inputs(inner)
+    return names
 
 
 def _prune(ctx: OnnxBuilder, outputs: list[str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
@@ -147,6 +166,7 @@ def _prune(ctx: OnnxBuilder, outputs: list[str]) -> tuple[list[onnx.NodeProto], 
         if any(o in needed for o in n.output):
             kept.append(n)
             needed.update(i for i in n.input if i)
+            needed |= _subgraph_inputs(n)
     kept.reverse()
     return kept, [t for name, t in ctx.initializers.items() if name in needed]
 
@@ -163,6 +183,7 @@ def export_onnx(
     check: bool = True,
     integer: bool = False,
     output_shapes: Sequence[Sequence[Any] | None] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> onnx.ModelProto:
     """Lower ``graph_module`` to an ONNX model (see the module docstring for the conventions).
 
@@ -172,7 +193,21 @@ def export_onnx(
     ``example_inputs`` (one tensor per graph input, or a dict by input name) is only needed for placeholders without
     ``node.meta["val"]``; ``check`` runs ``onnx.checker.check_model(full_check=True)``; ``integer``
     stores every quantized tensor in 8-bit types (the integer backend's Gather/MatMulInteger need them).
+    ``options`` (:data:`ONNX_OPTIONS`): ``onnx_aggregation`` ``segment`` (default; race-free sorted
+    segments, see ``onnx_segment``) or ``scatter`` (element-wise ScatterElements, the old formulation);
+    ``graph_input`` ``edges`` (default: ``x, edge_index``) or ``csr`` (adds the destination-sorted edge
+    order of every aggregation index as inputs ``graph_perm_<i>``: ``onnx_segment.prepare_graph_inputs``);
+    ``onnx_target`` ``onnx`` (standard ops only, default) or ``ort`` (onnxruntime's com.microsoft ops allowed).
     """
+    options = {**DEFAULT_OPTIONS, **(options or {})}
+    for key, value in options.items():
+        if key not in DEFAULT_OPTIONS or value not in ONNX_OPTION_CHOICES[key]:
+            raise InputError(
+                f"ONNX export option {key}={value!r} is not valid",
+                f"use one of: {', '.join(f'{k} in {v}' for k, v in ONNX_OPTION_CHOICES.items())}",
+            )
+    if options["graph_input"] == "csr" and options["onnx_aggregation"] != "segment":
+        raise InputError("graph_input=csr needs onnx_aggregation=segment", "drop onnx_aggregation=scatter")
     if not 21 <= opset <= onnx.defs.onnx_opset_version():
         raise InputError(
             f"opset {opset} is not supported by the ONNX exporter",
@@ -193,6 +228,7 @@ def export_onnx(
 
     ctx = OnnxBuilder(graph_module)
     ctx.integer_storage = integer
+    ctx.options = dict(options)
     for name in [*input_names, *names]:
         ctx.reserve(name)
     inputs = []
@@ -251,6 +287,9 @@ def export_onnx(
         outputs.append(helper.make_tensor_value_info(out_name, elem_type, dims))
 
     nodes, initializers = _prune(ctx, names)
+    for perm, _ in ctx.perm_inputs:  # graph_input="csr"
+        if any(perm in n.input or perm in _subgraph_inputs(n) for n in nodes):
+            inputs.append(helper.make_tensor_value_info(perm, TensorProto.INT64, [f"{perm}_edges"]))
     onnx_graph = helper.make_graph(nodes, model_name, inputs, outputs, initializer=initializers)
     model = helper.make_model(
         onnx_graph,
@@ -260,6 +299,12 @@ def export_onnx(
     )
     model.ir_version = max(IR_VERSION, helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
     _complete_output_shapes(model)
+    used_perms = [(p, topk) for p, topk in ctx.perm_inputs if p in {i.name for i in inputs}]
+    if used_perms:
+        prep_nodes, prep_inits = _prune(ctx, [topk for _, topk in used_perms])
+        onnx_segment.attach_prep_model(
+            model, prep_nodes, prep_inits, [t for _, t in used_perms], [p for p, _ in used_perms]
+        )
     if check:
         onnx.checker.check_model(model, full_check=True)
     return model

@@ -22,6 +22,7 @@ import torch
 from onnx import TensorProto, helper
 from torch import fx
 
+from quantgraph.backends import onnx_segment
 from quantgraph.backends.onnx_builder import (
     INT64_MAX,
     Args,
@@ -1059,10 +1060,52 @@ def _index_put(ctx: OnnxBuilder, node: fx.Node) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- scatter family
+_SAME_VALUES_1D = (
+    "expand.default",
+    "view.default",
+    "reshape.default",
+    "_unsafe_view.default",
+    "clone.default",
+)
+
+
+def _unexpanded(ctx: OnnxBuilder, arg: Any) -> Any:
+    """The 1-D index under expands/views that change nothing (same traced shape), so layers share its sort."""
+    targets = {_resolve(t) for t in _SAME_VALUES_1D}
+    while isinstance(arg, fx.Node) and arg.target in targets and isinstance(arg.args[0], fx.Node):
+        inner = arg.args[0]
+        shape, inner_shape = ctx.meta_shape(arg), ctx.meta_shape(inner)
+        if shape is None or inner_shape is None or len(shape) != 1 or str(shape) != str(inner_shape):
+            break
+        arg = inner
+    return arg
+
+
+def _segment_add(ctx: OnnxBuilder, x: str, index: str, src: str) -> str:
+    """``x + segment_sum(src by index)`` along dim 0 (``index`` 1-D); the Add is skipped on a zero ``x``."""
+    total = onnx_segment.segment_reduce(ctx, src, index, ctx.shape(x, 0, 1), "sum")
+    producer = ctx.producer(x)
+    if (
+        producer is not None
+        and producer.op_type == "ConstantOfShape"
+        and onnx_segment.constant_fill(ctx, x) == 0
+    ):
+        return total
+    return ctx.op("Add", [x, total])
+
+
 @register("scatter_add")
 def _scatter_add(ctx: OnnxBuilder, node: fx.Node) -> str:
     a = Args(node)
     x = ctx.t(a.self)
+    if (
+        onnx_segment.enabled(ctx)
+        and a.dim in (0, -1)
+        and ctx.rank(x) == 1
+        and _same_shape(ctx, a.index, a.src)
+    ):
+        index = ctx.t(_unexpanded(ctx, a.index))
+        return _segment_add(ctx, x, index, ctx.cast(ctx.t(a.src), ctx.dtype(x)))
     src = _updates_like_index(ctx, a.index, a.src, ctx.cast(ctx.t(a.src), ctx.dtype(x)))
     return ctx.op("ScatterElements", [x, ctx.t(a.index), src], axis=a.dim, reduction="add")
 
@@ -1099,6 +1142,8 @@ def _index_add(ctx: OnnxBuilder, node: fx.Node) -> str:
     x = ctx.t(a.self)
     source = ctx.cast(ctx.t(a.source), ctx.dtype(x))
     source = _scale_by(ctx, source, a.alpha, ctx.dtype(x))
+    if onnx_segment.enabled(ctx) and _norm(a.dim, ctx.rank(x)) == 0:
+        return _segment_add(ctx, x, ctx.t(_unexpanded(ctx, a.index)), source)
     index = _index_along(ctx, ctx.t(a.index), source, a.dim)
     return ctx.op("ScatterElements", [x, index, source], axis=a.dim, reduction="add")
 
@@ -1304,9 +1349,37 @@ def _qg_gather(ctx: OnnxBuilder, node: fx.Node) -> str | QValue:
         index = ctx.t(node.args[1])
         rank = stored.rank - 1 + ctx.rank(index)
         gathered = ctx.op("Gather", [stored.name, index], dtype=stored.dtype, rank=rank, axis=0)
-        return QValue(gathered, stored.dtype, rank)
+        return QValue(gathered, stored.dtype, rank, stored.offset)
     src, index = ctx.t(node.args[0]), ctx.t(node.args[1])
-    return ctx.op("Gather", [src, index], rank=ctx.rank(src) - 1 + ctx.rank(index), axis=0)
+    rank = ctx.rank(src) - 1 + ctx.rank(index)
+    dq = ctx.producer(src)
+    if (
+        dq is not None
+        and dq.op_type == "DequantizeLinear"
+        and _per_tensor(ctx, dq)
+        and _feeds_linear(node.args[0])
+    ):
+        # gather the integers, then dequantize (equal values): the DequantizeLinear then feeds only the
+        # linear layer, which onnxruntime fuses into QGemm (SAGE's root weight reads the same rows).
+        # Not otherwise: a QuantizeLinear read by a Gather stops onnxruntime fusing the layer before it.
+        rows = ctx.op("Gather", [dq.input[0], index], rank=rank, axis=0)
+        return ctx.op("DequantizeLinear", [rows, *dq.input[1:]], dtype=ctx.dtype(src), rank=rank)
+    return ctx.op("Gather", [src, index], rank=rank, axis=0)
+
+
+_LINEAR_TARGETS = ("linear.default", "addmm.default", "mm.default", "matmul.default")
+
+
+def _feeds_linear(arg: Any) -> bool:
+    """Whether the FX value ``arg`` is also an input of a linear layer."""
+    targets = {_resolve(t) for t in _LINEAR_TARGETS}
+    return isinstance(arg, fx.Node) and any(user.target in targets for user in arg.users)
+
+
+def _per_tensor(ctx: OnnxBuilder, node: Any) -> bool:
+    """A Q/DQ node with 0-d scale and zero point (its parameters do not depend on the row)."""
+    params = [i for i in node.input[1:] if i]
+    return all(name in ctx.initializers and not ctx.initializers[name].dims for name in params)
 
 
 @register(qg_ops.SCATTER)
@@ -1319,6 +1392,9 @@ def _qg_scatter(ctx: OnnxBuilder, node: fx.Node) -> str:
     src, index = ctx.t(src_arg), ctx.cast(ctx.t(index_arg), INT64)
     dtype, rank = ctx.dtype(src), ctx.rank(src)
     rows = ctx.size_list([num_nodes])
+    if onnx_segment.enabled(ctx):
+        index = ctx.t(_unexpanded(ctx, index_arg))
+        return onnx_segment.segment_reduce(ctx, src, index, rows, reduce)
     out_shape = (
         rows if rank == 1 else ctx.op("Concat", [rows, ctx.shape(src, 1)], dtype=INT64, rank=1, axis=0)
     )

@@ -190,6 +190,12 @@ def _quantize(ctx: OnnxBuilder, node: fx.Node) -> QValue | str:
         chosen = next(t for t in QTYPES if t[0] == BYTE_OF[chosen[0]])
     qtype, tmin, tmax = chosen
     axis = int(axis or 0)
+    offset = 0
+    if qtype == TensorProto.INT8 and not per_axis and not ctx.integer_storage and _gathered_and_linear(node):
+        # stored as uint8 (+128, the same values): onnxruntime fuses a linear layer on int8 activations only
+        # after converting its Q/DQ pair to uint8, which it cannot do when the Q also feeds a Gather (SAGE)
+        offset, (qtype, tmin, tmax) = 128, QTYPES[3]
+        zp64, qmin64, qmax64 = zp64 + offset, qmin64 + offset, qmax64 + offset
 
     weight = ctx.attr_tensor(x_arg)
     if weight is not None and weight.is_floating_point():  # constant: fold the integers into the file
@@ -213,7 +219,17 @@ def _quantize(ctx: OnnxBuilder, node: fx.Node) -> QValue | str:
         _unclip(ctx, x)
     inputs = [x, ctx.const(scale_np, FLOAT), ctx.const(zp64.numpy(), qtype)]
     out = ctx.op("QuantizeLinear", inputs, dtype=qtype, rank=rank, axis=axis if per_axis else None)
-    return QValue(out, qtype, rank)
+    return QValue(out, qtype, rank, offset)
+
+
+_LINEAR_TARGETS = ("linear.default", "addmm.default", "mm.default", "matmul.default")
+
+
+def _gathered_and_linear(node: fx.Node) -> bool:
+    """Whether the dequantized value of this quantize feeds both a linear layer and an IR gather."""
+    linear = {getattr(torch.ops.aten, t.split(".")[0]).default for t in _LINEAR_TARGETS}
+    readers = [u for dq in node.users if dq.target == qg_ops.DEQUANTIZE for u in dq.users]
+    return any(u.target in linear for u in readers) and any(u.target == qg_ops.GATHER for u in readers)
 
 
 @register(qg_ops.DEQUANTIZE)
@@ -230,6 +246,7 @@ def _dequantize(ctx: OnnxBuilder, node: fx.Node) -> str:
     name, qtype, rank = None, None, None
     if isinstance(source, QValue):
         name, qtype, rank = source.name, source.dtype, source.rank
+        zp64 = zp64 + source.offset
     else:
         ints = ctx.attr_tensor(q_arg)
         if ints is not None and not ints.is_floating_point() and ints.numel():

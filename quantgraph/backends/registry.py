@@ -70,6 +70,33 @@ def _fp32_onnx_size(compiled: CompiledModel) -> int:
     return len(compiled.to_onnx(quantized=False).SerializeToString())
 
 
+#: ONNX export options (``--option onnx_aggregation=scatter``, ``--graph-input csr``, ``--onnx-target ort``)
+ONNX_OPTIONS = (
+    Option(
+        "onnx_aggregation",
+        str,
+        "segment",
+        "segment: destination-sorted segment sums/max (race-free, fast); scatter: element-wise ScatterElements",
+        choices=("segment", "scatter"),
+    ),
+    Option(
+        "graph_input",
+        str,
+        "edges",
+        "edges: the model takes x, edge_index and sorts inside; csr: it also takes graph_perm_<i> "
+        "(the destination-sorted edge order, `quantgraph prepare-graph`)",
+        choices=("edges", "csr"),
+    ),
+    Option(
+        "onnx_target",
+        str,
+        "onnx",
+        "onnx: standard ONNX ops only; ort: onnxruntime's com.microsoft ops allowed",
+        choices=("onnx", "ort"),
+    ),
+)
+
+
 class OnnxQDQBackend(Backend):
     name = "onnx-qdq"
     description = "ONNX QuantizeLinear/DequantizeLinear around float ops, checked in onnxruntime"
@@ -79,6 +106,7 @@ class OnnxQDQBackend(Backend):
     #: optimisation) rounds a float Gemm bias that way, so a float bias in the IR would differ from onnxruntime
     #: by up to half an accumulator step (GIN on Cora: one output step on 0.4% of the logits; docs/security.md)
     passes: ClassVar[tuple[str, ...]] = ("quantize-bias",)
+    options = ONNX_OPTIONS
     #: also compare onnxruntime's integers with the IR's at every quantize point
     compare_integers = False
 

@@ -59,12 +59,23 @@ def run_onnx(session, inputs: dict[str, torch.Tensor], time_limit: float | None 
     return torch.from_numpy(np.asarray(out[0]))
 
 
+def with_prepared_graph(model: onnx.ModelProto, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``inputs`` plus a ``graph_input="csr"`` model's prepared-graph inputs (computed once per graph)."""
+    from quantgraph.backends.onnx_segment import prepare_graph_inputs
+
+    prepared = prepare_graph_inputs(model, inputs)
+    return {**inputs, **{k: torch.from_numpy(np.asarray(v)) for k, v in prepared.items()}}
+
+
 def check_onnx_inputs(session, data: GraphData, where: object = "the model") -> None:
     """Refuse data the model cannot take: a missing input, or node features of another width."""
+    from quantgraph.backends.onnx_segment import PERM_PREFIX
     from quantgraph.errors import InputError
 
     inputs = data.inputs()
     for arg in session.get_inputs():
+        if arg.name.startswith(PERM_PREFIX):  # prepared from the graph by with_prepared_graph
+            continue
         if arg.name not in inputs:
             raise InputError(
                 f"{where} needs an input '{arg.name}' that {data.name} does not have",
@@ -113,6 +124,7 @@ def compare_integers(
     }
     probe = integer_outputs(model, list(points))
     expected = compiled.integer_values(inputs)
+    inputs = with_prepared_graph(model, inputs)
     mismatched: dict[str, int] = {}
     compared = 0
     for threads in VERIFY_THREADS:
@@ -146,7 +158,8 @@ def verify_onnx(model: onnx.ModelProto, compiled: CompiledModel, data: GraphData
         ) from err
     inputs = data.inputs()
     ir_logits = compiled.run(inputs)
-    per_thread = {t: run_onnx(ort_session(model, t), inputs) for t in VERIFY_THREADS}
+    feeds = with_prepared_graph(model, inputs)
+    per_thread = {t: run_onnx(ort_session(model, t), feeds) for t in VERIFY_THREADS}
     # the report's figures are the worst over the thread counts
     ort_logits = max(per_thread.values(), key=lambda out: float(_worst_error(out, ir_logits)))
     thread_mismatch = {t: int((out != per_thread[VERIFY_THREADS[0]]).sum()) for t, out in per_thread.items()}

@@ -44,7 +44,7 @@ ALLOWED_OPS = frozenset(
                 "log_softmax.int", "_log_softmax.default", "mm.default", "addmm.default", "matmul.default",
                 "linear.default", "scatter_add.default", "scatter_reduce.two", "item.default",
                 "sym_size.int", "_to_copy.default", "to.dtype", "clone.default", "alias.default",
-                "round.default", "floor.default", "detach.default",
+                "round.default", "floor.default", "detach.default", "linalg_vector_norm.default",
                 "argmin.default",  # A²Q's NNS group choice
             )
         ),

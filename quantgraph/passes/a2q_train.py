@@ -3,6 +3,8 @@
 * Optimiser (Adam), as the official ``node_level_1.py``: the model's weights and biases at ``lr`` with
   ``weight_decay``; weight scales, XW scales, feature scales and feature bits at their own learning rates,
   without weight decay. Defaults are the official README's GCN-Cora command.
+* Node-level tasks train full batch; graph-level tasks in mini-batches (``batch_size``) with the task
+  gradient everywhere (no Local Gradient), as the official graph-level scripts.
 * Local Gradient: in node-level tasks the feature quantizers (node features and XW) learn from
   ``E_i = (1/d)‖x̂_i - x_i‖₁`` instead of the task loss (:class:`~quantgraph.ir.a2q_quantizer.A2QRound`).
 * Memory penalty: layer l's feature memory ``M_l = d_l · Σ_i |b̂_i|`` (unrounded bits) against its budget
@@ -36,8 +38,8 @@ from quantgraph.options import SEED, Option
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
 from quantgraph.passes.prepare_qat import fake_quant_nodes, require_fake_quant
 from quantgraph.passes.registry import register_pass
-from quantgraph.passes.train_qat import EPOCHS, LR, WEIGHT_DECAY, require_labelled_task
-from quantgraph.training import accuracy
+from quantgraph.passes.train_qat import BATCH_SIZE, EPOCHS, LR, WEIGHT_DECAY, require_labelled_task
+from quantgraph.training import accuracy, collate_graphs
 
 KB = 8.0 * 1024.0  # bits per KB
 
@@ -46,6 +48,7 @@ A2Q_TRAIN_OPTIONS = (
     LR,
     WEIGHT_DECAY,
     SEED,
+    BATCH_SIZE,
     Option("target_bits", float, 3.0, "A²Q budget: average stored bits of each layer's node features"),
     Option("a2q_penalty", float, 2.5, "weight a of the memory penalty a·ReLU(M - M_target)²", minimum=0),
     Option("a2q_lr_bits", float, 0.1, "learning rate of the feature bits", minimum=0),
@@ -155,7 +158,72 @@ def param_groups(gm: fx.GraphModule, points: list[A2QPoint], opts: dict) -> list
     return groups
 
 
-def bit_report(memory: FeatureMemory, points: list[A2QPoint], x: Tensor, edge_index: Tensor) -> dict:
+class NodeTask:
+    """Full-batch node classification: the train mask's logits; validation on the val mask."""
+
+    def __init__(self, gm: fx.GraphModule, data) -> None:
+        self.gm, self.data = gm, data
+
+    def train_batches(self):
+        d = self.data
+        yield self.gm(d.x, d.edge_index)[0][d.train_mask], d.y[d.train_mask]
+
+    def validate(self, memory: FeatureMemory) -> tuple[float, float, list[float]]:
+        d = self.data
+        out = self.gm(d.x, d.edge_index)[0]
+        loss = F.cross_entropy(out[d.val_mask], d.y[d.val_mask]).item()
+        bits = [float(m) * KB / max(r * w, 1) for m, r, w in memory.per_layer(True)]
+        return accuracy(out, d.y, d.val_mask), loss, bits
+
+    def report_graph(self) -> tuple[Tensor, Tensor]:
+        self.gm(self.data.x, self.data.edge_index)
+        return self.data.x, self.data.edge_index
+
+
+class GraphTask:
+    """Mini-batch graph classification (graphs reshuffled every epoch); validation on the val graphs."""
+
+    def __init__(self, gm: fx.GraphModule, graphs: dict, batch_size: int) -> None:
+        self.gm, self.train, self.val, self.batch_size = gm, graphs["train"], graphs["val"], batch_size
+
+    def _batches(self, graphs, order):
+        for i in range(0, len(order), self.batch_size):
+            yield collate_graphs([graphs[j] for j in order[i : i + self.batch_size]])
+
+    def train_batches(self):
+        for b in self._batches(self.train, torch.randperm(len(self.train)).tolist()):
+            yield self.gm(b.x, b.edge_index, b.batch)[0], b.y
+
+    def validate(self, memory: FeatureMemory) -> tuple[float, float, list[float]]:
+        correct, loss, count, bits, values = 0, 0.0, 0, None, None
+        for b in self._batches(self.val, list(range(len(self.val)))):
+            out = self.gm(b.x, b.edge_index, b.batch)[0]
+            correct += int((out.argmax(-1) == b.y).sum())
+            loss += F.cross_entropy(out, b.y, reduction="sum").item()
+            count += int(b.y.numel())
+            layers = memory.per_layer(True)
+            batch_bits = [float(m) * KB for m, _r, _w in layers]
+            batch_values = [r * w for _m, r, w in layers]
+            bits = batch_bits if bits is None else [a + c for a, c in zip(bits, batch_bits, strict=True)]
+            values = (
+                batch_values if values is None else [a + c for a, c in zip(values, batch_values, strict=True)]
+            )
+        mean_bits = [b / max(v, 1) for b, v in zip(bits or [], values or [], strict=True)]
+        return correct / max(count, 1), loss / max(count, 1), mean_bits
+
+    def report_graph(self) -> tuple[Tensor, Tensor]:
+        b = collate_graphs(self.train)
+        self.gm(b.x, b.edge_index, b.batch)
+        return b.x, b.edge_index
+
+
+def bit_report(
+    memory: FeatureMemory,
+    points: list[A2QPoint],
+    x: Tensor,
+    edge_index: Tensor,
+    input_points: frozenset[str] = frozenset({"x"}),
+) -> dict:
     """:func:`~quantgraph.a2q_report.a2q_summary` of the bits of the last forward pass."""
     degree = in_degree(edge_index, int(x.shape[0]))
     layers = []
@@ -166,13 +234,13 @@ def bit_report(memory: FeatureMemory, points: list[A2QPoint], x: Tensor, edge_in
         bits = memory.row_bits(p, rounded=True).detach()
         node_degree = degree if rows == degree.numel() else torch.zeros(rows, dtype=torch.long)
         layers.append(layer_summary(p.source, bits, width, not bool(p.module.seen_negative), node_degree))
-    input_quantized = any(p.source == "x" for p in memory.features)
+    input_quantized = any(p.source in input_points for p in memory.features)
     return a2q_summary(layers, 0 if input_quantized else int(x.numel()))
 
 
 @register_pass
 class A2QTrainPass(PassBase):
-    """Train A²Q's quantizers and the model on the node task, keep the best budget-meeting epoch."""
+    """Train A²Q's quantizers and the model (node or graph task), keep the best budget-meeting epoch."""
 
     name = "a2q-train"
     description = "A²Q training: per-kind learning rates, Local Gradient, memory budget, validation selection"
@@ -181,10 +249,13 @@ class A2QTrainPass(PassBase):
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         require_fake_quant(gm, self.name)
         require_labelled_task(ctx)
-        if ctx.task_data.get("node") is None:
+        per_node = [
+            p for p in a2q_points(gm) if p.kind == "features" and not isinstance(p.module, A2QNNSQuantizer)
+        ]
+        if ctx.task_data.get("graphs") is not None and per_node:
             raise InputError(
-                "a2q-train trains node-classification models only",
-                "compile a node-level model (graph-level A²Q is not implemented yet)",
+                "per-node A²Q parameters belong to one graph, but this is a graph-classification task",
+                "use --policy a2q-nns (the Nearest-Neighbour Strategy serves any graph)",
             )
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
@@ -194,37 +265,38 @@ class A2QTrainPass(PassBase):
         wd = float(opts["weight_decay"] if opts["weight_decay"] is not None else 0.02)
         if not (math.isfinite(target) and target >= 1.0):
             raise InputError(f"target_bits={target!r} is invalid", "use a finite target_bits >= 1")
-        data = ctx.task_data["node"]
+        task = NodeTask(gm, ctx.task_data["node"]) if ctx.task_data.get("graphs") is None else None
+        if task is None:
+            task = GraphTask(gm, ctx.task_data["graphs"], int(opts["batch_size"]))
         points = a2q_points(gm)
+        local = bool(opts["a2q_local_gradient"]) and isinstance(task, NodeTask)  # graph tasks: task gradient
         for p in points:
-            p.module.local_gradient = bool(opts["a2q_local_gradient"]) and p.kind in ("features", "xw")
+            p.module.local_gradient = local and p.kind in ("features", "xw")
         memory = FeatureMemory(points)
         optimizer = torch.optim.Adam(param_groups(gm, points, opts), lr=lr, weight_decay=wd)
         torch.manual_seed(int(opts["seed"]))
-        x, edge_index, y = data.x, data.edge_index, data.y
         start = time.perf_counter()
         best_key: tuple[float, float, float] | None = None  # (overshoot clipped at 0, -acc, loss)
         best_state, best_epoch, history = None, 0, []
         for epoch in range(1, epochs + 1):
             gm.train()
-            optimizer.zero_grad()
-            logits = gm(x, edge_index)[0]
-            task_loss = F.cross_entropy(logits[data.train_mask], y[data.train_mask])
-            penalty = weight * memory.penalty(target)
-            (task_loss + penalty).backward()
-            optimizer.step()
+            task_loss, penalty = 0.0, 0.0
+            for logits, y in task.train_batches():
+                optimizer.zero_grad()
+                loss = F.cross_entropy(logits, y)
+                pen = weight * memory.penalty(target)
+                (loss + pen).backward()
+                optimizer.step()
+                task_loss, penalty = task_loss + loss.item(), penalty + float(pen.detach())
             gm.eval()
             with torch.no_grad():
-                out = gm(x, edge_index)[0]
-                val_acc = accuracy(out, y, data.val_mask)
-                val_loss = F.cross_entropy(out[data.val_mask], y[data.val_mask]).item()
-                over = memory.overshoot(target)
-                mean_bits = [float(m) * KB / max(r * w, 1) for m, r, w in memory.per_layer(True)]
+                val_acc, val_loss, mean_bits = task.validate(memory)
+            over = max((b - target for b in mean_bits), default=0.0)
             history.append(
                 {
                     "epoch": float(epoch),
-                    "loss": task_loss.item(),
-                    "penalty": float(penalty.detach()),
+                    "loss": task_loss,
+                    "penalty": penalty,
                     "val_acc": val_acc,
                     "val_loss": val_loss,
                     "bits": [round(b, 4) for b in mean_bits],
@@ -237,9 +309,10 @@ class A2QTrainPass(PassBase):
         if best_state is not None:
             gm.load_state_dict(best_state)
         gm.eval()
-        with torch.no_grad():
-            gm(x, edge_index)  # the kept epoch's bits (and NNS groups) on the training graph
-        ctx.report["a2q"] = bit_report(memory, points, x, edge_index)
+        with torch.no_grad():  # the kept epoch's bits (and NNS groups) on the training graph(s)
+            x, edge_index = task.report_graph()
+        inputs = frozenset({"x"} | {n.name for n in gm.graph.nodes if n.meta.get(ROLE_KEY) == Role.INPUT})
+        ctx.report["a2q"] = bit_report(memory, points, x, edge_index, inputs)
         ctx.report["a2q_train"] = {
             "best_epoch": best_epoch,
             "val_acc": -best_key[1] if best_key else math.nan,
@@ -249,7 +322,7 @@ class A2QTrainPass(PassBase):
             "lr": lr,
             "weight_decay": wd,
             "learning_rates": {k: v for k, v in opts.items() if k.startswith("a2q_lr")},
-            "local_gradient": bool(opts["a2q_local_gradient"]),
+            "local_gradient": local,
             "seconds": round(time.perf_counter() - start, 2),
             "history": history,
         }
