@@ -26,7 +26,7 @@ ATEN_OPS = frozenset(
     empty empty_like eq erf exp expand expand_as expm1 fill flatten flip floor floor_divide fmod full full_like
     gather ge gelu glu group_norm gt hardsigmoid hardswish hardtanh index index_add index_copy index_fill index_put
     index_reduce index_select instance_norm isfinite isinf isnan item layer_norm le leaky_relu lift_fresh_copy
-    linear log log1p log_softmax logical_and logical_not logical_or logical_xor logsumexp lt masked_fill
+    linalg_vector_norm linear log log1p log_softmax logical_and logical_not logical_or logical_xor logsumexp lt masked_fill
     masked_scatter masked_select matmul max maximum mean min minimum mish mm mul nan_to_num narrow native_batch_norm
     native_dropout native_group_norm native_layer_norm ne neg new_empty new_full new_ones new_zeros nonzero norm
     ones ones_like permute pow prelu prod reciprocal relu relu6 remainder repeat repeat_interleave reshape round

@@ -13,7 +13,7 @@ import torch
 from quantgraph.cli import main
 from quantgraph.errors import InputError
 from quantgraph.frontend import load_model
-from quantgraph.models import build_model
+from quantgraph.models import ARCHITECTURES, build_model
 
 from .payloads import marker_pickle, marker_torch_save, rewrite_zip, zip_root
 
@@ -219,3 +219,18 @@ def test_pt2_op_allow_list_admits_the_zoo_and_refuses_other_libraries():
     for name in ("torch.ops.aten.from_file.default", "torch.ops.aten.set_.source_Storage",
                  "torch.ops.mylib.run.default", "torch.ops.higher_order.cond", "builtins.eval"):  # fmt: skip
         assert not allowed(name), name
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_zoo_architecture_exports_within_the_allow_list(arch):
+    """A new zoo model whose export needs another op must add it to pt2_ops.ATEN_OPS (and say why)."""
+    from quantgraph.frontend.pt2_ops import allowed, target_name
+
+    model = build_model(arch, 6, 3).eval()
+    x, edge_index = torch.randn(10, 6), torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 0, 0]])
+    try:
+        ep = torch.export.export(model, (x, edge_index))
+    except Exception:  # graph-level models also take the graph index of each node
+        ep = torch.export.export(model, (x, edge_index, torch.zeros(10, dtype=torch.long)))
+    called = {target_name(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert not {t for t in called if not allowed(t)}
