@@ -81,10 +81,11 @@ def test_checkpoint_without_checksum_loads_with_one_warning_line(checkpoint, tmp
 
 
 @pytest.mark.parametrize("backend", ["onnx-qdq", "native"])
-def test_features_that_overflow_the_scale_are_an_error_naming_the_tensor(
-    checkpoint, tmp_path, capsys, backend
-):
-    """±3.4e38 features: max - min overflows float32, the scale would be inf and every output 0."""
+def test_features_that_overflow_the_scale_are_an_error_naming_the_tensor(tmp_path, capsys, backend):
+    """±3.4e38 features: max - min overflows float32, the scale would be inf and every output 0. (A model that
+    row-normalises its features inside has finite inputs to its first quantization point: raw features here.)"""
+    checkpoint = tmp_path / "raw.pt"
+    save_checkpoint(checkpoint, build_model("gcn", 8, 3, normalize_features=False))
     data = make_csbm(num_nodes=60, num_features=8, seed=0)
     x = data.x.numpy().copy()
     x[0, 0], x[1, 0] = 3.4e38, -3.4e38
