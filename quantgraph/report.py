@@ -117,6 +117,18 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             f"{bitops['fp32_bitops']:.3g}",
             f"{bitops['bitops']:.3g} (÷{bitops['reduction']:.1f})",
         )
+        mixq_bitops = bitops.get("mixq_convention")
+        if mixq_bitops:
+            table.add_row(
+                "BitOPs (MixQ-GNN: ops × mean module bits)",
+                f"{mixq_bitops['fp32_bitops']:.3g}",
+                f"{mixq_bitops['bitops']:.3g} (÷{mixq_bitops['reduction']:.1f})",
+            )
+    average = report.get("average_bits")
+    if average:
+        table.add_row("average bits (ours: over quantized elements)", "32", f"{average['elements']:.2f}")
+        table.add_row("average bits (A²Q: layers' node features)", "32", f"{average['a2q']:.2f}")
+        table.add_row("average bits (SGQuant: memory of all tensors)", "32", f"{average['sgquant']:.2f}")
     integer = report.get("integer")
     if integer:
         folded = len(integer["folded"])

@@ -1,9 +1,14 @@
 """Reproduction table: train zoo models over seeds, compile them with quantization methods, report
-onnxruntime test accuracy as mean ± std, and write docs/results.md + docs/results.json.
+onnxruntime test accuracy as mean ± std, and write ``<out>.md`` + ``<out>.json``.
 
-Example (the command behind docs/results.md):
+Example:
 
-    python tools/reproduce.py --datasets cora,citeseer --archs gcn,gat,gin,sage --seeds 10
+    python tools/reproduce.py --datasets cora,citeseer --archs gcn,gat,gin,sage --seeds 10 --methods fp32
+
+``--out`` defaults to a new ``docs/results_run/run-<UTC time>`` (never ``docs/results.md``, which is
+written by hand from these tables and the per-seed logs; ``--out docs/results`` is refused). Each row
+also gets the bit accounting of every convention (ours, A²Q's, SGQuant's average bits; our and
+MixQ-GNN's BitOPs reduction), averaged over seeds.
 
 Checkpoints are selected on validation accuracy, never on test. Each method row is the accuracy of
 the exported ONNX model in onnxruntime.
@@ -76,9 +81,27 @@ def _compiled(policy: str, bits: int, **options) -> Callable:
             task_data=task.task_data(),
         )
         compiled.export_onnx(tmp / "m.onnx", task.data)
-        return compiled.report["accuracy"]["onnx"]
+        return {"acc": compiled.report["accuracy"]["onnx"], **bit_figures(compiled.report)}
 
     return run
+
+
+#: per-seed figures of a quantized model beside its accuracy (``<method> <key>`` in the logs)
+BIT_FIGURES = ("bits_elements", "bits_a2q", "bits_sgquant", "bitops_ours_x", "bitops_mixq_x")
+
+
+def bit_figures(report: dict) -> dict[str, float]:
+    """The bit accounting of a compile report in every convention (empty for FP32)."""
+    average = report.get("average_bits")
+    if not average:
+        return {}
+    return {
+        "bits_elements": average["elements"],
+        "bits_a2q": average["a2q"],
+        "bits_sgquant": average["sgquant"],
+        "bitops_ours_x": report["bitops"]["reduction"],
+        "bitops_mixq_x": report["bitops"]["mixq_convention"]["reduction"],
+    }
 
 
 METHODS: dict[str, Method] = {
@@ -117,6 +140,7 @@ def _mixq(lam: float) -> Callable:
             "acc": compiled.report["accuracy"]["onnx"],
             "bits": compiled.report["mixq"]["average_bits"],
             "bitops_x": compiled.report["bitops"]["reduction"],
+            **bit_figures(compiled.report),
         }
 
     return run
@@ -263,6 +287,7 @@ def table_rows(per_cell: dict[tuple[str, str, str], list[float]]) -> list[dict]:
                 "method": name,
                 "bits": _bits(per_cell, dataset, arch, name),
                 "bitops_reduction": _mean_or_none(per_cell.get((dataset, arch, f"{name} bitops_x"))),
+                **{k: _mean_or_none(per_cell.get((dataset, arch, f"{name} {k}"))) for k in BIT_FIGURES},
                 "memory_reduction": _mean_or_none(per_cell.get((dataset, arch, f"{name} mem_x"))),
                 "mean": mean,
                 "std": std,
@@ -290,16 +315,33 @@ def render_markdown(results: dict, command: str) -> str:
         "Test accuracy (%) of the exported ONNX model in onnxruntime, mean ± std over "
         f"{results['seeds']} seeds (checkpoints selected on validation accuracy).",
         "",
-        "| dataset | arch | method | bits | accuracy | Δ vs fp32 | seeds |",
-        "|---|---|---|---|---|---|---|",
+        "Average bits: ours (over quantized elements) / A²Q (layers' node features) / SGQuant (memory of "
+        "all tensors); BitOPs reduction vs FP32: ours (MACs × operand bits) / MixQ-GNN (ops × mean module "
+        'bits). Formulas: docs/results.md, "Bit accounting".',
+        "",
+        "| dataset | arch | method | bits | avg bits ours / A²Q / SGQuant | BitOPs ÷ ours / MixQ | accuracy "
+        "| Δ vs fp32 | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         delta = "" if row["method"] == "fp32" else f"{row['delta']:+.2f}"
         lines.append(
             f"| {row['dataset']} | {row['arch']} | {_method_label(row)} | {row['bits']} | "
+            f"{_figures(row, ('bits_elements', 'bits_a2q', 'bits_sgquant'))} | "
+            f"{_figures(row, ('bitops_ours_x', 'bitops_mixq_x'), fallback='bitops_reduction')} | "
             f"{row['mean']:.2f} ± {row['std']:.2f} | {delta} | {row['seeds']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _figures(row: dict, keys: tuple[str, ...], fallback: str | None = None) -> str:
+    """``a / b / c`` of the row's figures; blank when the logs have none (FP32, older logs)."""
+    values = [row.get(k) for k in keys]
+    if values[0] is None and fallback is not None:
+        values[0] = row.get(fallback)
+    if all(v is None for v in values):
+        return ""
+    return " / ".join("–" if v is None else f"{v:.2f}" for v in values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,11 +353,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. seeds-1")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--out", default="docs/results")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output stem (<out>.md, <out>.json); default: a new docs/results_run/run-<UTC time>",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--from-logs", nargs="+", help="only rebuild the table from the printed per-seed lines")
     args = p.parse_args(argv)
     command = "python tools/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    out = output_stem(args.out)
+    if out is None:
+        print(
+            "error: --out would overwrite docs/results.md (hand-written from the tables and logs); "
+            "pass another --out, e.g. docs/results_run/NAME",
+            file=sys.stderr,
+        )
+        return 2
     if args.from_logs:
         results = {
             "command": command,
@@ -325,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": 0.0,
             "rows": table_rows(parse_logs(args.from_logs)),
         }
-        _write(Path(args.out), results, command)
+        _write(out, results, command)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -357,11 +411,24 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - start,
         "rows": rows,
     }
-    _write(Path(args.out), results, command)
+    _write(out, results, command)
     return 0
 
 
+def output_stem(out: str | None) -> Path | None:
+    """Where to write: ``out`` without a ``.md``/``.json`` suffix, a new run file by default; None when it
+    would be docs/results.md itself."""
+    if out is None:
+        return Path("docs/results_run") / time.strftime("run-%Y%m%d-%H%M%S", time.gmtime())
+    stem = Path(out)
+    stem = stem.with_suffix("") if stem.suffix in (".md", ".json") else stem
+    if stem.resolve() == (Path(__file__).resolve().parents[1] / "docs" / "results").resolve():
+        return None
+    return stem
+
+
 def _write(out: Path, results: dict, command: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out.with_suffix(".json"), results)
     atomic_write_bytes(out.with_suffix(".md"), render_markdown(results, command).encode())
     print(render_markdown(results, command))
