@@ -247,3 +247,237 @@ def count_bitops(gm: fx.GraphModule, input_names: Sequence[str], inputs: dict[st
         "macs": sum(t.macs for t in terms),
         "per_op": rows,
     }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Conventions of the papers, beside ours (docs/results.md, "Bit accounting"). Plain functions over a
+# quantized graph module (Q/DQ form or fake-quant modules) and the shapes of one run.
+
+#: FP32 op counts per element as MixQ-GNN's ``torch_operation_counter`` counts them
+_MIXQ_ACTIVATIONS = {
+    aten.relu.default: 2,
+    aten.relu_.default: 2,
+    aten.elu.default: 4,
+    aten.leaky_relu.default: 4,
+}
+
+
+def output_point(node: fx.Node, gm: fx.GraphModule) -> fx.Node | None:
+    """The quantizer that reads ``node``'s value (through transparent ops), if any."""
+    frontier, seen = [node], set()
+    while frontier:
+        current = frontier.pop(0)
+        for user in current.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            if (
+                user.target == QUANTIZE
+                or user.op == "call_module"
+                and is_quantizer(gm.get_submodule(user.target))
+            ):
+                return user
+            if _through(user, gm) is current:
+                frontier.append(user)
+    return None
+
+
+def _mean_bits(bits: Sequence[float]) -> float:
+    return sum(bits) / len(bits) if bits else float(FP32_BITS)
+
+
+def mixq_terms(gm: fx.GraphModule, shapes: dict[str, torch.Size]) -> list[dict[str, Any]]:
+    """MixQ-GNN's modules with their FP32 op counts and the bitwidths they average.
+
+    * linear ``rows x in x out``: the bits of its input, weight and output quantizers;
+    * aggregation (``sum``/``mean`` scatter of node features): ``2·E·F`` ops (``mean``: ``4·E·F``), plus ``E``
+      for an edge-weight multiply (the counter counts the ``[E, 1]`` operand's elements); the bits of the
+      gathered features' and the output's quantizers (MixQ's message passing owns those two; its edge-weight
+      quantizer belongs to no counted module). Gathers (``index_select``) are not counted;
+    * ReLU ``2·numel`` (ELU, leaky ReLU ``4·numel``): the bits of its input's quantizer.
+
+    A module point without a quantizer counts 32 bits. MixQ's code drops it from the mean instead (and a
+    module with no quantizer at all adds 0): on a fully quantized model the two agree.
+    """
+    out: list[dict[str, Any]] = []
+    for term in mac_terms(gm, shapes):
+        node = next(n for n in gm.graph.nodes if n.name == term.node)
+        result = output_point(node, gm)
+        if term.kind == "linear":
+            points, ops = [*term.operands, result], term.macs
+        else:
+            src = node.args[0]
+            (a, b), weighted = _message_operands(src, gm)
+            feature, extra = term.operands[0], 0
+            if weighted:
+                sa, sb = shapes.get(a.name), shapes.get(b.name)
+                if sa is not None and sb is not None:  # the narrower factor is the edge weight
+                    narrow, wide = (a, b) if math.prod(sa) <= math.prod(sb) else (b, a)
+                    feature, extra = quant_point(wide, gm), math.prod(shapes[narrow.name])
+            ops = (4 if node.args[3] == "mean" else 2) * term.macs + extra
+            points = [feature, result]
+        out.append({"node": term.node, "kind": term.kind, "layer": term.layer, "ops": ops, "points": points})
+    for node in gm.graph.nodes:
+        per_element = _MIXQ_ACTIVATIONS.get(node.target) if node.op == "call_function" else None
+        if per_element is None or node.name not in shapes or node.meta.get(ROLE_KEY) == Role.STRUCTURE:
+            continue
+        ops = per_element * math.prod(shapes[node.name])
+        points = [quant_point(node.args[0], gm)]
+        out.append({"node": node.name, "kind": "activation", "layer": node.meta.get(LAYER_KEY), "ops": ops,
+                    "points": points})  # fmt: skip
+    return out
+
+
+def bitops_mixq(gm: fx.GraphModule, input_names: Sequence[str], inputs: dict[str, Tensor]) -> dict[str, Any]:
+    """BitOPs in MixQ-GNN's convention: per module, FP32 op count x mean of its chosen bitwidths, against
+    op count x 32 (see :func:`mixq_terms` for the modules and op counts)."""
+    shapes = node_shapes(gm, [inputs[n] for n in input_names])
+    rows, total, ops = [], 0.0, 0
+    for term in mixq_terms(gm, shapes):
+        bits = [float(point_bits(gm, p)) for p in term.pop("points")]
+        mean = _mean_bits(bits)
+        total, ops = total + term["ops"] * mean, ops + term["ops"]
+        rows.append({**term, "bits": bits, "mean_bits": mean, "bitops": term["ops"] * mean})
+    fp32 = float(ops * FP32_BITS)
+    return {
+        "bitops": total,
+        "fp32_bitops": fp32,
+        "reduction": fp32 / total if total else math.nan,
+        "ops": ops,
+        "per_module": rows,
+    }
+
+
+def _mean_value(bits: Bits) -> float:
+    return float(bits.float().mean()) if isinstance(bits, Tensor) else float(bits)
+
+
+def _is_relu_output(node: Any) -> bool:
+    return isinstance(node, fx.Node) and (
+        node.target in (aten.relu.default, aten.relu_.default)
+        or node.target == aten.clamp_min.default
+        and node.args[1:2] == (0,)
+    )
+
+
+def _point_spec(gm: fx.GraphModule, point: fx.Node) -> tuple[bool, bool]:
+    """(signed, symmetric) of a quantizer: a fake-quant module's spec, or a quantize node's constants."""
+    if point.op == "call_module":
+        spec = getattr(gm.get_submodule(point.target), "spec", None)
+        return bool(getattr(spec, "signed", True)), bool(getattr(spec, "symmetric", False))
+    qmin, zp = _constant(gm, point.args[3]), _constant(gm, point.args[2])
+    return bool((qmin < 0).any()), bool((zp == 0).all())
+
+
+def a2q_feature_bits(gm: fx.GraphModule, shapes: dict[str, torch.Size]) -> list[dict[str, Any]]:
+    """Per linear layer, the bits of the node features it multiplies by its weights (A²Q's "feature bits").
+
+    ``bits`` is the mean over the layer's nodes (a per-node quantizer's ``bit_count()`` may be a tensor);
+    ``effective`` removes the sign bit where a symmetric signed grid quantizes a ReLU output, whose negative
+    half is unused (an affine grid with a zero-point spends all its levels on ``[0, max]``).
+    """
+    rows = []
+    for term in mac_terms(gm, shapes):
+        if term.kind != "linear":
+            continue
+        point = term.operands[0]
+        bits = _mean_value(point_bits(gm, point))
+        effective = bits
+        if point is not None and _is_relu_output(point.args[0]):
+            signed, symmetric = _point_spec(gm, point)
+            effective = bits - 1 if signed and symmetric else bits
+        rows.append({"node": term.node, "layer": term.layer, "bits": bits, "effective": effective})
+    return rows
+
+
+def average_bits_a2q(
+    layer_bits: Sequence[float | Tensor], sign_bit_unused: Sequence[bool] | None = None
+) -> float:
+    """A²Q's average bits: the mean over layers of the mean node-feature bits, one sign bit less where the
+    layer's features are post-ReLU values on a signed grid. ``layer_bits[l]``: a number or per-node bits."""
+    if not layer_bits:
+        return float(FP32_BITS)
+    unused = sign_bit_unused or [False] * len(layer_bits)
+    return sum(_mean_value(b) - bool(u) for b, u in zip(layer_bits, unused, strict=True)) / len(layer_bits)
+
+
+def _points_with_elements(gm: fx.GraphModule, shapes: dict[str, torch.Size]) -> list[tuple[float, int]]:
+    """(bits, elements) of every quantization point on ``shapes``."""
+    out = []
+    for point in quant_points(gm):
+        src = point.args[0]
+        if isinstance(src, fx.Node) and src.name in shapes:
+            out.append((_mean_value(point_bits(gm, point)), math.prod(shapes[src.name])))
+    return out
+
+
+def average_bits_elements(gm: fx.GraphModule, input_names: Sequence[str], inputs: dict[str, Tensor]) -> float:
+    """Ours: bits averaged over quantized elements, weights and activations:
+    ``sum_p bits_p * numel_p / sum_p numel_p`` over quantization points ``p`` (elements on ``inputs``)."""
+    pairs = _points_with_elements(gm, node_shapes(gm, [inputs[n] for n in input_names]))
+    elements = sum(n for _, n in pairs)
+    return sum(b * n for b, n in pairs) / elements if elements else float(FP32_BITS)
+
+
+#: roles of tensors that are transient copies or products of stored ones (not counted as memory)
+_TRANSIENT_ROLES = {Role.GATHER, Role.MESSAGE}
+
+
+def memory_bits_sgquant(
+    gm: fx.GraphModule, input_names: Sequence[str], inputs: dict[str, Tensor]
+) -> dict[str, Any]:
+    """SGQuant's memory: bits of every stored float tensor (weights, biases, features, node-level and
+    per-edge activations; gathered rows and messages are transient), quantized ones at their bits and the
+    rest at 32, against all of them at 32. ``average_bits`` is memory over elements."""
+    shapes = node_shapes(gm, [inputs[n] for n in input_names])
+    quantized = {}
+    for point in quant_points(gm):
+        if isinstance(point.args[0], fx.Node):
+            quantized[point.args[0].name] = _mean_value(point_bits(gm, point))
+    bits = elements = 0.0
+    for node in gm.graph.nodes:
+        role = node.meta.get(ROLE_KEY)
+        if (
+            role is None
+            or role in _TRANSIENT_ROLES
+            or role in (Role.STRUCTURE, Role.PREPROCESS, Role.OTHER)
+            or node.target in (QUANTIZE, DEQUANTIZE)
+            or node.op == "call_module"
+            or node.name not in shapes
+        ):
+            continue
+        n = math.prod(shapes[node.name])
+        bits += n * quantized.get(node.name, float(FP32_BITS))
+        elements += n
+    fp32 = elements * FP32_BITS
+    return {
+        "bits": bits,
+        "fp32_bits": fp32,
+        "reduction": fp32 / bits if bits else math.nan,
+        "average_bits": bits / elements if elements else float(FP32_BITS),
+        "elements": int(elements),
+    }
+
+
+def bit_conventions(
+    gm: fx.GraphModule, input_names: Sequence[str], inputs: dict[str, Tensor]
+) -> dict[str, Any]:
+    """The papers' conventions beside ours, for the compile report: MixQ-GNN's BitOPs, the average bits
+    (ours over elements, A²Q's over layers' node features, SGQuant's memory, the plain mean over points)
+    and SGQuant's memory."""
+    shapes = node_shapes(gm, [inputs[n] for n in input_names])
+    features = a2q_feature_bits(gm, shapes)
+    memory = memory_bits_sgquant(gm, input_names, inputs)
+    points = [_mean_value(point_bits(gm, p)) for p in quant_points(gm)]
+    return {
+        "mixq": bitops_mixq(gm, input_names, inputs),
+        "average_bits": {
+            "elements": average_bits_elements(gm, input_names, inputs),
+            "a2q": average_bits_a2q(
+                [r["bits"] for r in features], [r["effective"] < r["bits"] for r in features]
+            ),
+            "sgquant": memory["average_bits"],
+            "points": _mean_bits(points),
+        },
+        "sgquant_memory": memory,
+    }

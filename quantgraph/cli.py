@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 QAT_OPTIONS = ("epochs", "lr", "weight_decay", "seed", "p_min", "p_max", "batch_size")
+#: sgquant flags: argparse dest -> compile option
+SGQUANT_OPTIONS = {
+    "memory_target": "memory_target",
+    "accuracy_tolerance": "accuracy_tolerance",
+    "sgquant_config": "sgquant_config",
+}
 #: mixq search flags: argparse dest -> compile option
 MIXQ_OPTIONS = {
     "lambda_": "lambda",
@@ -98,6 +104,22 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
     p.add_argument(
         "--data-root", metavar="DIR", help="folder with Planetoid raw files (default: $QUANTGRAPH_DATA_ROOT)"
+    )
+
+
+def _add_trust_args(p: argparse.ArgumentParser) -> None:
+    """``--trust-pickle`` and ``--import`` (compile and inspect read models the same way)."""
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickled module or a .pt2 with pickled members (runs its code!)",
+    )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="module to import before unpickling (repeatable)",
     )
 
 
@@ -211,6 +233,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     options.update(
         {opt: getattr(args, dest) for dest, opt in MIXQ_OPTIONS.items() if getattr(args, dest) is not None}
     )
+    options.update(
+        {opt: getattr(args, dest) for dest, opt in SGQUANT_OPTIONS.items() if getattr(args, dest) is not None}
+    )
     options.update(parse_assignments(args.option or []))  # generic --option key=value (checked by compile)
     compiled = qg_compile(
         model,
@@ -238,6 +263,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
             write_html(report, args.html)
     render_report(report, console)
+    if "sgquant" in report:
+        from quantgraph.sgquant.summary import render_sgquant
+
+        render_sgquant(report, console)
     written = [str(p) for p in (args.output, args.report, args.html) if p]
     console.print("wrote " + ", ".join(written))
     return 0
@@ -388,6 +417,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from quantgraph.printer import inspect_file
 
+    if args.imports and not args.trust_pickle:
+        raise InputError("--import is only used with --trust-pickle", "add --trust-pickle or drop --import")
     with reading(
         args.file, "model, ONNX or .qgn file", "pass a file written by quantgraph or torch.export.save"
     ):
@@ -398,6 +429,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             data_root=args.data_root,
             policy=args.policy,
             bits=args.bits,
+            trust_pickle=args.trust_pickle,
+            imports=args.imports or [],
         )
     return 0
 
@@ -560,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         required=True,
-        choices=["gcn", "gat", "gin", "sage", "gin_graph"],
+        choices=["gcn", "gat", "gin", "sage", "agnn", "gin_graph"],
         help="model: gcn, gat, gin, sage (node tasks) or gin_graph (graph-classification .npz)",
     )
     _add_data_args(p)
@@ -693,6 +726,21 @@ def build_parser() -> argparse.ArgumentParser:
     mixq.add_argument(
         "--search-epochs", type=int, metavar="N", help="epochs of the bitwidth search (default 40)"
     )
+    sgq = p.add_argument_group("multi-granularity bits (sgquant)")
+    sgq.add_argument(
+        "--memory-target", type=float, metavar="R", help="ABS: reach R× memory reduction vs FP32 (e.g. 16)"
+    )
+    sgq.add_argument(
+        "--accuracy-tolerance",
+        type=float,
+        metavar="T",
+        help="ABS: least memory within T (a fraction, e.g. 0.004) of FP32 validation accuracy",
+    )
+    sgq.add_argument(
+        "--sgquant-config",
+        metavar="RULES",
+        help="bits per LAYER.COMPONENT[.bBUCKET], e.g. 0.aggregation=4,0.combination=8 (default: --bits)",
+    )
     p.add_argument(
         "--pass",
         dest="passes",
@@ -712,16 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="set any declared option (repeatable; `quantgraph passes --options NAME` lists them)",
     )
-    p.add_argument(
-        "--trust-pickle", action="store_true", help="allow loading a pickled module (runs its code!)"
-    )
-    p.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        metavar="MODULE",
-        help="module to import before unpickling (repeatable)",
-    )
+    _add_trust_args(p)
     _quiet(p)
     p.set_defaults(func=cmd_compile)
 
@@ -774,6 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, required=False)
     p.add_argument("--policy", default=None, help="show the IR after this policy's passes (default: fp32)")
     p.add_argument("--bits", type=int, default=None, help="bitwidth for --policy (default: the policy's)")
+    _add_trust_args(p)
     p.set_defaults(func=cmd_inspect)
 
     p = _sub(sub, "report", "write the HTML report of a compile report JSON")
@@ -810,10 +850,24 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_INPUT)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """quantgraph's own warnings as one ``warning:`` line; others as Python prints them."""
+    from quantgraph.checksum import UnverifiedFileWarning
+
+    if issubclass(category, UnverifiedFileWarning):
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every failure ends here as one line on stderr (a traceback only with --debug)."""
     warnings.filterwarnings("ignore", message="Failed to fetch module")  # torch.fx codegen noise
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.showwarning = _show_warning
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

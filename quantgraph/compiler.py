@@ -16,7 +16,7 @@ from torch import Tensor, fx
 
 import quantgraph
 from quantgraph.backends.registry import OnnxQDQBackend, available_backends, get_backend
-from quantgraph.bitops import count_bitops
+from quantgraph.bitops import bit_conventions, count_bitops
 from quantgraph.data import GraphData, validate_graph
 from quantgraph.errors import InputError
 from quantgraph.frontend import TracedGraph, trace, trace_exported
@@ -392,6 +392,10 @@ def _report(
     }
     if annotated:
         report["bitops"] = count_bitops(qdq, compiled.input_names, ctx.calibration_data[0])
+        conventions = bit_conventions(qdq, compiled.input_names, ctx.calibration_data[0])  # the papers'
+        report["bitops"]["mixq_convention"] = conventions["mixq"]
+        report["average_bits"] = conventions["average_bits"]
+        report["sgquant_memory"] = conventions["sgquant_memory"]
     for key, value in ctx.report.items():
         report.setdefault(key, value)
     if "integer" in report:

@@ -209,7 +209,7 @@ def _from_structure(node: fx.Node | None) -> bool:
             n.op == "placeholder"
             and n.name != "edge_index"
             and n.meta.get(ROLE_KEY) is not None
-            and n.meta[ROLE_KEY].value == "input"
+            and n.meta[ROLE_KEY].value in ("input", "preprocess")
         ):
             return False
         stack.extend(n.all_input_nodes)

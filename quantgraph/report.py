@@ -19,7 +19,9 @@ def _pct(v: float | None) -> str:
 
 
 def _bits_label(report: dict[str, Any]) -> str:
-    mixq = report.get("mixq")
+    mixq, sgquant = report.get("mixq"), report.get("sgquant")
+    if sgquant and sgquant.get("memory"):
+        return f"SGQuant bits (memory ÷{sgquant['memory']['reduction']:.2f})"
     return f"mixed bits (mean {mixq['average_bits']:.2f})" if mixq else f"{report.get('bits')} bits"
 
 
@@ -115,6 +117,18 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             f"{bitops['fp32_bitops']:.3g}",
             f"{bitops['bitops']:.3g} (÷{bitops['reduction']:.1f})",
         )
+        mixq_bitops = bitops.get("mixq_convention")
+        if mixq_bitops:
+            table.add_row(
+                "BitOPs (MixQ-GNN: ops × mean module bits)",
+                f"{mixq_bitops['fp32_bitops']:.3g}",
+                f"{mixq_bitops['bitops']:.3g} (÷{mixq_bitops['reduction']:.1f})",
+            )
+    average = report.get("average_bits")
+    if average:
+        table.add_row("average bits (ours: over quantized elements)", "32", f"{average['elements']:.2f}")
+        table.add_row("average bits (A²Q: layers' node features)", "32", f"{average['a2q']:.2f}")
+        table.add_row("average bits (SGQuant: memory of all tensors)", "32", f"{average['sgquant']:.2f}")
     integer = report.get("integer")
     if integer:
         folded = len(integer["folded"])

@@ -282,7 +282,8 @@ def test_readme_cora_command_compiles_a2q(planetoid_root, tmp_path):
     rep = json.loads(report.read_text())
     assert out.exists() and rep["onnx"]["argmax_agreement"] == 1.0
     layers = rep["a2q"]["layers"]
-    assert [la["point"] for la in layers] == ["x", "relu"] and all(la["rows"] == 2708 for la in layers)
+    # GCN row-normalises inside the model: layer 0's point is the normalised features (the division)
+    assert [la["point"] for la in layers] == ["div", "relu"] and all(la["rows"] == 2708 for la in layers)
     assert layers[0]["width"] == 1433 and layers[0]["non_negative"] and layers[1]["non_negative"]
     assert set(rep["a2q"]["average_bits"]) == {"a2q_convention", "stored", "stored_all_features"}
 

@@ -137,7 +137,7 @@ def _gcn(bits: int, skip: tuple[str, ...] = ("message",)):
 
     torch.manual_seed(0)
     data = _power_law(400, seed=1, features=24)
-    model = build_model("gcn", 24, 5, hidden=16).eval()
+    model = build_model("gcn", 24, 5, hidden=16, normalize_features=False).eval()  # the plain layer pair
     options = {"skip_roles": list(skip)} if skip else None
     compiled = qg.compile(model, data, policy="minmax", bits=bits, backend="native", options=options)
     return compiled, compiled.to_native(data, threads=2), data

@@ -1,9 +1,14 @@
 """Reproduction table: train zoo models over seeds, compile them with quantization methods, report
-onnxruntime test accuracy as mean ± std, and write docs/results.md + docs/results.json.
+onnxruntime test accuracy as mean ± std, and write ``<out>.md`` + ``<out>.json``.
 
-Example (the command behind docs/results.md):
+Example:
 
-    python tools/reproduce.py --datasets cora,citeseer --archs gcn,gat,gin,sage --seeds 10
+    python tools/reproduce.py --datasets cora,citeseer --archs gcn,gat,gin,sage --seeds 10 --methods fp32
+
+``--out`` defaults to a new ``docs/results_run/run-<UTC time>`` (never ``docs/results.md``, which is
+written by hand from these tables and the per-seed logs; ``--out docs/results`` is refused). Each row
+also gets the bit accounting of every convention (ours, A²Q's, SGQuant's average bits; our and
+MixQ-GNN's BitOPs reduction), averaged over seeds.
 
 Checkpoints are selected on validation accuracy, never on test. Each method row is the accuracy of
 the exported ONNX model in onnxruntime.
@@ -76,9 +81,27 @@ def _compiled(policy: str, bits: int, **options) -> Callable:
             task_data=task.task_data(),
         )
         compiled.export_onnx(tmp / "m.onnx", task.data)
-        return compiled.report["accuracy"]["onnx"]
+        return {"acc": compiled.report["accuracy"]["onnx"], **bit_figures(compiled.report)}
 
     return run
+
+
+#: per-seed figures of a quantized model beside its accuracy (``<method> <key>`` in the logs)
+BIT_FIGURES = ("bits_elements", "bits_a2q", "bits_sgquant", "bitops_ours_x", "bitops_mixq_x")
+
+
+def bit_figures(report: dict) -> dict[str, float]:
+    """The bit accounting of a compile report in every convention (empty for FP32)."""
+    average = report.get("average_bits")
+    if not average:
+        return {}
+    return {
+        "bits_elements": average["elements"],
+        "bits_a2q": average["a2q"],
+        "bits_sgquant": average["sgquant"],
+        "bitops_ours_x": report["bitops"]["reduction"],
+        "bitops_mixq_x": report["bitops"]["mixq_convention"]["reduction"],
+    }
 
 
 METHODS: dict[str, Method] = {
@@ -117,6 +140,7 @@ def _mixq(lam: float) -> Callable:
             "acc": compiled.report["accuracy"]["onnx"],
             "bits": compiled.report["mixq"]["average_bits"],
             "bitops_x": compiled.report["bitops"]["reduction"],
+            **bit_figures(compiled.report),
         }
 
     return run
@@ -150,11 +174,54 @@ def _a2q(policy: str) -> Callable:
 A2Q_METHODS = {"a2q": "a2q", "a2q-nns": "a2q-nns"}
 
 
+def _sgquant(**options) -> Callable:
+    """SGQuant with a bit configuration or an ABS budget: accuracy, memory reduction (logged per seed)."""
+
+    def run(model: torch.nn.Module, task: Task, tmp: Path, seed: int, arch: str) -> dict[str, float]:
+        compiled = qg_compile(
+            model,
+            task.data,
+            policy="sgquant",
+            options={**options, "seed": seed},
+            calibration=task.calibration(),
+            task_data=task.task_data(),
+        )
+        compiled.export_onnx(tmp / "m.onnx", task.data)
+        info = compiled.report["sgquant"]
+        return {
+            "acc": compiled.report["accuracy"]["onnx"],
+            "mem_x": info["memory"]["reduction"],
+            **bit_figures(compiled.report),
+        }
+
+    return run
+
+
+#: SGQuant rows: uniform bits, their layer-wise (4, 32) and component-wise (4, 8, 6, 1) configurations,
+#: topology-aware bits (their 32/sqrt(d) map), and ABS at memory-reduction targets (``sgquant-abs<R>``).
+SGQUANT_METHODS: dict[str, Method] = {
+    **{
+        f"sgquant-u{b}": Method(f"sgquant-u{b}", b, _sgquant(sgquant_config=f"*.*={b}")) for b in (8, 4, 2, 1)
+    },
+    "sgquant-layer": Method("sgquant-layer", 0, _sgquant(sgquant_config="0.*=4,1.*=32")),
+    "sgquant-component": Method(
+        "sgquant-component",
+        0,
+        _sgquant(sgquant_config="0.aggregation=4,0.combination=8,1.aggregation=6,1.combination=1"),
+    ),
+    "sgquant-topo": Method("sgquant-topo", 0, _sgquant(sgquant_buckets="sqrt")),
+}
+
+
 def method(name: str) -> Method:
     """A method by name; ``mixq-l<lambda>`` (e.g. ``mixq-l0.1``) is MixQ at that lambda, integer backend;
     ``a2q``/``a2q-nns`` are A²Q (not in the default list: each trains 200 epochs)."""
     if name.startswith("mixq-l"):
         return Method(name, 0, _mixq(float(name[len("mixq-l") :])))
+    if name.startswith("sgquant-abs"):  # SGQuant's ABS at an R x memory-reduction target, e.g. sgquant-abs16
+        return Method(name, 0, _sgquant(memory_target=float(name[len("sgquant-abs") :])))
+    if name in SGQUANT_METHODS:
+        return SGQUANT_METHODS[name]
     if name in A2Q_METHODS:
         return Method(name, 0, _a2q(A2Q_METHODS[name]))
     return METHODS[name]
@@ -224,6 +291,8 @@ def table_rows(per_cell: dict[tuple[str, str, str], list[float]]) -> list[dict]:
                 "method": name,
                 "bits": _bits(per_cell, dataset, arch, name),
                 "bitops_reduction": _mean_or_none(per_cell.get((dataset, arch, f"{name} bitops_x"))),
+                **{k: _mean_or_none(per_cell.get((dataset, arch, f"{name} {k}"))) for k in BIT_FIGURES},
+                "memory_reduction": _mean_or_none(per_cell.get((dataset, arch, f"{name} mem_x"))),
                 "mean": mean,
                 "std": std,
                 "delta": delta,
@@ -235,8 +304,9 @@ def table_rows(per_cell: dict[tuple[str, str, str], list[float]]) -> list[dict]:
 
 
 def _method_label(row: dict) -> str:
-    reduction = row.get("bitops_reduction")
-    return row["method"] + (f" (BitOPs ÷{reduction:.1f})" if reduction else "")
+    reduction, memory = row.get("bitops_reduction"), row.get("memory_reduction")
+    label = row["method"] + (f" (BitOPs ÷{reduction:.1f})" if reduction else "")
+    return label + (f" (memory ÷{memory:.1f})" if memory else "")
 
 
 def render_markdown(results: dict, command: str) -> str:
@@ -249,16 +319,33 @@ def render_markdown(results: dict, command: str) -> str:
         "Test accuracy (%) of the exported ONNX model in onnxruntime, mean ± std over "
         f"{results['seeds']} seeds (checkpoints selected on validation accuracy).",
         "",
-        "| dataset | arch | method | bits | accuracy | Δ vs fp32 | seeds |",
-        "|---|---|---|---|---|---|---|",
+        "Average bits: ours (over quantized elements) / A²Q (layers' node features) / SGQuant (memory of "
+        "all tensors); BitOPs reduction vs FP32: ours (MACs × operand bits) / MixQ-GNN (ops × mean module "
+        'bits). Formulas: docs/results.md, "Bit accounting".',
+        "",
+        "| dataset | arch | method | bits | avg bits ours / A²Q / SGQuant | BitOPs ÷ ours / MixQ | accuracy "
+        "| Δ vs fp32 | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         delta = "" if row["method"] == "fp32" else f"{row['delta']:+.2f}"
         lines.append(
             f"| {row['dataset']} | {row['arch']} | {_method_label(row)} | {row['bits']} | "
+            f"{_figures(row, ('bits_elements', 'bits_a2q', 'bits_sgquant'))} | "
+            f"{_figures(row, ('bitops_ours_x', 'bitops_mixq_x'), fallback='bitops_reduction')} | "
             f"{row['mean']:.2f} ± {row['std']:.2f} | {delta} | {row['seeds']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _figures(row: dict, keys: tuple[str, ...], fallback: str | None = None) -> str:
+    """``a / b / c`` of the row's figures; blank when the logs have none (FP32, older logs)."""
+    values = [row.get(k) for k in keys]
+    if values[0] is None and fallback is not None:
+        values[0] = row.get(fallback)
+    if all(v is None for v in values):
+        return ""
+    return " / ".join("–" if v is None else f"{v:.2f}" for v in values)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,11 +357,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. seeds-1")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--out", default="docs/results")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output stem (<out>.md, <out>.json); default: a new docs/results_run/run-<UTC time>",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--from-logs", nargs="+", help="only rebuild the table from the printed per-seed lines")
     args = p.parse_args(argv)
     command = "python tools/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    out = output_stem(args.out)
+    if out is None:
+        print(
+            "error: --out would overwrite docs/results.md (hand-written from the tables and logs); "
+            "pass another --out, e.g. docs/results_run/NAME",
+            file=sys.stderr,
+        )
+        return 2
     if args.from_logs:
         results = {
             "command": command,
@@ -284,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": 0.0,
             "rows": table_rows(parse_logs(args.from_logs)),
         }
-        _write(Path(args.out), results, command)
+        _write(out, results, command)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -316,11 +415,24 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - start,
         "rows": rows,
     }
-    _write(Path(args.out), results, command)
+    _write(out, results, command)
     return 0
 
 
+def output_stem(out: str | None) -> Path | None:
+    """Where to write: ``out`` without a ``.md``/``.json`` suffix, a new run file by default; None when it
+    would be docs/results.md itself."""
+    if out is None:
+        return Path("docs/results_run") / time.strftime("run-%Y%m%d-%H%M%S", time.gmtime())
+    stem = Path(out)
+    stem = stem.with_suffix("") if stem.suffix in (".md", ".json") else stem
+    if stem.resolve() == (Path(__file__).resolve().parents[1] / "docs" / "results").resolve():
+        return None
+    return stem
+
+
 def _write(out: Path, results: dict, command: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out.with_suffix(".json"), results)
     atomic_write_bytes(out.with_suffix(".md"), render_markdown(results, command).encode())
     print(render_markdown(results, command))

@@ -9,7 +9,8 @@ class Role(StrEnum):
     """The role of an IR value, stored in ``node.meta[ROLE_KEY]``."""
 
     STRUCTURE = "structure"  # computed from the graph structure only (degrees, normalisation, indices)
-    INPUT = "input"  # float model input (node features)
+    INPUT = "input"  # float model input (node features), after any preprocessing module
+    PREPROCESS = "preprocess"  # inside a preprocessing module (``qg_preprocess = True``): never quantized
     WEIGHT = "weight"  # a parameter used as a weight (linear weight, attention vector, ...)
     BIAS = "bias"  # a parameter added after a linear layer
     LINEAR_OUT = "linear_out"  # output of a linear layer

@@ -55,8 +55,8 @@ def layer_feature_inputs(gm: fx.GraphModule, input_name: str = "x") -> list[fx.N
     found: dict[str, fx.Node] = {}
     for node in gm.graph.nodes:
         source = _skip_dropout(gm, node) if node.op == "call_module" else node
-        if source.meta.get(ROLE_KEY) == Role.STRUCTURE or source.op == "output":
-            continue
+        if source.meta.get(ROLE_KEY) in (Role.STRUCTURE, Role.PREPROCESS) or source.op == "output":
+            continue  # (preprocessing, e.g. row normalisation: its result, role INPUT, is the input point)
         if source.op == "placeholder" and source.name != input_name:
             continue
         if source.op != "placeholder" and source.meta.get(ROWS_KEY) != "node":
@@ -73,9 +73,16 @@ def layer_feature_inputs(gm: fx.GraphModule, input_name: str = "x") -> list[fx.N
     return list(found.values())
 
 
-def _non_negative(node: fx.Node, ctx: CompileContext) -> bool:
+def _non_negative(node: fx.Node, ctx: CompileContext, gm: fx.GraphModule) -> bool:
     if node.op == "placeholder":
         return all(bool((g[node.name] >= 0).all()) for g in ctx.calibration_data if node.name in g)
+    if node.meta.get(ROLE_KEY) == Role.INPUT:  # preprocessed input features: their values on the graphs
+        from quantgraph.quant_error import capture
+
+        return all(
+            bool((capture(gm, ctx.input_names, g, {node.name})[node.name] >= 0).all())
+            for g in ctx.calibration_data
+        )
     return node.target in NON_NEGATIVE_OPS
 
 
@@ -110,10 +117,10 @@ class A2QAnnotatePass(PassBase):
         )
         features = layer_feature_inputs(gm)
         if not self.option(ctx, "a2q_quantize_input"):
-            features = [n for n in features if n.op != "placeholder"]
+            features = [n for n in features if n.op != "placeholder" and n.meta.get(ROLE_KEY) != Role.INPUT]
         marked: dict[str, str] = {}
         for node in features:
-            bits = min(fbits + int(_non_negative(node, ctx)), 8)
+            bits = min(fbits + int(_non_negative(node, ctx, gm)), 8)
             if nns:
                 spec = QuantSpec(bits=bits, symmetric=True, num_groups=groups, quantizer="a2q-nns")
             else:

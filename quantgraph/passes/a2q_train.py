@@ -217,7 +217,13 @@ class GraphTask:
         return b.x, b.edge_index
 
 
-def bit_report(memory: FeatureMemory, points: list[A2QPoint], x: Tensor, edge_index: Tensor) -> dict:
+def bit_report(
+    memory: FeatureMemory,
+    points: list[A2QPoint],
+    x: Tensor,
+    edge_index: Tensor,
+    input_points: frozenset[str] = frozenset({"x"}),
+) -> dict:
     """:func:`~quantgraph.a2q_report.a2q_summary` of the bits of the last forward pass."""
     degree = in_degree(edge_index, int(x.shape[0]))
     layers = []
@@ -228,7 +234,7 @@ def bit_report(memory: FeatureMemory, points: list[A2QPoint], x: Tensor, edge_in
         bits = memory.row_bits(p, rounded=True).detach()
         node_degree = degree if rows == degree.numel() else torch.zeros(rows, dtype=torch.long)
         layers.append(layer_summary(p.source, bits, width, not bool(p.module.seen_negative), node_degree))
-    input_quantized = any(p.source == "x" for p in memory.features)
+    input_quantized = any(p.source in input_points for p in memory.features)
     return a2q_summary(layers, 0 if input_quantized else int(x.numel()))
 
 
@@ -305,7 +311,8 @@ class A2QTrainPass(PassBase):
         gm.eval()
         with torch.no_grad():  # the kept epoch's bits (and NNS groups) on the training graph(s)
             x, edge_index = task.report_graph()
-        ctx.report["a2q"] = bit_report(memory, points, x, edge_index)
+        inputs = frozenset({"x"} | {n.name for n in gm.graph.nodes if n.meta.get(ROLE_KEY) == Role.INPUT})
+        ctx.report["a2q"] = bit_report(memory, points, x, edge_index, inputs)
         ctx.report["a2q_train"] = {
             "best_epoch": best_epoch,
             "val_acc": -best_key[1] if best_key else math.nan,

@@ -16,6 +16,8 @@ from quantgraph.passes import (  # noqa: F401
     prepare_qat,
     quantize_bias,
     search_bits,
+    sgquant_annotate,
+    sgquant_bits,
     tag_roles,
     train_qat,
 )

@@ -19,13 +19,19 @@ class _Recorder(fx.Interpreter):
         super().__init__(gm)
         self.observers = observers
         self.nodes = {n.name: n for n in gm.graph.nodes}
+        self.pending: dict[str, list[tuple[Observer, Any]]] = {}  # group not computed yet (inputs)
 
     def run_node(self, n: fx.Node) -> Any:
         value = super().run_node(n)
         obs = self.observers.get(n.name)
         if obs is not None:
             group = obs.spec.group_index
-            obs.update(value, self.env[self.nodes[group]] if group is not None else None)
+            if group is not None and self.nodes[group] not in self.env:
+                self.pending.setdefault(group, []).append((obs, value))
+            else:
+                obs.update(value, self.env[self.nodes[group]] if group is not None else None)
+        for waiting, held in self.pending.pop(n.name, ()):
+            waiting.update(held, value)
         return value
 
 
@@ -59,5 +65,5 @@ class CalibratePass(PassBase):
                 recorder.run(*[inputs[n] for n in ctx.input_names])
         for node in gm.graph.nodes:
             if node.name in observers:
-                node.meta[QPARAMS_KEY] = observers[node.name].qparams()
+                node.meta[QPARAMS_KEY] = observers[node.name].qparams().check(node.name)
         return PassResult(gm, bool(observers))

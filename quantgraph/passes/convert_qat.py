@@ -28,11 +28,12 @@ class ConvertQATPass(PassBase):
             module = gm.get_submodule(fq.target)
             source = fq.args[0]
             qp = module.qparams()
+            group = fq.kwargs.get("groups") if getattr(module, "takes_groups", False) else None
             source.meta[QPARAMS_KEY] = qp
             fq.replace_all_uses_with(source)
             gm.graph.erase_node(fq)
             gm.delete_submodule(fq.target)
-            source.meta[QDQ_KEY] = insert_qdq_after(gm, source, qp).name
+            source.meta[QDQ_KEY] = insert_qdq_after(gm, source, qp, group).name
         gm.graph.eliminate_dead_code()  # training-only inputs of the quantizers (masks) have no users left
         StripDropoutPass()(gm, ctx)
         gm.delete_all_unused_submodules()  # whatever module a training pass added and nothing reads now

@@ -184,6 +184,14 @@ def node_value_is_float(node: fx.Node, gm: fx.GraphModule) -> bool:
     return is_float_value(node)
 
 
+def later(gm: fx.GraphModule, a: fx.Node, b: fx.Node) -> fx.Node:
+    """Whichever of two nodes of ``gm`` comes later in the graph (insert after it to follow both)."""
+    for n in reversed(gm.graph.nodes):
+        if n is a or n is b:
+            return n
+    return a
+
+
 def same_value(a: object, b: object) -> bool:
     """Whether two IR arguments compute the same value (same op tree over the same leaves)."""
     if a is b:
@@ -208,6 +216,7 @@ __all__ = [
     "attr_tensor",
     "call_function_nodes",
     "is_float_value",
+    "later",
     "node_value_is_float",
     "same_value",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import fx
 
 from quantgraph.errors import InputError
@@ -9,8 +10,10 @@ from quantgraph.ir.meta import LAYER_KEY, QDQ_KEY, QPARAMS_KEY, QSPEC_KEY, ROLE_
 from quantgraph.ir.ops import DEQUANTIZE, GATHER, QUANTIZE
 from quantgraph.ir.qspec import QParams
 from quantgraph.ir.roles import Role
-from quantgraph.passes.infra import CompileContext, PassBase, PassResult, add_constant
+from quantgraph.passes.infra import CompileContext, PassBase, PassResult, add_constant, later
 from quantgraph.passes.registry import register_pass
+
+SYM_SIZE = torch.ops.aten.sym_size.int  # a shape read (the bucket index's node count) needs no quantizer
 
 
 def insert_qdq_after(gm: fx.GraphModule, node: fx.Node, qp: QParams, group: fx.Node | None = None) -> fx.Node:
@@ -19,7 +22,10 @@ def insert_qdq_after(gm: fx.GraphModule, node: fx.Node, qp: QParams, group: fx.N
     ``group`` (per-group quantization): the int64 node holding each row's group; the parameters are
     then tables (one entry per group) and each row's parameters are ``gather(table, group)``.
     """
+    qp.check(node.name)  # also parameters set by QAT or a plug-in pass, not only by calibrate
     anchor = node.next
+    if group is not None:  # the parameters are gathered by the group index: insert after both
+        anchor = later(gm, node, group).next
     consts = {
         k: add_constant(gm, f"qg_{node.name}_{k}", getattr(qp, k), anchor)
         for k in ("scale", "zero_point", "qmin", "qmax")
@@ -38,8 +44,15 @@ def insert_qdq_after(gm: fx.GraphModule, node: fx.Node, qp: QParams, group: fx.N
     for meta_key in (ROLE_KEY, LAYER_KEY):
         q.meta[meta_key] = dq.meta[meta_key] = node.meta.get(meta_key)
     q.meta[SOURCE_KEY] = dq.meta[SOURCE_KEY] = node.name
+    earlier = set()
+    if group is not None:  # users before the inserted pair (the bucket index reading x's size) keep x
+        for n in gm.graph.nodes:
+            if n is q:
+                break
+            earlier.add(n)
     for user in users:
-        user.replace_input_with(node, dq)
+        if user not in earlier:
+            user.replace_input_with(node, dq)
     return dq
 
 
@@ -72,5 +85,5 @@ class InsertQDQPass(PassBase):
 
     def ensures(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         for node in gm.graph.nodes:
-            if QDQ_KEY in node.meta and any(u.target != QUANTIZE for u in node.users):
+            if QDQ_KEY in node.meta and any(u.target not in (QUANTIZE, SYM_SIZE) for u in node.users):
                 raise AssertionError(f"{node.name} still feeds an unquantized user")

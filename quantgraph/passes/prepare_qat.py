@@ -21,7 +21,7 @@ from quantgraph.ir.meta import (
 from quantgraph.ir.qspec import default_percentile_tail
 from quantgraph.ir.quantizer import QuantizerSettings, get_quantizer, is_quantizer
 from quantgraph.options import PERCENTILE_TAIL, Option
-from quantgraph.passes.infra import CompileContext, PassBase, PassResult
+from quantgraph.passes.infra import CompileContext, PassBase, PassResult, later
 from quantgraph.passes.registry import register_pass
 
 STES = ("gc", "plain")
@@ -29,6 +29,15 @@ STES = ("gc", "plain")
 
 def fake_quant_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     return [n for n in gm.graph.nodes if n.op == "call_module" and is_quantizer(gm.get_submodule(n.target))]
+
+
+def _nodes_before(gm: fx.GraphModule, stop: fx.Node) -> list[fx.Node]:
+    out = []
+    for n in gm.graph.nodes:
+        if n is stop:
+            break
+        out.append(n)
+    return out
 
 
 def require_fake_quant(gm: fx.GraphModule, pass_name: str) -> None:
@@ -67,6 +76,7 @@ class PrepareQATPass(PassBase):
         tail_option = self.option(ctx, "percentile_tail")
         targets = [n for n in gm.graph.nodes if QSPEC_KEY in n.meta]
         last_placeholder = [n for n in gm.graph.nodes if n.op == "placeholder"][-1]
+        by_name = {n.name: n for n in gm.graph.nodes}
         for node in targets:
             spec = node.meta[QSPEC_KEY]
             percentile = spec.observer == "percentile"
@@ -76,8 +86,14 @@ class PrepareQATPass(PassBase):
             name = f"{FAKE_QUANT_PREFIX}{node.name}"
             gm.add_submodule(name, module)
             users = list(node.users)
-            with gm.graph.inserting_after(last_placeholder if node.op == "placeholder" else node):
-                fq = gm.graph.call_module(name, (node,))
+            anchor = last_placeholder if node.op == "placeholder" else node
+            kwargs = {}
+            if spec.group_index is not None and getattr(module, "takes_groups", False):
+                group = by_name[spec.group_index]  # per-group quantizers read each row's group
+                kwargs["groups"] = group
+                anchor = later(gm, anchor, group)
+            with gm.graph.inserting_after(anchor):
+                fq = gm.graph.call_module(name, (node,), kwargs)
             fq.meta.update(
                 {
                     SOURCE_KEY: node.name,
@@ -86,7 +102,9 @@ class PrepareQATPass(PassBase):
                     ROWS_KEY: node.meta.get(ROWS_KEY, "other"),
                 }
             )
+            earlier = set(_nodes_before(gm, fq))  # e.g. the bucket index reading x's size
             for user in users:
-                user.replace_input_with(node, fq)
+                if user not in earlier:
+                    user.replace_input_with(node, fq)
         ctx.report["fake_quant_modules"] = len(targets)
         return PassResult(gm, bool(targets))

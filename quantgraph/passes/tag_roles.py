@@ -4,6 +4,11 @@ Roles follow the data flow: values that depend only on the graph structure are S
 outputs, gathered rows, messages (what is scattered), per-edge weights that multiply messages,
 aggregation outputs and node updates are told apart. The layer is the message-passing module the node
 belongs to (from ``nn_module_stack``), else the number of aggregations upstream of it.
+
+Input preprocessing (a module whose class sets ``qg_preprocess = True``, e.g. the zoo's row normalisation)
+is part of the traced model but not of what is quantized: its nodes get the PREPROCESS role, the raw
+feature input too when only the preprocessing reads it, and the preprocessing's result (the tensor entering
+the first layer) gets the INPUT role, so the input quantization point sits on the preprocessed features.
 """
 
 from __future__ import annotations
@@ -48,15 +53,32 @@ def _inputs(node: fx.Node) -> list[fx.Node]:
     return list(node.all_input_nodes)
 
 
-def _is_message_passing_class(path_type: str) -> bool:
+def _class_of(path_type: str) -> type | None:
+    """The class a ``nn_module_stack`` type name refers to, or None where it cannot be imported."""
     module_name, _, cls_name = path_type.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
-        from torch_geometric.nn import MessagePassing
+    except Exception:  # unknown or local classes
+        return None
+    return cls if isinstance(cls, type) else None
 
-        return isinstance(cls, type) and issubclass(cls, MessagePassing)
-    except Exception:  # unknown or local classes: not a PyG layer
+
+def _is_message_passing_class(path_type: str) -> bool:
+    cls = _class_of(path_type)
+    if cls is None:
         return False
+    from torch_geometric.nn import MessagePassing
+
+    return issubclass(cls, MessagePassing)
+
+
+def _in_preprocessing(node: fx.Node) -> bool:
+    """Whether ``node`` runs inside a module whose class declares ``qg_preprocess = True``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return any(
+        path and getattr(_class_of(str(type_name)), "qg_preprocess", False) is True
+        for path, type_name in stack.values()
+    )
 
 
 def _module_path(node: fx.Node, layer_paths: list[str]) -> str | None:
@@ -132,6 +154,7 @@ class TagRolesPass(PassBase):
             roles[node] = self._role(node, depends_on_features[node], edge_level[node], scatter_srcs)
 
         self._tag_edge_weights(gm, roles, edge_level, scatter_srcs, depends_on_features)
+        entering = self._tag_preprocessing(gm, roles, depends_on_features)
         out = next(n for n in gm.graph.nodes if n.op == "output")
         for value in out.all_input_nodes:
             if depends_on_features.get(value):
@@ -140,7 +163,7 @@ class TagRolesPass(PassBase):
         num_nodes = self._num_nodes_symbol(gm)
         for node, role in roles.items():
             node.meta[ROLE_KEY] = role
-            node.meta[LAYER_KEY] = layers.get(node)
+            node.meta[LAYER_KEY] = None if node in entering else layers.get(node)
             node.meta[ROWS_KEY] = self._rows(node, edge_level.get(node, False), num_nodes)
         ctx.report["roles"] = {
             r.value: sum(1 for v in roles.values() if v == r) for r in Role if r in roles.values()
@@ -203,6 +226,29 @@ class TagRolesPass(PassBase):
         if edge:
             return Role.ATTENTION
         return Role.UPDATE
+
+    @staticmethod
+    def _tag_preprocessing(gm: fx.GraphModule, roles: dict, features: dict) -> set[fx.Node]:
+        """PREPROCESS inside preprocessing modules; INPUT on their results. Returns those results."""
+        inside = {
+            n for n in gm.graph.nodes if n.op == "call_function" and features.get(n) and _in_preprocessing(n)
+        }
+        if not inside:
+            return set()
+        for node in inside:
+            roles[node] = Role.PREPROCESS
+        entering = {
+            n for n in inside if any(u not in inside and u.target not in _SHAPE_ONLY for u in n.users)
+        }
+        for node in entering:
+            if isinstance(node.meta.get("val"), torch.Tensor) and node.meta["val"].is_floating_point():
+                roles[node] = Role.INPUT
+        for node in gm.graph.nodes:  # a raw input that only the preprocessing reads is not quantized
+            readers = [u for u in node.users if u.target not in _SHAPE_ONLY]
+            if node.op == "placeholder" and roles.get(node) == Role.INPUT and readers:
+                if all(u in inside for u in readers):
+                    roles[node] = Role.PREPROCESS
+        return entering
 
     @staticmethod
     def _tag_edge_weights(

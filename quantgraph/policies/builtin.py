@@ -125,4 +125,35 @@ MIXQ = register_policy(
     )
 )
 
+SGQUANT_PASSES = (
+    *GRAPH_PASSES,
+    "dropout-to-module",
+    "annotate",
+    "sgquant-annotate",
+    "calibrate",
+    "prepare-qat",
+    "sgquant-bits",
+    "train-qat",
+    "convert-qat",
+)
+
+
+def sgquant_qconfig(bits: int) -> dict[Role, QuantSpec]:
+    """SGQuant: asymmetric uniform per tensor (per degree bucket with ``sgquant_buckets``) at every role,
+    gathered rows included (x_j gets the aggregation bits); bits per point come from ``sgquant-bits``."""
+    spec = QuantSpec(bits=bits, signed=True, symmetric=False, quantizer="sgquant")
+    return dict.fromkeys((*QUANTIZABLE_ROLES, Role.GATHER), spec)
+
+
+SGQUANT = register_policy(
+    Policy(
+        name="sgquant",
+        description="SGQuant: bits per layer/component/degree bucket (given, or ABS under a memory budget), then QAT",
+        pipeline=SGQUANT_PASSES,
+        qconfig=sgquant_qconfig,
+        defaults={"trace_training": True},
+    )
+)
+
+
 import quantgraph.policies.a2q  # noqa: E402, F401  (A²Q: its own module)
