@@ -107,6 +107,22 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     )
 
 
+def _add_trust_args(p: argparse.ArgumentParser) -> None:
+    """``--trust-pickle`` and ``--import`` (compile and inspect read models the same way)."""
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickled module or a .pt2 with pickled members (runs its code!)",
+    )
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="module to import before unpickling (repeatable)",
+    )
+
+
 def _parse_pass_option(spec: str):
     """``module:Class`` (appended), ``module:Class@before=NAME`` or ``module:Class@after=NAME``."""
     from quantgraph.compiler import PassInsertion
@@ -401,6 +417,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from quantgraph.printer import inspect_file
 
+    if args.imports and not args.trust_pickle:
+        raise InputError("--import is only used with --trust-pickle", "add --trust-pickle or drop --import")
     with reading(
         args.file, "model, ONNX or .qgn file", "pass a file written by quantgraph or torch.export.save"
     ):
@@ -411,6 +429,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             data_root=args.data_root,
             policy=args.policy,
             bits=args.bits,
+            trust_pickle=args.trust_pickle,
+            imports=args.imports or [],
         )
     return 0
 
@@ -740,16 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="set any declared option (repeatable; `quantgraph passes --options NAME` lists them)",
     )
-    p.add_argument(
-        "--trust-pickle", action="store_true", help="allow loading a pickled module (runs its code!)"
-    )
-    p.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        metavar="MODULE",
-        help="module to import before unpickling (repeatable)",
-    )
+    _add_trust_args(p)
     _quiet(p)
     p.set_defaults(func=cmd_compile)
 
@@ -802,6 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, required=False)
     p.add_argument("--policy", default=None, help="show the IR after this policy's passes (default: fp32)")
     p.add_argument("--bits", type=int, default=None, help="bitwidth for --policy (default: the policy's)")
+    _add_trust_args(p)
     p.set_defaults(func=cmd_inspect)
 
     p = _sub(sub, "report", "write the HTML report of a compile report JSON")
@@ -838,10 +850,24 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EXIT_INPUT)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """quantgraph's own warnings as one ``warning:`` line; others as Python prints them."""
+    from quantgraph.checksum import UnverifiedFileWarning
+
+    if issubclass(category, UnverifiedFileWarning):
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; every failure ends here as one line on stderr (a traceback only with --debug)."""
     warnings.filterwarnings("ignore", message="Failed to fetch module")  # torch.fx codegen noise
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.showwarning = _show_warning
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

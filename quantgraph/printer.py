@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -172,8 +173,12 @@ def inspect_file(
     data_root: str | None = None,
     policy: str | None = None,
     bits: int | None = None,
+    trust_pickle: bool = False,
+    imports: Sequence[str] = (),
 ) -> None:
-    """Print an ONNX graph, a native program, or a model's IR (after ``policy``'s passes when given)."""
+    """Print an ONNX graph, a native program, or a model's IR (after ``policy``'s passes when given).
+
+    Models are loaded as ``compile`` loads them: pickled ones only with ``trust_pickle``."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path} does not exist", "check the path")
@@ -183,18 +188,26 @@ def inspect_file(
     elif kind == "native":
         lines = format_native(path)
     else:
-        lines = _ir_lines(path, data_spec, data_root, policy, bits)
+        lines = _ir_lines(path, data_spec, data_root, policy, bits, trust_pickle, imports)
     for line in lines:
         console.print(line, markup=False, highlight=False)
 
 
-def _ir_lines(path: Path, data_spec: str | None, data_root: str | None, policy: str | None, bits: int | None):
+def _ir_lines(
+    path: Path,
+    data_spec: str | None,
+    data_root: str | None,
+    policy: str | None,
+    bits: int | None,
+    trust_pickle: bool = False,
+    imports: Sequence[str] = (),
+):
     from quantgraph.compiler import compile as qg_compile
     from quantgraph.compiler import expected_feature_width
     from quantgraph.data import load_dataset, make_csbm
     from quantgraph.frontend import load_model
 
-    model = load_model(path)
+    model = load_model(path, trust_pickle=trust_pickle, imports=imports)
     if data_spec:
         data = load_dataset(data_spec, data_root)
     else:

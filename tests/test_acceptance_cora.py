@@ -20,7 +20,13 @@ def cora(planetoid_root):
     return load_dataset("cora", planetoid_root)
 
 
+_TRAINED: dict[str, torch.nn.Module] = {}
+
+
 def _trained(arch: str, data):
+    """The arch trained once per test run (seed 0): the GIN tests share one model."""
+    if arch in _TRAINED:
+        return _TRAINED[arch]
     torch.manual_seed(0)
     model = build_model(arch, data.num_features, data.num_classes)
     hp = TRAIN_DEFAULTS[arch]
@@ -28,17 +34,11 @@ def _trained(arch: str, data):
     train_node_classifier(
         model, data, epochs=hp["epochs"], lr=hp["lr"], weight_decay=hp["weight_decay"], seed=0, **early
     )
+    _TRAINED[arch] = model
     return model
 
 
-GIN_TIES = pytest.mark.xfail(
-    reason="known open bug (issue 12/16): with onnxruntime 1.32, GIN INT8 minmax on Cora differs from the IR by "
-    "one output step on 0.1-0.4% of nodes (argmax agreement 0.996-0.999 < 0.999); not yet explained",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("arch", ["gcn", "gat", "sage", pytest.param("gin", marks=GIN_TIES)])
+@pytest.mark.parametrize("arch", ["gcn", "gat", "sage", "gin"])
 def test_minmax_int8_and_int4_on_cora(arch, cora, tmp_path):
     model = _trained(arch, cora)
     compiled = qg_compile(model, cora, policy="minmax", bits=8)
@@ -59,10 +59,6 @@ def test_minmax_int8_and_int4_on_cora(arch, cora, tmp_path):
         )
         robust.export_onnx(tmp_path / "p8.onnx", cora)
         assert abs(robust.report["accuracy"]["fp32"] - robust.report["accuracy"]["onnx"]) <= 0.01
-        # the recommended label-free PTQ: ranges minimising the relative quantization error
-        relative = qg_compile(model, cora, policy="minmax", bits=8, options={"calibration": "relative-mse"})
-        relative.export_onnx(tmp_path / "r8.onnx", cora)
-        assert abs(relative.report["accuracy"]["fp32"] - relative.report["accuracy"]["onnx"]) <= 0.01
     else:
         assert abs(acc["fp32"] - acc["onnx"]) <= 0.01
     native = qg_compile(model, cora, policy="minmax", bits=8, backend="native")
@@ -74,3 +70,18 @@ def test_minmax_int8_and_int4_on_cora(arch, cora, tmp_path):
     four_report = four.export_onnx(tmp_path / "m4.onnx", cora)
     assert four_report["argmax_agreement"] >= 0.99
     assert four.report["size_bytes"]["quantized"] < compiled.report["size_bytes"]["quantized"]
+
+
+@pytest.mark.xfail(
+    reason="known open gap (calibration, not export): under the current GIN recipe (FP32 79.6) relative-mse INT8 "
+    "reaches 76.6 in the IR and onnxruntime alike (-3.0 > 1 point); the 1-point result in docs/results.md was "
+    "measured on an earlier recipe (FP32 76.9)",
+    strict=False,
+)
+def test_gin_relative_mse_int8_within_one_point(cora, tmp_path):
+    """The recommended label-free PTQ (ranges minimising the relative quantization error) on GIN."""
+    model = _trained("gin", cora)
+    relative = qg_compile(model, cora, policy="minmax", bits=8, options={"calibration": "relative-mse"})
+    report = relative.export_onnx(tmp_path / "r8.onnx", cora)
+    assert report["argmax_agreement"] >= 0.999
+    assert abs(relative.report["accuracy"]["fp32"] - relative.report["accuracy"]["onnx"]) <= 0.01

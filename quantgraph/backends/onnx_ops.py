@@ -1356,6 +1356,7 @@ def _qg_gather(ctx: OnnxBuilder, node: fx.Node) -> str | QValue:
     if (
         dq is not None
         and dq.op_type == "DequantizeLinear"
+        and ctx.dtype(dq.input[0]) in (TensorProto.INT8, TensorProto.UINT8)  # ONNX Gather has no int4
         and _per_tensor(ctx, dq)
         and _feeds_linear(node.args[0])
     ):

@@ -18,6 +18,7 @@ import torch
 
 from quantgraph.errors import InputError
 from quantgraph.frontend.pt2_check import PT2_LIMITS, check_pt2_members
+from quantgraph.frontend.pt2_ops import check_loaded_ops
 from quantgraph.safe_zip import inspect_zip
 
 
@@ -71,6 +72,8 @@ def load_exported(path: str | Path, *, trust_pickle: bool = False) -> torch.expo
             f"{path} holds no exported program named 'model'",
             "save it with torch.export.save(torch.export.export(model, args), path)",
         )
+    if not trust_pickle:
+        check_loaded_ops(path, programs["model"])
     return programs["model"]
 
 

@@ -15,7 +15,8 @@
    ``serialized_*.pt`` pickles). Refused.
 
 ``data/aotinductor/`` (compiled shared libraries that ``load_pt2`` dlopens) and the other compiled-code folders
-are refused too. Everything else is JSON or raw tensor bytes.
+are refused too. Everything else is JSON or raw tensor bytes. Each program's graph may call only the ops of
+:mod:`quantgraph.frontend.pt2_ops` (checked on its JSON here, before torch deserialises it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from quantgraph.errors import InputError
+from quantgraph.frontend.pt2_ops import check_serialized_ops
 from quantgraph.safe_zip import GiB, ZipLimits
 
 PT2_LIMITS = ZipLimits(max_total=8 * GiB, max_member=8 * GiB)
@@ -67,6 +69,7 @@ def check_pt2_members(path: str | Path) -> None:
             r[len("models/") : -len(".json")] for r in rel if r.startswith("models/") and r.endswith(".json")
         ]
         for model in models:
+            check_serialized_ops(path, zf.read(rel[f"models/{model}.json"]))  # an op allow-list (pt2_ops)
             for legacy in (f"data/weights/{model}.pt", f"data/constants/{model}.pt"):
                 if legacy in rel:
                     raise _refuse(path, f"member {legacy!r} is a pickled state dict (legacy format)")

@@ -113,6 +113,27 @@ class QParams:
             axis=spec.axis,
         )
 
+    def check(self, tensor: str) -> QParams:
+        """InputError naming ``tensor`` if a scale is not a finite positive float32 or a zero point leaves
+        ``[qmin, qmax]`` (a range that overflows float32, or NaN from non-finite values); else ``self``."""
+        scale = self.scale.detach().double()
+        bad = ~torch.isfinite(scale) | (scale <= 0) | (scale > torch.finfo(torch.float32).max)
+        if bool(bad.any()):
+            worst = float(scale[bad].reshape(-1)[0])
+            raise InputError(
+                f"tensor {tensor!r} cannot be quantized: its range gives scale {worst:g} (the values it saw "
+                "overflow float32 or are not finite), so every quantized value would be wrong",
+                "scale the input features to a moderate range (e.g. normalise them), or keep this tensor in "
+                "float with --skip-roles",
+            )
+        zp, lo, hi = self.zero_point.long(), self.qmin.long(), self.qmax.long()
+        if bool(((zp < lo) | (zp > hi)).any()):
+            raise InputError(
+                f"tensor {tensor!r} has a zero point outside its integer range [{int(lo.min())}, {int(hi.max())}]",
+                "calibrate again (its range must contain 0)",
+            )
+        return self
+
     def to_json(self) -> dict:
         def short(t: Tensor) -> float | list[float]:
             return t.item() if t.dim() == 0 else [round(v, 8) for v in t.tolist()]

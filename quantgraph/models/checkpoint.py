@@ -3,7 +3,11 @@
 Layout (``torch.save`` of a dict)::
 
     {"format": "quantgraph-zoo", "version": 1, "arch": str, "config": {...}, "state_dict": {...},
-     "metrics": {str: float}, "dataset": str}
+     "metrics": {str: float}, "dataset": str, "sha256": str}
+
+``sha256`` is the content checksum of every other field and every tensor's bytes
+(:func:`checkpoint_digest`): a checkpoint whose content does not match it (a flipped byte) is refused.
+Checkpoints written before the checksum existed have no ``sha256``; they load with a warning.
 
 ``config`` holds the constructor keyword arguments (primitive values only) so that
 ``build_model(arch, **config)`` rebuilds the model. Loading never unpickles Python objects: it uses
@@ -26,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantgraph.checksum import CHECKSUM_KEY, content_digest, warn_unverified
 from quantgraph.errors import InputError
 from quantgraph.models.zoo import ARCHITECTURES, MODEL_DEFAULTS, build_model
 
@@ -98,6 +103,7 @@ def save_checkpoint(
         "metrics": clean_metrics,
         "dataset": str(dataset),
     }
+    payload[CHECKSUM_KEY] = checkpoint_digest(payload)
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"directory {str(path.parent)!r} does not exist", "create it or choose another path")
@@ -106,6 +112,12 @@ def save_checkpoint(
     with atomic_file(path) as f:  # whole or not at all, with the user's umask
         torch.save(payload, f)
     return path
+
+
+def checkpoint_digest(obj: Mapping[str, Any]) -> str:
+    """The SHA-256 of a checkpoint dict's fields (all but ``sha256``) and its state dict's tensors."""
+    fields = {k: v for k, v in obj.items() if k not in ("state_dict", CHECKSUM_KEY)}
+    return content_digest(fields, obj["state_dict"])
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -237,6 +249,24 @@ def _validate(obj: Any, path: Path) -> None:
     metrics = obj.get("metrics", {})
     if not isinstance(metrics, dict) or not all(isinstance(v, int | float) for v in metrics.values()):
         raise InputError(f"{where} has malformed metrics (numbers expected)", "re-create it with quantgraph")
+    _verify_checksum(obj, where)
+
+
+def _verify_checksum(obj: dict[str, Any], where: str) -> None:
+    recorded = obj.get(CHECKSUM_KEY)
+    if recorded is None:
+        warn_unverified(f"checkpoint {where}", "re-save it with this quantgraph to add one")
+        return
+    try:
+        computed = checkpoint_digest(obj)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InputError(f"{where} has fields that cannot be checksummed ({err})", "re-create it") from None
+    if recorded != computed:
+        raise InputError(
+            f"checkpoint {where} is corrupt: its content does not match the SHA-256 recorded when it was "
+            "written (a changed byte)",
+            "re-create it with `quantgraph train`, or copy it again from its source",
+        )
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:

@@ -5,6 +5,10 @@ Layout (every member stored in sorted order with a fixed timestamp, so the same 
 * ``program.json``: ``{"format": "quantgraph-native", "version": 1, "inputs": [...], "outputs": [...],
   "steps": [...], "meta": {...}}``.
 * ``arrays/<name>.npy``: the constants, written with ``np.save(allow_pickle=False)``.
+* ``program.json`` also declares every array (``"arrays": {name: {"dtype", "shape"}}``) and records the
+  ``sha256`` of the rest of the program and of every array's bytes (:mod:`quantgraph.checksum`). On load the
+  arrays must be exactly the declared ones, of the declared dtype and shape, and the checksum must match (a
+  changed byte is refused). Files written before the checksum existed load with a warning.
 
 A step is ``{"op", "args", "kwargs", "out", "stage", "source"}``:
 
@@ -28,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from quantgraph.checksum import CHECKSUM_KEY, content_digest, json_bytes, warn_unverified
 from quantgraph.errors import InputError
 from quantgraph.fileio import atomic_write_bytes
 from quantgraph.native.program_check import check_arrays, check_program
@@ -87,18 +92,65 @@ def _member(name: str) -> zipfile.ZipInfo:
 
 def program_bytes(program: Program) -> bytes:
     """The ``.qgn`` bytes of ``program`` (deterministic)."""
+    arrays = {name: np.ascontiguousarray(program.arrays[name]) for name in sorted(program.arrays)}
+    for name, arr in arrays.items():
+        if arr.dtype.hasobject:
+            raise InputError(f"constant {name} holds Python objects", "store numeric arrays only")
+    doc = program.to_json()
+    doc["arrays"] = {
+        name: {"dtype": arr.dtype.name, "shape": list(arr.shape)} for name, arr in arrays.items()
+    }
+    doc = json.loads(json.dumps(doc))  # the checksum covers what a reader will parse
+    doc[CHECKSUM_KEY] = program_digest(doc, arrays)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        text = json.dumps(program.to_json(), indent=1, sort_keys=True)
+        text = json.dumps(doc, indent=1, sort_keys=True)
         zf.writestr(_member(_PROGRAM), text.encode())
-        for name in sorted(program.arrays):
-            arr = np.ascontiguousarray(program.arrays[name])
-            if arr.dtype.hasobject:
-                raise InputError(f"constant {name} holds Python objects", "store numeric arrays only")
+        for name, arr in arrays.items():
             npy = io.BytesIO()
             np.save(npy, arr, allow_pickle=False)
             zf.writestr(_member(f"{_ARRAYS}{name}.npy"), npy.getvalue())
     return buf.getvalue()
+
+
+def program_digest(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+    """The SHA-256 of a program document (all but its ``sha256``) and its arrays' bytes."""
+    return content_digest({k: v for k, v in doc.items() if k != CHECKSUM_KEY}, arrays)
+
+
+def check_manifest(doc: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """The stored arrays are exactly the declared ones, with the declared dtype and shape; the checksum
+    matches. A program without a checksum (an older file) is accepted with a warning."""
+    declared = doc.get("arrays")
+    recorded = doc.get(CHECKSUM_KEY)
+    if declared is None and recorded is None:
+        warn_unverified("the native model", "re-compile it with this quantgraph to add one")
+        return
+    if not isinstance(declared, dict) or not isinstance(recorded, str):
+        raise InputError("its array declarations or checksum are malformed", "re-create the model")
+    if set(declared) != set(arrays):
+        extra = sorted(set(arrays) ^ set(declared))
+        raise InputError(
+            f"array {extra[0]!r} is {'stored but not declared' if extra[0] in arrays else 'declared but missing'}",
+            "re-create the model",
+        )
+    for name, arr in arrays.items():
+        want = declared[name]
+        if (
+            not isinstance(want, dict)
+            or want.get("dtype") != arr.dtype.name
+            or want.get("shape") != list(arr.shape)
+        ):
+            raise InputError(
+                f"array {name!r} is {arr.dtype.name} {list(arr.shape)}, the program declares "
+                f"{json_bytes(want).decode()[:80]}",
+                "re-create the model",
+            )
+    if program_digest(doc, arrays) != recorded:
+        raise InputError(
+            "its content does not match the SHA-256 recorded when it was written (a changed byte)",
+            "re-create it with `quantgraph compile --backend native`, or copy it again from its source",
+        )
 
 
 def save_program(program: Program, path: str | Path) -> int:
@@ -147,6 +199,10 @@ def load_program(path: str | Path) -> Program:
             f"{path} has native format version {doc.get('version')}, this quantgraph reads {VERSION}",
             "re-compile the model with this version of quantgraph",
         )
+    try:
+        check_manifest(doc, arrays)
+    except InputError as err:
+        raise InputError(f"{path}: {err.problem}", err.fix) from None
     try:
         steps = [Step(**s) for s in doc["steps"]]
         program = Program(list(doc["inputs"]), list(doc["outputs"]), steps, arrays, dict(doc.get("meta", {})))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from quantgraph.errors import InputError
+from quantgraph.native.alloc_check import MAX_STEP_ELEMENTS, literal_elements
 
 #: Generic ops a program may name (the lowering's output for the zoo models and plain PyTorch GNNs).
 ALLOWED_OPS = frozenset(
@@ -268,6 +269,58 @@ def check_native_step(step: Any, arrays: dict[str, np.ndarray]) -> None:
         _int(f"{where} axis", step.args[1], 0, 8)
 
 
+INT32 = (-(2**31), 2**31 - 1)
+#: array arguments of the generic quantgraph ops: (position, what it is) for scales, integers and weights
+_QUANT_ARGS = {
+    "quantgraph.quantize.default": ((1, "scale"), (2, "int"), (3, "int"), (4, "int")),
+    "quantgraph.dequantize.default": ((1, "scale"), (2, "int")),
+    "quantgraph.requantize.default": ((1, "multiplier"), (2, "int"), (3, "int"), (4, "int")),
+    "quantgraph.linear_int.default": ((1, "int"), (2, "int"), (3, "int"), (4, "int")),
+}
+
+
+def check_quant_step(step: Any, arrays: dict[str, np.ndarray]) -> None:
+    """Stored parameters of a generic quantgraph op: scales finite and positive, multipliers finite and
+    non-negative, zero points, ranges, integer weights and biases integers within int32, ``qmin <= qmax``,
+    and per-axis parameters of one length."""
+    spec = _QUANT_ARGS.get(step.op)
+    if spec is None:
+        return
+    where = f"step {step.out} ({step.op})"
+    lengths: set[int] = set()
+    stored: dict[int, np.ndarray] = {}
+    for position, kind in spec:
+        ref = step.args[position] if position < len(step.args) else None
+        if not (isinstance(ref, dict) and set(ref) == {"array"} and ref["array"] in arrays):
+            continue  # computed in the program (its producer is checked) or absent (an optional bias)
+        arr = arrays[ref["array"]]
+        stored[position] = arr
+        if kind == "scale":
+            _array(f"{where} scale", ref, arrays, "f", np.finfo(np.float32).tiny, np.finfo(np.float32).max)
+        elif kind == "multiplier":
+            _array(f"{where} multiplier", ref, arrays, "f", 0.0, 2.0**31)
+        else:
+            _array(f"{where} argument {position}", ref, arrays, "iub", *INT32)
+        if step.op != "quantgraph.linear_int.default" and arr.size != 1:
+            lengths.add(arr.size)
+    if len(lengths) > 1:
+        raise refuse(f"{where} has per-axis parameters of different lengths {sorted(lengths)}")
+    if step.op in ("quantgraph.quantize.default", "quantgraph.requantize.default") and {3, 4} <= set(stored):
+        lo, hi = stored[3].astype(np.int64), stored[4].astype(np.int64)
+        if lo.shape == hi.shape and (lo > hi).any() or lo.size == 1 and (lo.reshape(-1)[0] > hi).any():
+            raise refuse(f"{where} has qmin above qmax")
+    if step.op == "quantgraph.linear_int.default" and 2 in stored:
+        weight = stored[2]
+        if weight.ndim != 2:
+            raise refuse(f"{where}: the integer weight must be 2-D, got {list(weight.shape)}")
+        for position, what in ((3, "weight zero points"), (4, "bias values")):
+            arr = stored.get(position)
+            if arr is not None and arr.size not in (
+                (1, weight.shape[1]) if position == 3 else (weight.shape[1],)
+            ):
+                raise refuse(f"{where}: {arr.size} {what} for {weight.shape[1]} output columns")
+
+
 NATIVE_STEPS = (
     "native.csr",
     "native.aggregate",
@@ -301,6 +354,9 @@ def check_program(program: Any) -> None:
         else:
             fn = resolve_allowed(step.op)
             check_generic_step(step.op, fn, step.args, step.kwargs, names, arrays)
+            check_quant_step(step, program.arrays)
+            if literal_elements(step.op, step.args, step.kwargs, fn._schema) > MAX_STEP_ELEMENTS:
+                raise refuse(f"step {step.out} ({step.op}) asks for more than {MAX_STEP_ELEMENTS} elements")
         names.add(step.out)
     missing = [o for o in program.outputs if o not in names]
     if missing:

@@ -30,6 +30,7 @@ import quantgraph.ir.ops  # noqa: F401  (registers quantgraph::gather / scatter 
 from quantgraph.errors import InputError
 from quantgraph.ir.int_ops import INT32_MAX
 from quantgraph.native import kernels
+from quantgraph.native.alloc_check import MAX_STEP_ELEMENTS, output_elements
 from quantgraph.native.artifact import Program, Step, load_program, references, save_program
 from quantgraph.native.fusion import FusedStep, plan
 from quantgraph.native.opnames import OPERATORS
@@ -288,6 +289,13 @@ class NativeModel:
         if fn is not None:
             args = [self._decode(a, values) for a in step.args]
             kwargs = {k: self._decode(v, values) for k, v in step.kwargs.items()}
+            schema = getattr(fn, "_schema", None)
+            if schema is not None and output_elements(step.op, args, kwargs, schema) > MAX_STEP_ELEMENTS:
+                raise InputError(
+                    f"step {step.out} ({step.op}) of the native model would produce more than "
+                    f"{MAX_STEP_ELEMENTS} elements on these inputs",
+                    "check that the data matches the model, or re-compile it",
+                )
             try:
                 return fn(*args, **kwargs)
             except (RuntimeError, ValueError, IndexError, TypeError, MemoryError) as err:
@@ -328,7 +336,15 @@ class NativeModel:
         }
 
     def _int8(self, arg: Any, values: dict[str, Any]) -> np.ndarray:
-        return np.ascontiguousarray(self._numpy(arg, values), dtype=np.int8)
+        """A kernel's int8 operand; a wider value outside int8 is refused (the cast would wrap it)."""
+        value = self._numpy(arg, values)
+        if value.dtype != np.int8 and value.size and (value.min() < -128 or value.max() > 127):
+            raise InputError(
+                f"the native model feeds values in [{value.min()}, {value.max()}] to an int8 kernel "
+                f"({str(arg)[:60]}); they would wrap",
+                "re-create the model with `quantgraph compile --backend native`",
+            )
+        return np.ascontiguousarray(value, dtype=np.int8)
 
     def _aggregate_input(self, step: Step, values: dict[str, Any]) -> tuple[np.ndarray, int]:
         """The aggregation's features as the kernel reads them (packed at 4/2 bits) and their width."""

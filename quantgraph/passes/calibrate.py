@@ -65,5 +65,5 @@ class CalibratePass(PassBase):
                 recorder.run(*[inputs[n] for n in ctx.input_names])
         for node in gm.graph.nodes:
             if node.name in observers:
-                node.meta[QPARAMS_KEY] = observers[node.name].qparams()
+                node.meta[QPARAMS_KEY] = observers[node.name].qparams().check(node.name)
         return PassResult(gm, bool(observers))

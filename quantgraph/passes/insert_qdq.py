@@ -22,6 +22,7 @@ def insert_qdq_after(gm: fx.GraphModule, node: fx.Node, qp: QParams, group: fx.N
     ``group`` (per-group quantization): the int64 node holding each row's group; the parameters are
     then tables (one entry per group) and each row's parameters are ``gather(table, group)``.
     """
+    qp.check(node.name)  # also parameters set by QAT or a plug-in pass, not only by calibrate
     anchor = node.next
     if group is not None:  # the parameters are gathered by the group index: insert after both
         anchor = later(gm, node, group).next

@@ -141,19 +141,36 @@ def _mutate_json(rng: random.Random, obj):
     return obj
 
 
+def _reseal(doc: dict, arrays: dict[str, np.ndarray]) -> dict:
+    """Declare ``arrays`` and recompute the checksum, as a hostile author would (tests the checks behind it)."""
+    from quantgraph.native.artifact import program_digest
+
+    doc = json.loads(json.dumps(doc)) if isinstance(doc, dict) else {"not": doc}
+    doc["arrays"] = {k: {"dtype": a.dtype.name, "shape": list(a.shape)} for k, a in arrays.items()}
+    doc["sha256"] = program_digest(json.loads(json.dumps(doc)), arrays)
+    return doc
+
+
 def qgn_cases(rng: random.Random, base: dict[str, bytes], n: int) -> Iterator[Case]:
+    """Mutated programs and arrays. Without ``reseal`` any change breaks the recorded checksum, so the run must
+    fail; resealed ones reach the program and array checks and may still be valid programs."""
     src = zipfile.ZipFile(io.BytesIO(base["qgn"]))
     program = json.loads(src.read("program.json"))
     arrays = [nm for nm in src.namelist() if nm.endswith(".npy")]
+    stored = {nm[len("arrays/") : -len(".npy")]: np.load(io.BytesIO(src.read(nm))) for nm in arrays}
     for i in range(n):
         buf = io.BytesIO()
+        reseal = rng.random() < 0.5
+        current = dict(stored)
         if rng.random() < 0.6:
             mutated = _mutate_json(rng, json.loads(json.dumps(program)))
-            replace = {"program.json": json.dumps(mutated).encode()}
+            changed = mutated != program
             label = "qgn-program"
         else:
+            mutated = program
             victim = rng.choice(arrays)
-            arr = np.load(io.BytesIO(src.read(victim)))
+            key = victim[len("arrays/") : -len(".npy")]
+            arr = stored[key]
             how = rng.choice(["shape", "dtype", "nan", "empty", "huge"])
             new = {
                 "shape": lambda a: a.reshape(-1)[: max(1, a.size // 2)],
@@ -162,21 +179,26 @@ def qgn_cases(rng: random.Random, base: dict[str, bytes], n: int) -> Iterator[Ca
                 "empty": lambda a: np.zeros((0,), a.dtype),
                 "huge": lambda a: np.full(a.shape, 2**40, np.int64),
             }[how](arr)
-            b = io.BytesIO()
-            np.save(b, new, allow_pickle=False)
-            replace = {victim: b.getvalue()}
+            current[key] = new
+            changed = new.dtype != arr.dtype or new.shape != arr.shape or not np.array_equal(new, arr)
             label = f"qgn-array-{how}"
+        if reseal:
+            mutated = _reseal(mutated, current)
+            label += "-resealed"
         with zipfile.ZipFile(buf, "w") as out:
-            for nm in src.namelist():
-                out.writestr(nm, replace.get(nm, src.read(nm)))
+            out.writestr("program.json", json.dumps(mutated).encode())
+            for key, value in sorted(current.items()):
+                b = io.BytesIO()
+                np.save(b, value, allow_pickle=False)
+                out.writestr(f"arrays/{key}.npy", b.getvalue())
         name = f"m{i}.qgn"
-        # a changed value may still be a valid program (e.g. a metadata field): bad is not certain
+        # resealed: a changed value may still be a valid program (e.g. a metadata field), so bad is not certain
         yield Case(
             label,
             ["run", name, "--data", SYN, "-o", "logits.npy"],
             {name: buf.getvalue()},
             ["logits.npy"],
-            False,
+            changed and not reseal,
         )
 
 

@@ -120,7 +120,8 @@ def test_ir_agrees_with_every_backend_on_random_graphs(arch, request, tmp_path):
         for threads, session in qdq_session.items():
             got = run_onnx(session, inputs)
             err = float((got - ref).abs().max()) if ref.numel() else 0.0
-            # onnxruntime may resolve a rounding tie the other way: one output step, never more
+            # float32 GEMMs may round a value that sits on a rounding boundary the other way: one output
+            # step, never more (biases are int32 in the IR and the model alike, so nothing else differs)
             assert err <= step * 1.001 + 1e-6, (arch, kind, seed, threads, err, step)
             off_by_step += int((got != ref).any(1).sum())
         ints = compare_integers(int_model, integer, inputs)
@@ -132,6 +133,7 @@ def test_ir_agrees_with_every_backend_on_random_graphs(arch, request, tmp_path):
             seed,
             report,
         )
-    # ties are rare: nearly every node agrees exactly
+    # nearly every node agrees exactly: 0 of 9232 node rows for each arch in the long run. Before the QDQ
+    # backend quantized biases as onnxruntime's WeightBiasQuantization does, GIN differed on 54 (0.6%)
     nodes = sum(make_graph(k, s).x.shape[0] for k, s in _cases(request.config)) * len(qdq_session)
-    assert off_by_step <= max(2, nodes // 100), (off_by_step, nodes)
+    assert off_by_step <= max(1, nodes // 1000), (off_by_step, nodes)

@@ -13,6 +13,7 @@ import torch
 
 import quantgraph as qg
 from quantgraph.errors import InputError
+from quantgraph.native.artifact import program_digest
 from quantgraph.native.runtime import NativeModel
 
 from ..conftest import TwoLayer
@@ -29,21 +30,33 @@ def artifact(tmp_path_factory) -> Path:
     return path
 
 
-def _edit(src: Path, dst: Path, program=None, arrays: dict[str, np.ndarray] | None = None) -> None:
-    """Copy ``src`` with ``program(doc)`` applied to program.json and arrays replaced."""
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
-        for name in zin.namelist():
-            data = zin.read(name)
-            if name == "program.json" and program is not None:
-                doc = json.loads(data)
-                program(doc)
-                data = json.dumps(doc).encode()
-            key = name.removeprefix("arrays/").removesuffix(".npy")
-            if arrays and key in arrays:
-                buf = io.BytesIO()
-                np.save(buf, arrays[key], allow_pickle=False)
-                data = buf.getvalue()
-            zout.writestr(name, data)
+def _edit(
+    src: Path, dst: Path, program=None, arrays: dict[str, np.ndarray] | None = None, reseal: bool = True
+) -> None:
+    """Copy ``src`` with ``program(doc)`` applied to program.json and arrays replaced.
+
+    ``reseal``: declare the arrays as stored and recompute the checksum, as a hostile author would (so the
+    checks behind the checksum are what is tested); False leaves the recorded checksum as it was.
+    """
+    with zipfile.ZipFile(src) as zin:
+        doc = json.loads(zin.read("program.json"))
+        stored = {
+            n.removeprefix("arrays/").removesuffix(".npy"): np.load(io.BytesIO(zin.read(n)))
+            for n in zin.namelist()
+            if n.startswith("arrays/")
+        }
+    if program is not None:
+        program(doc)
+    stored.update(arrays or {})
+    if reseal:
+        doc["arrays"] = {k: {"dtype": v.dtype.name, "shape": list(v.shape)} for k, v in stored.items()}
+        doc["sha256"] = program_digest(json.loads(json.dumps(doc)), stored)
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+        zout.writestr("program.json", json.dumps(doc).encode())
+        for key, value in sorted(stored.items()):
+            buf = io.BytesIO()
+            np.save(buf, value, allow_pickle=False)
+            zout.writestr(f"arrays/{key}.npy", buf.getvalue())
 
 
 def _first(doc, op: str) -> dict:
@@ -145,3 +158,146 @@ def test_clean_artifact_still_runs(artifact):
     model = NativeModel.load(artifact)
     data = _power_law(50, seed=3)
     assert model.run(data.inputs()).shape == (50, 4)
+
+
+def _arrays(artifact: Path) -> dict[str, np.ndarray]:
+    with zipfile.ZipFile(artifact) as z:
+        return {
+            n.removeprefix("arrays/").removesuffix(".npy"): np.load(io.BytesIO(z.read(n)))
+            for n in z.namelist()
+            if n.startswith("arrays/")
+        }
+
+
+def test_changed_weight_fails_the_checksum(artifact, tmp_path):
+    """An in-range change to one weight (a valid zip, CRCs recomputed) is caught by the recorded SHA-256."""
+    name = _linear_weight_name(artifact)
+    weight = _arrays(artifact)[name].copy()
+    weight.flat[0] = 1 if weight.flat[0] != 1 else 2
+    evil = tmp_path / "flipped.qgn"
+    _edit(artifact, evil, arrays={name: weight}, reseal=False)
+    with pytest.raises(InputError, match="does not match the SHA-256"):
+        NativeModel.load(evil)
+
+
+def test_flipped_byte_in_the_file_is_one_error(artifact, tmp_path, capsys):
+    evil = tmp_path / "byte.qgn"
+    raw = bytearray(artifact.read_bytes())
+    raw[len(raw) // 3] ^= 0x10
+    evil.write_bytes(bytes(raw))
+    from quantgraph.cli import main
+
+    assert main(["run", str(evil), "--data", "synthetic", "--quiet"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_array_of_another_shape_than_declared_is_refused(artifact, tmp_path):
+    name = _linear_weight_name(artifact)
+    weight = _arrays(artifact)[name]
+    evil = tmp_path / "shape.qgn"
+    _edit(artifact, evil, arrays={name: weight[:, :-1]}, reseal=False)
+    with pytest.raises(InputError, match="the program declares"):
+        NativeModel.load(evil)
+
+
+def test_undeclared_array_is_refused(artifact, tmp_path):
+    evil = tmp_path / "extra.qgn"
+    _edit(artifact, evil, arrays={"extra": np.zeros(3, np.int8)}, reseal=False)
+    with pytest.raises(InputError, match="'extra' is stored but not declared"):
+        NativeModel.load(evil)
+
+
+def test_artifact_without_checksum_loads_with_a_warning(artifact, tmp_path):
+    """Files written before checksums existed: accepted, with a warning that they were not verified."""
+    from quantgraph.checksum import UnverifiedFileWarning
+
+    old = tmp_path / "old.qgn"
+    _edit(artifact, old, lambda doc: (doc.pop("arrays"), doc.pop("sha256")), reseal=False)
+    with pytest.warns(UnverifiedFileWarning, match="no content checksum"):
+        model = NativeModel.load(old)
+    assert model.run(_power_law(30, seed=1).inputs()).shape == (30, 4)
+
+
+def test_enormous_literal_allocation_is_refused_at_load(artifact, tmp_path):
+    def add_zeros(doc):
+        doc["steps"].insert(
+            0,
+            {"op": "aten.zeros.default", "args": [[2**31 - 1, 2**31 - 1]], "kwargs": {}, "out": "big",
+             "stage": "graph", "source": None},
+        )  # fmt: skip
+
+    evil = tmp_path / "zeros.qgn"
+    _edit(artifact, evil, add_zeros)
+    with pytest.raises(InputError, match="big.*more than 2147483648 elements"):
+        NativeModel.load(evil)
+
+
+def test_enormous_computed_allocation_is_refused_at_run_time(artifact, tmp_path):
+    """A size read from the input (rows x 2**30) is only known when the step runs: refused then."""
+
+    def add_new_zeros(doc):
+        x = doc["meta"]["feature_inputs"][0]
+        doc["steps"].insert(
+            0,
+            {
+                "op": "input.size",
+                "args": [x, 0],
+                "kwargs": {},
+                "out": "rows",
+                "stage": "graph",
+                "source": None,
+            },
+        )
+        doc["steps"].insert(
+            1,
+            {"op": "aten.new_zeros.default", "args": [{"value": x}, [{"value": "rows"}, 2**30]], "kwargs": {},
+             "out": "big", "stage": "feature", "source": None},
+        )  # fmt: skip
+        doc["outputs"].append("big")
+
+    evil = tmp_path / "new_zeros.qgn"
+    _edit(artifact, evil, add_new_zeros)
+    model = NativeModel.load(evil)
+    with pytest.raises(InputError, match="big.*more than 2147483648 elements"):
+        model.run(_power_law(50, seed=3).inputs())
+
+
+def test_huge_zero_point_of_a_generic_quantize_is_refused(artifact, tmp_path):
+    """Generic quantgraph ops are checked too: a zero point of 2**40 in an int64 array."""
+
+    def add_quantize(doc):
+        x = doc["meta"]["feature_inputs"][0]
+        doc["steps"].insert(
+            0,
+            {"op": "quantgraph.quantize.default",
+             "args": [{"value": x}, {"array": "s"}, {"array": "zp"}, {"array": "lo"}, {"array": "hi"}, 0],
+             "kwargs": {}, "out": "q", "stage": "feature", "source": None},
+        )  # fmt: skip
+
+    extra = {
+        "s": np.array(0.1, np.float32),
+        "zp": np.array(2**40, np.int64),
+        "lo": np.array(-128, np.int32),
+        "hi": np.array(127, np.int32),
+    }
+    evil = tmp_path / "generic_zp.qgn"
+    _edit(artifact, evil, add_quantize, arrays=extra)
+    with pytest.raises(InputError, match="quantgraph.quantize.default.*outside"):
+        NativeModel.load(evil)
+    extra.update(zp=np.array(0, np.int64), s=np.array(0.0, np.float32))
+    _edit(artifact, evil, add_quantize, arrays=extra)
+    with pytest.raises(InputError, match="scale"):
+        NativeModel.load(evil)
+
+
+def test_bias_of_the_wrong_length_is_refused(artifact, tmp_path):
+    """Declared and checksummed (a hostile author reseals it), but a bias needs one value per output column: a
+    kernel's bias is checked at load (native.linear) or, where the width is only known then, before it runs."""
+    with zipfile.ZipFile(artifact) as z:
+        doc = json.loads(z.read("program.json"))
+    step = next(s for s in doc["steps"] if s["op"].startswith("native.") and s["kwargs"].get("bias"))
+    name = step["kwargs"]["bias"]["array"]
+    evil = tmp_path / "bias.qgn"
+    _edit(artifact, evil, arrays={name: _arrays(artifact)[name][:-1]})
+    with pytest.raises(InputError, match="bias has .* values for"):
+        NativeModel.load(evil).run(_power_law(50, seed=3).inputs())

@@ -6,13 +6,14 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from quantgraph.cli import main
 from quantgraph.errors import InputError
 from quantgraph.frontend import load_model
-from quantgraph.models import build_model
+from quantgraph.models import ARCHITECTURES, build_model
 
 from .payloads import marker_pickle, marker_torch_save, rewrite_zip, zip_root
 
@@ -169,3 +170,67 @@ def test_zip_bomb_pt2_is_refused(tmp_path):
     assert path.stat().st_size < 1 << 20
     with pytest.raises(InputError, match="decompression bomb"):
         load_model(path)
+
+
+class _Zeros(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.zeros(4)
+
+
+def _from_file_pt2(tmp_path: Path, secret: Path) -> Path:
+    """A pickle-free .pt2 whose graph reads ``secret`` with aten.from_file (its zeros node rewritten)."""
+    clean = tmp_path / "zeros.pt2"
+    torch.export.save(torch.export.export(_Zeros(), (torch.zeros(4),)), clean)
+    with zipfile.ZipFile(clean) as z:
+        (name,) = [n for n in z.namelist() if n.endswith("models/model.json")]
+        doc = json.loads(z.read(name))
+    for node in doc["graph_module"]["graph"]["nodes"]:
+        if node["target"] == "torch.ops.aten.zeros.default":
+            node["target"] = "torch.ops.aten.from_file.default"
+            dtype = [i for i in node["inputs"] if i["name"] == "dtype"]
+            node["inputs"] = [
+                {"name": "filename", "arg": {"as_string": str(secret)}, "kind": 1},
+                {"name": "size", "arg": {"as_int": 4}, "kind": 2},
+                *dtype,
+            ]
+    evil = tmp_path / "from_file.pt2"
+    rewrite_zip(clean, evil, {"models/model.json": json.dumps(doc).encode()})
+    return evil
+
+
+def test_pt2_graph_calling_from_file_is_refused(tmp_path, capsys):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    evil = _from_file_pt2(tmp_path, secret)
+    # live: plain torch.export.load builds a module that reads the file
+    leaked = torch.export.load(evil).module()(torch.zeros(4))
+    assert leaked.tolist() == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(InputError, match="from_file.*allow-list"):
+        load_model(evil)
+    assert main(["inspect", str(evil)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "aten.from_file" in err[0]
+
+
+def test_pt2_op_allow_list_admits_the_zoo_and_refuses_other_libraries():
+    from quantgraph.frontend.pt2_ops import allowed
+
+    assert allowed("torch.ops.aten.scatter_add_.default") and allowed("_operator.getitem")
+    for name in ("torch.ops.aten.from_file.default", "torch.ops.aten.set_.source_Storage",
+                 "torch.ops.mylib.run.default", "torch.ops.higher_order.cond", "builtins.eval"):  # fmt: skip
+        assert not allowed(name), name
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_zoo_architecture_exports_within_the_allow_list(arch):
+    """A new zoo model whose export needs another op must add it to pt2_ops.ATEN_OPS (and say why)."""
+    from quantgraph.frontend.pt2_ops import allowed, target_name
+
+    model = build_model(arch, 6, 3).eval()
+    x, edge_index = torch.randn(10, 6), torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 0, 0]])
+    try:
+        ep = torch.export.export(model, (x, edge_index))
+    except Exception:  # graph-level models also take the graph index of each node
+        ep = torch.export.export(model, (x, edge_index, torch.zeros(10, dtype=torch.long)))
+    called = {target_name(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert not {t for t in called if not allowed(t)}
