@@ -4,6 +4,7 @@ the memory count (against a hand count), ABS's budget, and topology-aware export
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -304,3 +305,34 @@ def test_agnn_traces_and_exports_topology_aware(backend, tmp_path):
     runner = compiled.to_native(data) if backend == "native" else ort_session(compiled.to_onnx())
     got = runner.run(graph.inputs()) if backend == "native" else run_onnx(runner, graph.inputs())
     assert torch.allclose(got, compiled.run(graph.inputs()), atol=1e-5)
+
+
+def test_cli_memory_target_prints_bits_memory_and_pareto_front(tmp_path, capsys):
+    from quantgraph.cli import main
+
+    data = "synthetic:nodes=300,seed=1"
+    model = tmp_path / "gcn.pt"
+    assert (
+        main(["train", "--arch", "gcn", "--data", data, "--epochs", "20", "--quiet", "-o", str(model)]) == 0
+    )
+    report = tmp_path / "r.json"
+    args = [
+        "compile",
+        str(model),
+        "--data",
+        data,
+        "--policy",
+        "sgquant",
+        "--memory-target",
+        "8",
+        "--epochs",
+        "3",
+    ]
+    args += ["--option", "abs_evaluations=6", "-o", str(tmp_path / "m.onnx"), "--report", str(report)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "SGQuant bits" in out and "layer 0 · aggregation" in out and "layer 1 · combination" in out
+    assert "memory (every stored tensor" in out and "ABS Pareto front" in out and "chosen" in out
+    info = json.loads(report.read_text())["sgquant"]
+    assert info["memory"]["reduction"] >= 8 and info["abs"]["evaluated"] <= 6
+    assert info["abs"]["pareto_front"] and info["config"] == info["abs"]["chosen"]["config"]

@@ -188,7 +188,11 @@ def _sgquant(**options) -> Callable:
         )
         compiled.export_onnx(tmp / "m.onnx", task.data)
         info = compiled.report["sgquant"]
-        return {"acc": compiled.report["accuracy"]["onnx"], "mem_x": info["memory"]["reduction"]}
+        return {
+            "acc": compiled.report["accuracy"]["onnx"],
+            "mem_x": info["memory"]["reduction"],
+            **bit_figures(compiled.report),
+        }
 
     return run
 
