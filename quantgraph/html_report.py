@@ -165,7 +165,8 @@ def _summary(report: dict[str, Any]) -> str:
             )
     average = report.get("average_bits")
     if isinstance(average, dict):  # average bits in each convention (ours, the papers')
-        for key, value in average.items():
+        order = {k: i for i, k in enumerate(_CONVENTIONS)}  # fixed order: a JSON round trip may sort keys
+        for key, value in sorted(average.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
             if isinstance(value, (int, float)):
                 rows.append([f"average bits ({_CONVENTIONS.get(key, key)})", "32", f"{value:.2f}", ""])
     rows.append(["quantization points", "", str(report.get("quantization_points", 0)), ""])
