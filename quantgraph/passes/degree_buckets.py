@@ -71,6 +71,18 @@ def insert_bucket_index(gm: fx.GraphModule, boundaries: tuple[int, ...]) -> fx.N
     return bucket
 
 
+def group_by_bucket(targets: list[fx.Node], bucket: fx.Node, num_groups: int) -> None:
+    """Give each target's spec one parameter set per bucket, the bucket of each row read from ``bucket``."""
+    for node in targets:
+        node.meta[QSPEC_KEY] = replace(
+            node.meta[QSPEC_KEY],
+            granularity=Granularity.PER_GROUP,
+            axis=0,
+            group_index=bucket.name,
+            num_groups=num_groups,
+        )
+
+
 @register_pass
 class DegreeBucketsPass(PassBase):
     """Give node-row quantizers one parameter set per in-degree bucket (computed in the graph)."""
@@ -110,14 +122,7 @@ class DegreeBucketsPass(PassBase):
         if not targets:
             return PassResult(gm, False)
         bucket = insert_bucket_index(gm, boundaries)
-        for node in targets:
-            node.meta[QSPEC_KEY] = replace(
-                node.meta[QSPEC_KEY],
-                granularity=Granularity.PER_GROUP,
-                axis=0,
-                group_index=bucket.name,
-                num_groups=len(boundaries) + 1,
-            )
+        group_by_bucket(targets, bucket, len(boundaries) + 1)
         ctx.report["degree_buckets"] = {
             "boundaries": list(boundaries),
             "groups": len(boundaries) + 1,

@@ -11,7 +11,6 @@ default bits of that bucket).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -19,10 +18,9 @@ from torch import fx
 
 from quantgraph.errors import InputError
 from quantgraph.ir.meta import QSPEC_KEY, ROLE_KEY, ROWS_KEY
-from quantgraph.ir.qspec import Granularity
 from quantgraph.ir.roles import Role
 from quantgraph.options import Option
-from quantgraph.passes.degree_buckets import insert_bucket_index, parse_boundaries
+from quantgraph.passes.degree_buckets import group_by_bucket, insert_bucket_index, parse_boundaries
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
 from quantgraph.passes.registry import register_pass
 from quantgraph.sgquant.components import COMPONENT_KEY, FP32_KEY, SGQ_LAYER_KEY, classify, denominators
@@ -121,14 +119,7 @@ class SGQuantAnnotatePass(PassBase):
                     and by_name[name].meta.get(ROLE_KEY) in BUCKET_ROLES
                 ]
                 bucket = insert_bucket_index(gm, boundaries)
-                for node in targets:
-                    node.meta[QSPEC_KEY] = replace(
-                        node.meta[QSPEC_KEY],
-                        granularity=Granularity.PER_GROUP,
-                        axis=0,
-                        group_index=bucket.name,
-                        num_groups=len(boundaries) + 1,
-                    )
+                group_by_bucket(targets, bucket, len(boundaries) + 1)
                 info["buckets"] = {
                     "boundaries": list(boundaries),
                     "groups": len(boundaries) + 1,
