@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from quantgraph.ir.meta import LAYER_KEY, ROLE_KEY, SOURCE_KEY
+from quantgraph.ir.meta import EXACT_SCALE_KEY, LAYER_KEY, ROLE_KEY, SOURCE_KEY
 from quantgraph.ir.ops import DEQUANTIZE, GATHER, QUANTIZE, SCATTER
 from quantgraph.ir.quantizer import Quantizer
 from quantgraph.ir.roles import Role
@@ -437,6 +437,11 @@ def memory_bits_sgquant(
     bits = elements = 0.0
     for node in gm.graph.nodes:
         role = node.meta.get(ROLE_KEY)
+        if node.target == DEQUANTIZE and EXACT_SCALE_KEY in node.meta and node.name in shapes:
+            n = math.prod(shapes[node.name])  # a bias stored as int32 by quantize-bias: 32 bits, as in FP32
+            bits += n * float(FP32_BITS)
+            elements += n
+            continue
         if (
             role is None
             or role in _TRANSIENT_ROLES

@@ -18,7 +18,7 @@ import quantgraph as qg
 from quantgraph.cli import main
 from quantgraph.data import GraphData, make_csbm
 from quantgraph.errors import InputError
-from quantgraph.native.artifact import load_program, program_bytes
+from quantgraph.native.artifact import load_program, program_bytes, program_digest
 from quantgraph.native.runtime import NativeModel
 
 from .conftest import TwoLayer
@@ -139,11 +139,19 @@ def test_bad_artifacts_are_refused_with_one_line(tmp_path):
     with pytest.raises(InputError, match="not a quantgraph native model"):
         load_program(tmp_path / "pickle.qgn")
 
+    with zipfile.ZipFile(good) as zf:
+        stored = {
+            n.removeprefix("arrays/").removesuffix(".npy"): np.load(io.BytesIO(zf.read(n)))
+            for n in zf.namelist()
+            if n.startswith("arrays/")
+        }
+
     def unknown_op(name: str, payload: bytes) -> bytes:
         if name != "program.json":
             return payload
         doc = json.loads(payload)
         doc["steps"][0]["op"] = "builtins.eval"
+        doc["sha256"] = program_digest(json.loads(json.dumps(doc)), stored)  # resealed, as an attacker would
         return json.dumps(doc).encode()
 
     _rewrite(good, tmp_path / "op.qgn", unknown_op)
