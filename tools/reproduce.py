@@ -68,19 +68,27 @@ FINE_TUNE_OVERRIDES: dict[tuple[str, str, int], dict[str, float]] = {
 }
 
 
+def _compile_exported(model: torch.nn.Module, task: Task, tmp: Path, policy: str, options: dict, **kwargs):
+    """Compile ``model`` on the task's graph with seeded ``options``, export ONNX (verified in onnxruntime)."""
+    compiled = qg_compile(
+        model,
+        task.data,
+        policy=policy,
+        options=options,
+        calibration=task.calibration(),
+        task_data=task.task_data(),
+        **kwargs,
+    )
+    compiled.export_onnx(tmp / "m.onnx", task.data)
+    return compiled
+
+
 def _compiled(policy: str, bits: int, **options) -> Callable:
     def run(model: torch.nn.Module, task: Task, tmp: Path, seed: int, arch: str) -> float:
         override = FINE_TUNE_OVERRIDES.get((arch, policy, bits), {})
-        compiled = qg_compile(
-            model,
-            task.data,
-            policy=policy,
-            bits=bits,
-            options={**options, **override, "seed": seed},
-            calibration=task.calibration(),
-            task_data=task.task_data(),
+        compiled = _compile_exported(
+            model, task, tmp, policy, {**options, **override, "seed": seed}, bits=bits
         )
-        compiled.export_onnx(tmp / "m.onnx", task.data)
         return {"acc": compiled.report["accuracy"]["onnx"], **bit_figures(compiled.report)}
 
     return run
@@ -126,16 +134,9 @@ def _mixq(lam: float) -> Callable:
     """MixQ at one lambda: accuracy plus the chosen average bits and BitOPs reduction (logged per seed)."""
 
     def run(model: torch.nn.Module, task: Task, tmp: Path, seed: int, arch: str) -> dict[str, float]:
-        compiled = qg_compile(
-            model,
-            task.data,
-            policy="mixq",
-            options={"lambda": lam, "seed": seed},
-            calibration=task.calibration(),
-            task_data=task.task_data(),
-            backend="onnx-int",
+        compiled = _compile_exported(
+            model, task, tmp, "mixq", {"lambda": lam, "seed": seed}, backend="onnx-int"
         )
-        compiled.export_onnx(tmp / "m.onnx", task.data)
         return {
             "acc": compiled.report["accuracy"]["onnx"],
             "bits": compiled.report["mixq"]["average_bits"],
@@ -150,15 +151,7 @@ def _a2q(policy: str) -> Callable:
     """A²Q (per-node or NNS): accuracy, average bits in A²Q's convention (the table's bits) and stored bits."""
 
     def run(model: torch.nn.Module, task: Task, tmp: Path, seed: int, arch: str) -> dict[str, float]:
-        compiled = qg_compile(
-            model,
-            task.data,
-            policy=policy,
-            options={"seed": seed},
-            calibration=task.calibration(),
-            task_data=task.task_data(),
-        )
-        compiled.export_onnx(tmp / "m.onnx", task.data)
+        compiled = _compile_exported(model, task, tmp, policy, {"seed": seed})
         a2q = compiled.report["a2q"]
         return {
             "acc": compiled.report["accuracy"]["onnx"],
@@ -178,15 +171,7 @@ def _sgquant(**options) -> Callable:
     """SGQuant with a bit configuration or an ABS budget: accuracy, memory reduction (logged per seed)."""
 
     def run(model: torch.nn.Module, task: Task, tmp: Path, seed: int, arch: str) -> dict[str, float]:
-        compiled = qg_compile(
-            model,
-            task.data,
-            policy="sgquant",
-            options={**options, "seed": seed},
-            calibration=task.calibration(),
-            task_data=task.task_data(),
-        )
-        compiled.export_onnx(tmp / "m.onnx", task.data)
+        compiled = _compile_exported(model, task, tmp, "sgquant", {**options, "seed": seed})
         info = compiled.report["sgquant"]
         return {
             "acc": compiled.report["accuracy"]["onnx"],
