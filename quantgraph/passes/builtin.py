@@ -18,6 +18,7 @@ from quantgraph.passes import (  # noqa: F401
     search_bits,
     sgquant_annotate,
     sgquant_bits,
+    sgquant_budget,
     tag_roles,
     train_qat,
 )
