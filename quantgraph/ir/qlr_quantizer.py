@@ -8,7 +8,8 @@ zero point shifted by ``2^(b−1)``: the same grid, so INT8/INT4/INT2 kernels ru
   and 8 bits) minimising ``mean|x̂ − x|``, then raised by 0.1 when below 0.1 (BT*: below 0.5), as the
   official ``initial_alpha_range``.
 * Gradient (:class:`QLRFunction`): straight-through for ``x`` inside the range, 0 where it is clipped; for α
-  ``Σ g·[1(x<lo)·min + 1(x>hi)·max + 1(in)·(round(v) − v)·s/α]``: the official formula with ``v = x/s``
+  ``Σ g·[1(x<lo)·min + 1(x>hi)·max + 1(in)·(round(v) − v)·s/α]`` (min/max: the grid's ends ÷ α, i.e. the
+  batch bounds up to the zero point's rounding): the official formula with ``v = x/s``
   from the *input* (their backward used the saved dequantized output, where ``round(v) − v = 0``) and the
   in-range term in value units (``∂s/∂α = s/α``), i.e. the exact derivative of ``x̂`` with ``round``'s
   derivative taken as 1. One α per quantizer.

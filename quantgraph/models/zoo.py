@@ -334,7 +334,7 @@ def normalized_adjacency(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Te
     counted on the targets (GCN's normalisation, in plain torch so it traces to IR scatters)."""
     loop = torch.arange(num_nodes, device=edge_index.device)
     src, dst = torch.cat([edge_index[0], loop]), torch.cat([edge_index[1], loop])
-    ones = torch.ones(src.shape[0], device=edge_index.device)
+    ones = torch.ones_like(dst, dtype=torch.float32)  # no edge-count size: programs read sizes off x only
     deg = torch.zeros(num_nodes, device=edge_index.device).index_add(0, dst, ones)
     inv_sqrt = deg.pow(-0.5)
     return src, dst, (inv_sqrt[src] * inv_sqrt[dst]).unsqueeze(-1)
@@ -429,8 +429,8 @@ class SMP(nn.Module):
         x = F.dropout(x, p=self.dropout, training=self.training)
         h = self.lin2(x)
         graph = normalized_adjacency(edge_index, h.shape[0])
-        num_edges = graph[0].new_ones(graph[0].shape).sum().to(h.dtype)  # |E| of A + I (the nnz of Ã)
-        state = (h.new_full((), 1e-3), h.new_full((), 1e-3))  # λ, s: reset in every forward, as the official code
+        num_edges = torch.ones_like(graph[0], dtype=h.dtype).sum()  # |E| of A + I (the nnz of Ã)
+        state = (h.new_full((), 1e-3), h.new_full((), 1e-3))  # λ, s: reset in every forward (official)
         x = h
         for step in self.steps:
             x, state = step(x, h, graph, state, num_edges)
@@ -487,7 +487,7 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "gin": {"epochs": 200, "lr": 0.005, "weight_decay": 5e-3},
     "sage": {"epochs": 200, "lr": 0.01, "weight_decay": 5e-4},
     "gin_graph": {"epochs": 150, "lr": 0.002, "weight_decay": 0.0, "batch_size": 32},
-    "smp": {"epochs": 200, "lr": 0.01, "weight_decay": 1e-5},  # SMP's official FP32 command (no lr decay here)
+    "smp": {"epochs": 200, "lr": 0.01, "weight_decay": 1e-5},  # SMP's official FP32 command (no lr decay)
     "appnp": {"epochs": 200, "lr": 0.01, "weight_decay": 1e-5},
 }
 
