@@ -37,6 +37,8 @@ MIXQ_OPTIONS = {
     "bit_candidates": "bit_candidates",
     "search_epochs": "search_epochs",
 }
+#: a2q flags: argparse dest -> compile option
+A2Q_FLAGS = {"target_kb": "target_kb"}
 
 
 def _console(args: argparse.Namespace) -> Console:
@@ -237,6 +239,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     )
     options.update(
         {opt: getattr(args, dest) for dest, opt in SGQUANT_OPTIONS.items() if getattr(args, dest) is not None}
+    )
+    options.update(
+        {opt: getattr(args, dest) for dest, opt in A2Q_FLAGS.items() if getattr(args, dest) is not None}
     )
     options.update(parse_assignments(args.option or []))  # generic --option key=value (checked by compile)
     compiled = qg_compile(
@@ -728,6 +733,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mixq.add_argument(
         "--search-epochs", type=int, metavar="N", help="epochs of the bitwidth search (default 40)"
+    )
+    a2q = p.add_argument_group("learned per-node bits (a2q, a2q-nns)")
+    a2q.add_argument(
+        "--target-kb",
+        type=float,
+        metavar="KB",
+        help="a2q: total node-feature memory budget in KB (instead of --target-bits per layer, default 3.0)",
     )
     sgq = p.add_argument_group("multi-granularity bits (sgquant)")
     sgq.add_argument(
