@@ -19,6 +19,9 @@ from quantgraph.passes import (  # noqa: F401
     sgquant_annotate,
     sgquant_bits,
     sgquant_budget,
+    smp_annotate,
+    smp_freeze,
+    smp_train,
     tag_roles,
     train_qat,
 )
