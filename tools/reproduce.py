@@ -35,6 +35,7 @@ import torch
 from quantgraph.compiler import compile as qg_compile
 from quantgraph.data import collate
 from quantgraph.data.task import Task, load_task
+from quantgraph.errors import InputError
 from quantgraph.fileio import atomic_write_bytes, atomic_write_json
 from quantgraph.models import TRAIN_DEFAULTS, build_model
 from quantgraph.training import train_graph_classifier, train_node_classifier
@@ -416,7 +417,11 @@ def main(argv: list[str] | None = None) -> int:
                 with tempfile.TemporaryDirectory() as tmp:
                     done: dict[str, float] = {}
                     for m in methods:
-                        result = m.run(model, task, Path(tmp), seed, arch)
+                        try:
+                            result = m.run(model, task, Path(tmp), seed, arch)
+                        except InputError as err:  # e.g. a memory target the candidates cannot reach
+                            print(f"{dataset} {arch} seed {seed}: {m.name} skipped: {err}", flush=True)
+                            continue
                         extras = result if isinstance(result, dict) else {"acc": result}
                         done[m.name] = round(100 * extras.pop("acc"), 1)
                         done.update({f"{m.name} {k}": round(v, 3) for k, v in extras.items()})

@@ -5,7 +5,10 @@ layer-0 messages at 1 bit: every candidate scored 12-16 % on Cora's validation n
 point (and degree bucket) and each candidate bitwidth, the range ``alpha * [min, max]`` with the lowest
 mean squared error over the calibration graph's values is kept (``alpha`` on a grid in (0, 1]). ABS sets
 a candidate's ranges from this table with its bits, and the chosen configuration starts fine-tuning from
-it. Ranges that are frozen (the input features) keep their calibrated min/max.
+it. Ranges that are frozen (the input features) keep their calibrated min/max, and so do points at more
+than ``MSE_MAX_BITS`` bits: min/max is close to optimal there (8 bits: 255 levels), and on GAT's softmax
+coefficients a clipped 8-bit range put values within float rounding of a level boundary, where
+onnxruntime's softmax and the IR's differ by one integer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import Tensor, fx
 from quantgraph.sgquant.quantizer import FP32_BITS, SGQuantizer, affine_params, integer_range
 
 ALPHAS = tuple(1.0 - 0.98 * i / 39 for i in range(40))  # 1.0 down to 0.02
+MSE_MAX_BITS = 4  # bits up to which the MSE range replaces the calibrated min/max
 MAX_VALUES = 200_000  # values per tensor (or bucket) the MSE is computed on (an even subsample)
 
 
@@ -99,10 +103,12 @@ class RangeTable:
         with torch.no_grad():
             if module.grouped:
                 for g, b in enumerate(module.bits.tolist()):
+                    if b > MSE_MAX_BITS:
+                        continue
                     lo, hi = self.get(name, int(b), g)
                     if lo != hi:  # an empty bucket keeps its calibrated range
                         module.lo[g], module.hi[g] = lo, hi
-            else:
+            elif int(module.bits) <= MSE_MAX_BITS:
                 lo, hi = self.get(name, int(module.bits))
                 module.lo.fill_(lo)
                 module.hi.fill_(hi)

@@ -100,8 +100,9 @@ def render_sgquant(report: dict[str, Any], console: Console) -> None:
         if search["chosen"]["config"] not in {p["config"] for p in search["pareto_front"]}:
             console.print(f"chosen (within budget): {search['chosen']['config']}")
         drop = 100 * search.get("val_drop", 0.0)
+        side = "below" if drop >= 0 else "above"
         console.print(
-            f"chosen: validation {100 * search['chosen']['val_acc']:.2f}% ({drop:+.2f} points below FP32)"
+            f"chosen: validation {100 * search['chosen']['val_acc']:.2f}% ({abs(drop):.2f} points {side} FP32)"
         )
         if not search["met"]:
             console.print(
