@@ -291,6 +291,19 @@ def test_native_integers_equal_the_ir_for_the_smp_model(smp_and_graph, tmp_path,
 
 
 @pytest.mark.slow  # a compile: traces and trains (> 5 s on 2 shared cores)
+def test_official_points_leave_updates_and_edge_weights_float_and_native_equals_the_ir(
+    smp_and_graph, tmp_path
+):
+    model, data = smp_and_graph
+    options = {"epochs": 2, "smp_points": "official"}
+    compiled = qg_compile(model, data, policy="smp", bits=2, options=options, backend="native")
+    assert compiled.report["smp"]["points"] == {"input": 1, "weight": 2, "linear_out": 2, "linear_input": 1,
+                                                "message": 6, "aggregation": 6}  # fmt: skip
+    checks = compiled.export(tmp_path / "m.qgn", data)
+    assert checks["integer_tensors"]["equal"] and checks["max_abs_error"] == 0.0
+
+
+@pytest.mark.slow  # a compile: traces and trains (> 5 s on 2 shared cores)
 def test_bt_variants_need_two_bits(smp_and_graph):
     from quantgraph.errors import InputError
 

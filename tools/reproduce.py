@@ -226,6 +226,10 @@ SMP_METHODS: dict[str, Method] = {
     **{f"smp-int{b}": Method(f"smp-int{b}", b, _compiled("smp", b)) for b in (8, 4, 2)},
     "smp-int2-bt": Method("smp-int2-bt", 2, _compiled("smp", 2, smp_bt="bt")),
     "smp-int2-bt*": Method("smp-int2-bt*", 2, _compiled("smp", 2, smp_bt="bt*")),
+    **{  # the official code's points only (X, Δ and edge weights float)
+        f"smp-int{b}-official": Method(f"smp-int{b}-official", b, _compiled("smp", b, smp_points="official"))
+        for b in (4, 2)
+    },
 }
 
 
