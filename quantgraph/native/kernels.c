@@ -16,6 +16,8 @@
  *   pack_i8                                  int8 rows -> packed 4/2-bit feature rows
  *   gemm_i8_pack / gemm_i8                   int8 x int8 -> int32 matmul with zero points:
  *       C[m, n] = sum_k (A[m, k] - za) * (B[k, n] - zb[n]) + bias[n]
+ *   csr_spmm_mixed_f32                       float32 CSR aggregation of dequantized node rows stored at mixed
+ *       widths (A2Q: rows grouped by width 8/4/2/0, each group packed at its width, one scale per row)
  *   qg_info                                  ABI version and build features
  *
  * Conventions
@@ -2026,6 +2028,84 @@ int gemm_i8_epilogue(const int8_t *a, const float *af, const float *xq, const in
     if (af && (!xq || !(xq[0] > 0.0f) || !(xq[2] <= xq[3]) || xq[2] < -128.0f || xq[3] > 127.0f)) return QG_EBADARG;
     return gemm_core(a, af, xq, row_index, M, K, lda, za, packed, colsum, N, zb, zb_per_col, bias, NULL, 0, epi,
                      threads);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* mixed-bit node rows (A2Q): rows grouped by stored width, each group packed at its width            */
+
+/*
+ * Storage: group g in {0, 1, 2, 3} holds its rows at width {8, 4, 2, 0} bits (int8 values or the packed
+ * fields of pack_i8), row k of group g at data + group_base[g] + k * group_stride[g]; node j is row
+ * row_index[j] of group row_group[j]. Width 0 holds rows whose values are all 0 (A2Q's 1-bit rows:
+ * qmax = 2^0 - 1 = 0): no bytes.
+ */
+static const int QG_MIXED_WIDTH[4] = {8, 4, 2, 0};
+
+/* v[f] = (float)field(f) * s for the F fields of one stored row (dequantize, zero point 0). */
+static inline void mixed_row_f32(const uint8_t *restrict r, int width, int64_t F, float s, float *restrict v) {
+    int64_t f;
+    if (width == 8) {
+        const int8_t *q = (const int8_t *)r;
+        for (f = 0; f < F; f++) v[f] = (float)q[f] * s;
+    } else if (width == 4) {
+        for (f = 0; f < F; f++) {
+            const int32_t c = (r[f >> 1] >> ((f & 1) * 4)) & 15;
+            v[f] = (float)((c ^ 8) - 8) * s;
+        }
+    } else if (width == 2) {
+        for (f = 0; f < F; f++) {
+            const int32_t c = (r[f >> 2] >> ((f & 3) * 2)) & 3;
+            v[f] = (float)((c ^ 2) - 2) * s;
+        }
+    } else {
+        for (f = 0; f < F; f++) v[f] = 0.0f * s;
+    }
+}
+
+/*
+ * out[i, f] = sum_{e in row i, edge order} ((float)q_j[f] * row_scale[j]) * w[e], j = indices[e], over the
+ * mixed-bit storage above; w NULL: weight 1 (the product is skipped). float32, one thread per output row, so
+ * the sums are added in CSR (edge) order whatever the thread count, as a sequential scatter-add adds them.
+ */
+int csr_spmm_mixed_f32(int64_t n_rows, int64_t n_src, int64_t F, const int64_t *indptr, const void *indices,
+                       int idx64, const float *w, const uint8_t *data, const int64_t *group_base,
+                       const int64_t *group_stride, const uint8_t *row_group, const int32_t *row_index,
+                       const float *row_scale, float *out, int64_t out_stride, int threads) {
+    if (n_rows < 0 || n_src < 0 || F < 0 || !indptr || !group_base || !group_stride || out_stride < F) return QG_EBADARG;
+    if (n_rows && (!out || (indptr[n_rows] && !indices))) return QG_EBADARG;
+    if (n_src && (!row_group || !row_index || !row_scale)) return QG_EBADARG;
+    for (int g = 0; g < 3; g++)
+        if (group_stride[g] < (F * QG_MIXED_WIDTH[g] + 7) / 8) return QG_EBADARG;
+    const int T = qg_threads(threads);
+    float *buf = (float *)qg_alloc((size_t)T * (size_t)(F > 0 ? F : 1) * sizeof(float));
+    if (!buf) return QG_ENOMEM;
+#pragma omp parallel num_threads(T) if (n_rows * F > 32768)
+    {
+#ifdef _OPENMP
+        float *v = buf + (size_t)omp_get_thread_num() * (size_t)(F > 0 ? F : 1);
+#else
+        float *v = buf;
+#endif
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t i = 0; i < n_rows; i++) {
+            float *restrict o = out + i * out_stride;
+            for (int64_t f = 0; f < F; f++) o[f] = 0.0f;
+            for (int64_t e = indptr[i]; e < indptr[i + 1]; e++) {
+                const int64_t j = idx64 ? ((const int64_t *)indices)[e] : (int64_t)((const int32_t *)indices)[e];
+                const int g = row_group[j] & 3;
+                const uint8_t *r = data + group_base[g] + (int64_t)row_index[j] * group_stride[g];
+                mixed_row_f32(r, QG_MIXED_WIDTH[g], F, row_scale[j], v);
+                if (w) {
+                    const float we = w[e];
+                    for (int64_t f = 0; f < F; f++) o[f] += v[f] * we;
+                } else {
+                    for (int64_t f = 0; f < F; f++) o[f] += v[f];
+                }
+            }
+        }
+    }
+    free(buf);
+    return QG_OK;
 }
 
 /* ------------------------------------------------------------------------------------------------ */
