@@ -2041,31 +2041,40 @@ int gemm_i8_epilogue(const int8_t *a, const float *af, const float *xq, const in
  */
 static const int QG_MIXED_WIDTH[4] = {8, 4, 2, 0};
 
-/* v[f] = (float)field(f) * s for the F fields of one stored row (dequantize, zero point 0). */
-static inline void mixed_row_f32(const uint8_t *restrict r, int width, int64_t F, float s, float *restrict v) {
-    int64_t f;
+/* o[f] += (float)field(f) * c for the F fields of one stored row. */
+static inline void mixed_row_axpy(const uint8_t *restrict r, int width, int64_t F, float c, float *restrict o) {
     if (width == 8) {
-        const int8_t *q = (const int8_t *)r;
-        for (f = 0; f < F; f++) v[f] = (float)q[f] * s;
+        const int8_t *restrict q = (const int8_t *)r;
+        for (int64_t f = 0; f < F; f++) o[f] += (float)q[f] * c;
     } else if (width == 4) {
-        for (f = 0; f < F; f++) {
-            const int32_t c = (r[f >> 1] >> ((f & 1) * 4)) & 15;
-            v[f] = (float)((c ^ 8) - 8) * s;
+        const int64_t full = F / 2;
+        for (int64_t k = 0; k < full; k++) {
+            const int8_t b = (int8_t)r[k];
+            o[2 * k] += (float)((int8_t)(b * 16) >> 4) * c;
+            o[2 * k + 1] += (float)(b >> 4) * c;
         }
+        if (F & 1) o[F - 1] += (float)((int8_t)((int8_t)r[full] * 16) >> 4) * c;
     } else if (width == 2) {
-        for (f = 0; f < F; f++) {
-            const int32_t c = (r[f >> 2] >> ((f & 3) * 2)) & 3;
-            v[f] = (float)((c ^ 2) - 2) * s;
+        const int64_t full = F / 4;
+        for (int64_t k = 0; k < full; k++) {
+            const int8_t b = (int8_t)r[k];
+            o[4 * k] += (float)((int8_t)(b * 64) >> 6) * c;
+            o[4 * k + 1] += (float)((int8_t)(b * 16) >> 6) * c;
+            o[4 * k + 2] += (float)((int8_t)(b * 4) >> 6) * c;
+            o[4 * k + 3] += (float)(b >> 6) * c;
         }
-    } else {
-        for (f = 0; f < F; f++) v[f] = 0.0f * s;
+        for (int64_t f = 4 * full; f < F; f++) {
+            const int32_t code = (r[f >> 2] >> ((f & 3) * 2)) & 3;
+            o[f] += (float)((code ^ 2) - 2) * c;
+        }
     }
 }
 
 /*
- * out[i, f] = sum_{e in row i, edge order} ((float)q_j[f] * row_scale[j]) * w[e], j = indices[e], over the
- * mixed-bit storage above; w NULL: weight 1 (the product is skipped). float32, one thread per output row, so
- * the sums are added in CSR (edge) order whatever the thread count, as a sequential scatter-add adds them.
+ * out[i, f] = sum_{e in row i, edge order} (float)q_j[f] * (row_scale[j] * w[e]), j = indices[e], over the
+ * mixed-bit storage above (w NULL: weight 1, the coefficient is the scale and each term is the IR's
+ * dequantized value q * s exactly). float32; one thread per output row, so the terms are added in CSR (edge)
+ * order whatever the thread count, as a sequential scatter-add adds them. Width-0 rows add nothing.
  */
 int csr_spmm_mixed_f32(int64_t n_rows, int64_t n_src, int64_t F, const int64_t *indptr, const void *indices,
                        int idx64, const float *w, const uint8_t *data, const int64_t *group_base,
@@ -2077,34 +2086,18 @@ int csr_spmm_mixed_f32(int64_t n_rows, int64_t n_src, int64_t F, const int64_t *
     for (int g = 0; g < 3; g++)
         if (group_stride[g] < (F * QG_MIXED_WIDTH[g] + 7) / 8) return QG_EBADARG;
     const int T = qg_threads(threads);
-    float *buf = (float *)qg_alloc((size_t)T * (size_t)(F > 0 ? F : 1) * sizeof(float));
-    if (!buf) return QG_ENOMEM;
-#pragma omp parallel num_threads(T) if (n_rows * F > 32768)
-    {
-#ifdef _OPENMP
-        float *v = buf + (size_t)omp_get_thread_num() * (size_t)(F > 0 ? F : 1);
-#else
-        float *v = buf;
-#endif
-#pragma omp for schedule(dynamic, 64)
-        for (int64_t i = 0; i < n_rows; i++) {
-            float *restrict o = out + i * out_stride;
-            for (int64_t f = 0; f < F; f++) o[f] = 0.0f;
-            for (int64_t e = indptr[i]; e < indptr[i + 1]; e++) {
-                const int64_t j = idx64 ? ((const int64_t *)indices)[e] : (int64_t)((const int32_t *)indices)[e];
-                const int g = row_group[j] & 3;
-                const uint8_t *r = data + group_base[g] + (int64_t)row_index[j] * group_stride[g];
-                mixed_row_f32(r, QG_MIXED_WIDTH[g], F, row_scale[j], v);
-                if (w) {
-                    const float we = w[e];
-                    for (int64_t f = 0; f < F; f++) o[f] += v[f] * we;
-                } else {
-                    for (int64_t f = 0; f < F; f++) o[f] += v[f];
-                }
-            }
+#pragma omp parallel for num_threads(T) schedule(dynamic, 64) if (n_rows * F > 32768)
+    for (int64_t i = 0; i < n_rows; i++) {
+        float *restrict o = out + i * out_stride;
+        for (int64_t f = 0; f < F; f++) o[f] = 0.0f;
+        for (int64_t e = indptr[i]; e < indptr[i + 1]; e++) {
+            const int64_t j = idx64 ? ((const int64_t *)indices)[e] : (int64_t)((const int32_t *)indices)[e];
+            const int g = row_group[j] & 3;
+            if (g == 3) continue;
+            const uint8_t *r = data + group_base[g] + (int64_t)row_index[j] * group_stride[g];
+            mixed_row_axpy(r, QG_MIXED_WIDTH[g], F, w ? row_scale[j] * w[e] : row_scale[j], o);
         }
     }
-    free(buf);
     return QG_OK;
 }
 

@@ -6,9 +6,10 @@ widths that holds it: rows are grouped by stored width (8, 4 or 2 bits, and 0 fo
 :func:`~quantgraph.native.kernels.pack` (two's complement fields, little end first). A node's row is found
 through its group (``uint8``) and its index in the group (``int32``); its scale is one ``float32``.
 
-:func:`spmm_mixed` is ``out[i] = Σ_{j→i} w_ij · (s_j · q_j)`` in float32 over that storage (the C kernel
-``csr_spmm_mixed_f32``), added in edge order like the IR's sequential scatter-add, so on the IR's integers
-it gives the IR's dequantized aggregation.
+:func:`spmm_mixed` is ``out[i] = Σ_{j→i} q_j · (s_j · w_ij)`` in float32 over that storage (the C kernel
+``csr_spmm_mixed_f32``), added in edge order like the IR's sequential scatter-add: without edge weights each
+term is the IR's dequantized ``q_j · s_j`` and the sum equals the IR's bit for bit; with them the IR rounds
+``(q_j · s_j) · w_ij``, so the two differ in the last bits.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def csr_edge_weights(edge_index: Any, weights: Any) -> np.ndarray:
 def spmm_mixed(
     csr: CSR, rows: BitGroupedRows, edge_weights: Any = None, threads: int | None = None
 ) -> np.ndarray:
-    """float32 ``[num_rows, F]``: ``out[i] = Σ_e w_e · (s_j · q_j)`` over the mixed-bit ``rows``.
+    """float32 ``[num_rows, F]``: ``out[i] = Σ_e q_j · (s_j · w_e)`` over the mixed-bit ``rows``.
 
     ``edge_weights``: float32, one per edge in CSR order (:func:`csr_edge_weights`), or None (weight 1).
     """
