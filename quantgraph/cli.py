@@ -161,6 +161,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
     config = {"hidden": args.hidden} if args.hidden else {}
+    if args.K is not None:
+        config["K"] = args.K  # smp/appnp only: build_model names the fix for other architectures
     torch.manual_seed(args.seed)
     common = {
         "epochs": hp["epochs"],
@@ -598,8 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         required=True,
-        choices=["gcn", "gat", "gin", "sage", "agnn", "gin_graph"],
-        help="model: gcn, gat, gin, sage (node tasks) or gin_graph (graph-classification .npz)",
+        choices=["gcn", "gat", "gin", "sage", "agnn", "smp", "appnp", "gin_graph"],
+        help="model: gcn, gat, gin, sage, agnn, smp, appnp (node tasks) or gin_graph (graph-classification .npz)",
     )
     _add_data_args(p)
     p.add_argument(
@@ -608,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="Adam learning rate (default: the architecture's)")
     p.add_argument("--weight-decay", type=float, help="Adam weight decay (default: the architecture's)")
     p.add_argument("--hidden", type=int, help="hidden width (default: the architecture's)")
+    p.add_argument("--K", type=int, help="propagation steps of smp/appnp (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("-o", "--output", required=True, metavar="FILE.pt", help="checkpoint to write")
     _quiet(p)

@@ -215,6 +215,18 @@ SGQUANT_METHODS: dict[str, Method] = {
 }
 
 
+#: SMP (``--archs smp`` or ``appnp``): QLR QAT at 8/4/2 bits and the INT2 BT/BT* variants (issue 15).
+SMP_METHODS: dict[str, Method] = {
+    **{f"smp-int{b}": Method(f"smp-int{b}", b, _compiled("smp", b)) for b in (8, 4, 2)},
+    "smp-int2-bt": Method("smp-int2-bt", 2, _compiled("smp", 2, smp_bt="bt")),
+    "smp-int2-bt*": Method("smp-int2-bt*", 2, _compiled("smp", 2, smp_bt="bt*")),
+    **{  # the official code's points only (X, Δ and edge weights float)
+        f"smp-int{b}-official": Method(f"smp-int{b}-official", b, _compiled("smp", b, smp_points="official"))
+        for b in (4, 2)
+    },
+}
+
+
 def method(name: str) -> Method:
     """A method by name; ``mixq-l<lambda>`` (e.g. ``mixq-l0.1``) is MixQ at that lambda, integer backend;
     ``a2q``/``a2q-nns`` are A²Q (not in the default list: each trains 200 epochs)."""
@@ -224,6 +236,8 @@ def method(name: str) -> Method:
         return Method(name, 0, _sgquant(memory_target=float(name[len("sgquant-abs") :])))
     if name in SGQUANT_METHODS:
         return SGQUANT_METHODS[name]
+    if name in SMP_METHODS:
+        return SMP_METHODS[name]
     if name in A2Q_METHODS:
         return Method(name, 0, _a2q(A2Q_METHODS[name]))
     return METHODS[name]
