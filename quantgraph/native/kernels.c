@@ -2041,33 +2041,31 @@ int gemm_i8_epilogue(const int8_t *a, const float *af, const float *xq, const in
  */
 static const int QG_MIXED_WIDTH[4] = {8, 4, 2, 0};
 
-/* o[f] += (float)field(f) * c for the F fields of one stored row. */
-static inline void mixed_row_axpy(const uint8_t *restrict r, int width, int64_t F, float c, float *restrict o) {
-    if (width == 8) {
-        const int8_t *restrict q = (const int8_t *)r;
-        for (int64_t f = 0; f < F; f++) o[f] += (float)q[f] * c;
-    } else if (width == 4) {
-        const int64_t full = F / 2;
-        for (int64_t k = 0; k < full; k++) {
-            const int8_t b = (int8_t)r[k];
-            o[2 * k] += (float)((int8_t)(b * 16) >> 4) * c;
-            o[2 * k + 1] += (float)(b >> 4) * c;
-        }
-        if (F & 1) o[F - 1] += (float)((int8_t)((int8_t)r[full] * 16) >> 4) * c;
-    } else if (width == 2) {
-        const int64_t full = F / 4;
-        for (int64_t k = 0; k < full; k++) {
-            const int8_t b = (int8_t)r[k];
-            o[4 * k] += (float)((int8_t)(b * 64) >> 6) * c;
-            o[4 * k + 1] += (float)((int8_t)(b * 16) >> 6) * c;
-            o[4 * k + 2] += (float)((int8_t)(b * 4) >> 6) * c;
-            o[4 * k + 3] += (float)(b >> 6) * c;
-        }
-        for (int64_t f = 4 * full; f < F; f++) {
-            const int32_t code = (r[f >> 2] >> ((f & 3) * 2)) & 3;
-            o[f] += (float)((code ^ 2) - 2) * c;
-        }
+/* t4[b] / t2[b]: the 2 / 4 signed fields of byte b as int8 values, in field order */
+typedef struct {
+    int8_t t4[256][2];
+    int8_t t2[256][4];
+} qg_mixed_tables;
+
+static void mixed_tables(qg_mixed_tables *t) {
+    for (int b = 0; b < 256; b++) {
+        for (int j = 0; j < 2; j++) t->t4[b][j] = (int8_t)((((b >> (4 * j)) & 15) ^ 8) - 8);
+        for (int j = 0; j < 4; j++) t->t2[b][j] = (int8_t)((((b >> (2 * j)) & 3) ^ 2) - 2);
     }
+}
+
+/* tmp[0..F) = the int8 values of one stored row of width 8, 4 or 2 (table look-ups, one per byte). */
+static inline const int8_t *mixed_row_i8(const uint8_t *restrict r, int width, int64_t F, const qg_mixed_tables *t,
+                                         int8_t *restrict tmp) {
+    if (width == 8) return (const int8_t *)r;
+    if (width == 4) {
+        const int64_t bytes = (F + 1) / 2;
+        for (int64_t k = 0; k < bytes; k++) memcpy(tmp + 2 * k, t->t4[r[k]], 2);
+    } else {
+        const int64_t bytes = (F + 3) / 4;
+        for (int64_t k = 0; k < bytes; k++) memcpy(tmp + 4 * k, t->t2[r[k]], 4);
+    }
+    return tmp;
 }
 
 /*
@@ -2086,18 +2084,34 @@ int csr_spmm_mixed_f32(int64_t n_rows, int64_t n_src, int64_t F, const int64_t *
     for (int g = 0; g < 3; g++)
         if (group_stride[g] < (F * QG_MIXED_WIDTH[g] + 7) / 8) return QG_EBADARG;
     const int T = qg_threads(threads);
-#pragma omp parallel for num_threads(T) schedule(dynamic, 64) if (n_rows * F > 32768)
-    for (int64_t i = 0; i < n_rows; i++) {
-        float *restrict o = out + i * out_stride;
-        for (int64_t f = 0; f < F; f++) o[f] = 0.0f;
-        for (int64_t e = indptr[i]; e < indptr[i + 1]; e++) {
-            const int64_t j = idx64 ? ((const int64_t *)indices)[e] : (int64_t)((const int32_t *)indices)[e];
-            const int g = row_group[j] & 3;
-            if (g == 3) continue;
-            const uint8_t *r = data + group_base[g] + (int64_t)row_index[j] * group_stride[g];
-            mixed_row_axpy(r, QG_MIXED_WIDTH[g], F, w ? row_scale[j] * w[e] : row_scale[j], o);
+    const int64_t padded = (F + 3) / 4 * 4 + 64; /* a row's fields plus the pad fields of its last byte */
+    int8_t *buf = (int8_t *)qg_alloc((size_t)T * (size_t)padded);
+    qg_mixed_tables tables;
+    if (!buf) return QG_ENOMEM;
+    mixed_tables(&tables);
+#pragma omp parallel num_threads(T) if (n_rows * F > 32768)
+    {
+#ifdef _OPENMP
+        int8_t *tmp = buf + (size_t)omp_get_thread_num() * (size_t)padded;
+#else
+        int8_t *tmp = buf;
+#endif
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t i = 0; i < n_rows; i++) {
+            float *restrict o = out + i * out_stride;
+            for (int64_t f = 0; f < F; f++) o[f] = 0.0f;
+            for (int64_t e = indptr[i]; e < indptr[i + 1]; e++) {
+                const int64_t j = idx64 ? ((const int64_t *)indices)[e] : (int64_t)((const int32_t *)indices)[e];
+                const int g = row_group[j] & 3;
+                if (g == 3) continue;
+                const uint8_t *r = data + group_base[g] + (int64_t)row_index[j] * group_stride[g];
+                const int8_t *restrict q = mixed_row_i8(r, QG_MIXED_WIDTH[g], F, &tables, tmp);
+                const float c = w ? row_scale[j] * w[e] : row_scale[j];
+                for (int64_t f = 0; f < F; f++) o[f] += (float)q[f] * c;
+            }
         }
     }
+    free(buf);
     return QG_OK;
 }
 
