@@ -204,6 +204,7 @@ def gcn_and_graph():
     return TwoLayer("gcn", fin=8, fout=4).eval(), data
 
 
+@pytest.mark.slow
 def test_a2q_policy_learns_per_node_bits_within_budget_and_onnx_equals_ir(gcn_and_graph, tmp_path):
     model, data = gcn_and_graph
     options = {"epochs": 30, "target_bits": 3.0, "trace_training": False}
@@ -236,6 +237,7 @@ def test_a2q_policy_learns_per_node_bits_within_budget_and_onnx_equals_ir(gcn_an
     assert dequantized_points_equal(compiled.to_onnx(), compiled, data.inputs()) == 4
 
 
+@pytest.mark.slow
 def test_a2q_nns_serves_unseen_graph_sizes_in_onnx(gcn_and_graph):
     model, data = gcn_and_graph
     options = {"epochs": 10, "a2q_groups": 16, "trace_training": False}
@@ -250,9 +252,11 @@ def test_a2q_nns_serves_unseen_graph_sizes_in_onnx(gcn_and_graph):
         assert torch.allclose(run_onnx(session, inputs), compiled.run(inputs), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a2q_native_integers_equal_the_ir_on_unseen_graph_sizes(gcn_and_graph, tmp_path):
-    """Native backend (the simplest correct version: per-row bits run as its reference steps, no packed
-    mixed-bit kernels yet): integers equal the IR's on the compile graph and, with NNS, on other sizes."""
+    """Native backend of a GCN (its per-node features feed the linear layer, which runs as reference steps;
+    aggregate-first models use the mixed-bit kernels, below): integers equal the IR's on the compile graph
+    and, with NNS, on other sizes."""
     from quantgraph.native.verify import compare_native_integers
 
     model, data = gcn_and_graph
@@ -268,6 +272,7 @@ def test_a2q_native_integers_equal_the_ir_on_unseen_graph_sizes(gcn_and_graph, t
         assert torch.allclose(native.run(graph.inputs()), compiled.run(graph.inputs()), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_readme_cora_command_compiles_a2q(planetoid_root, tmp_path):
     """`quantgraph compile gcn_cora.pt --data cora --policy a2q -o m.onnx` (few epochs here)."""
     import json
@@ -288,6 +293,7 @@ def test_readme_cora_command_compiles_a2q(planetoid_root, tmp_path):
     assert set(rep["a2q"]["average_bits"]) == {"a2q_convention", "stored", "stored_all_features"}
 
 
+@pytest.mark.slow
 def test_graph_level_a2q_nns_trains_with_the_task_gradient_and_exports(tmp_path):
     """Graph classification: NNS only (per-node parameters are refused), no Local Gradient, ONNX equals the IR
     on the test graphs batched together (sizes the model never saw)."""
@@ -317,6 +323,7 @@ def test_graph_level_a2q_nns_trains_with_the_task_gradient_and_exports(tmp_path)
     assert dequantized_points_equal(compiled.to_onnx(), compiled, collate(test).inputs()) >= 3
 
 
+@pytest.mark.slow
 def test_target_kb_is_a_memory_budget_the_kept_model_meets(gcn_and_graph):
     """``target_kb``: the total feature memory (KB, rounded bits) of the kept epoch is within the budget,
     here well below what the per-layer default (3 bits) gives."""

@@ -56,10 +56,18 @@ def _symmetric_rows(low: _Lowering, q: fx.Node) -> bool:
     rows = shape[0]
     if not (_per_row(low, scale, rows) and _per_row(low, qmax, rows) and _zero(low, zp)):
         return False
-    lo, hi = (low.const(a) if isinstance(a, fx.Node) else None for a in (qmin, qmax))
-    if hi is not None:  # per-node constants: checked now; NNS rows (gathered tables): the pack checks |q|
-        return lo is not None and bool((lo == -hi).all()) and bool(((hi >= 0) & (hi <= 127)).all())
-    return True
+    lo, hi = _table(low, qmin), _table(low, qmax)
+    if lo is None or hi is None or lo.is_floating_point() or not bool((lo == -hi).all()):
+        return False
+    grid = {(1 << (b - 1)) - 1 for b in range(1, 9)}  # A²Q's qmax = 2^(b-1) - 1
+    return all(int(v) in grid for v in hi.reshape(-1).unique().tolist())
+
+
+def _table(low: _Lowering, arg: object) -> torch.Tensor | None:
+    """A constant per-row parameter, or the constant table an NNS group gathers it from."""
+    if isinstance(arg, fx.Node) and arg.target == GATHER:
+        arg = arg.args[0]
+    return low.const(arg) if isinstance(arg, fx.Node) else None
 
 
 def match_mixed_aggregate(low: _Lowering, scatter: fx.Node) -> tuple[Step, Step, Step] | None:
