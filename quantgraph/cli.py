@@ -37,6 +37,8 @@ MIXQ_OPTIONS = {
     "bit_candidates": "bit_candidates",
     "search_epochs": "search_epochs",
 }
+#: a2q flags: argparse dest -> compile option
+A2Q_FLAGS = {"target_kb": "target_kb"}
 
 
 def _console(args: argparse.Namespace) -> Console:
@@ -159,6 +161,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
     config = {"hidden": args.hidden} if args.hidden else {}
+    if args.K is not None:
+        config["K"] = args.K  # smp/appnp only: build_model names the fix for other architectures
     torch.manual_seed(args.seed)
     common = {
         "epochs": hp["epochs"],
@@ -235,6 +239,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     )
     options.update(
         {opt: getattr(args, dest) for dest, opt in SGQUANT_OPTIONS.items() if getattr(args, dest) is not None}
+    )
+    options.update(
+        {opt: getattr(args, dest) for dest, opt in A2Q_FLAGS.items() if getattr(args, dest) is not None}
     )
     options.update(parse_assignments(args.option or []))  # generic --option key=value (checked by compile)
     compiled = qg_compile(
@@ -593,8 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         required=True,
-        choices=["gcn", "gat", "gin", "sage", "agnn", "gin_graph"],
-        help="model: gcn, gat, gin, sage (node tasks) or gin_graph (graph-classification .npz)",
+        choices=["gcn", "gat", "gin", "sage", "agnn", "smp", "appnp", "gin_graph"],
+        help="model: gcn, gat, gin, sage, agnn, smp, appnp (node tasks) or gin_graph (graph-classification .npz)",
     )
     _add_data_args(p)
     p.add_argument(
@@ -603,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="Adam learning rate (default: the architecture's)")
     p.add_argument("--weight-decay", type=float, help="Adam weight decay (default: the architecture's)")
     p.add_argument("--hidden", type=int, help="hidden width (default: the architecture's)")
+    p.add_argument("--K", type=int, help="propagation steps of smp/appnp (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("-o", "--output", required=True, metavar="FILE.pt", help="checkpoint to write")
     _quiet(p)
@@ -726,6 +734,13 @@ def build_parser() -> argparse.ArgumentParser:
     mixq.add_argument(
         "--search-epochs", type=int, metavar="N", help="epochs of the bitwidth search (default 40)"
     )
+    a2q = p.add_argument_group("learned per-node bits (a2q, a2q-nns)")
+    a2q.add_argument(
+        "--target-kb",
+        type=float,
+        metavar="KB",
+        help="a2q: total node-feature memory budget in KB (instead of --target-bits per layer, default 3.0)",
+    )
     sgq = p.add_argument_group("multi-granularity bits (sgquant)")
     sgq.add_argument(
         "--memory-target", type=float, metavar="R", help="ABS: reach R× memory reduction vs FP32 (e.g. 16)"
@@ -734,7 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--accuracy-tolerance",
         type=float,
         metavar="T",
-        help="ABS: least memory within T (a fraction, e.g. 0.004) of FP32 validation accuracy",
+        help="ABS: validation accuracy at most T (a fraction, e.g. 0.004) below FP32's; alone: the least memory "
+        "within T; with --memory-target: checked and reported for the most accurate point within the memory",
     )
     sgq.add_argument(
         "--sgquant-config",

@@ -32,6 +32,7 @@ def check_args(args: argparse.Namespace) -> None:
     _float_range(args, "percentile_tail", 0.0, 0.5, low_open=True, high_open=True)
     _float_range(args, "lambda_", 0.0, 1e6, flag="--lambda")
     _float_range(args, "target_bits", 2.0, 8.0)
+    _float_range(args, "target_kb", 0.0, 1e12, low_open=True)
     _float_range(args, "timeout", 0.0, 1e7, low_open=True)
     p_min, p_max = getattr(args, "p_min", None), getattr(args, "p_max", None)
     if p_min is not None and p_max is not None and p_min > p_max:

@@ -315,3 +315,54 @@ def test_graph_level_a2q_nns_trains_with_the_task_gradient_and_exports(tmp_path)
     checks = compiled.export_onnx(tmp_path / "g.onnx", collate(test))
     assert checks["argmax_agreement"] == 1.0
     assert dequantized_points_equal(compiled.to_onnx(), compiled, collate(test).inputs()) >= 3
+
+
+def test_target_kb_is_a_memory_budget_the_kept_model_meets(gcn_and_graph):
+    """``target_kb``: the total feature memory (KB, rounded bits) of the kept epoch is within the budget,
+    here well below what the per-layer default (3 bits) gives."""
+    model, data = gcn_and_graph
+    values = data.num_nodes * (8 + 16)  # the two layers' node features: 8 inputs, 16 hidden
+    budget_kb = values * 2.2 / 8 / 1024
+    options = {"epochs": 40, "target_kb": budget_kb, "trace_training": False}
+    compiled = qg_compile(model, data, policy="a2q", options=options)
+    rep = compiled.report
+    assert rep["a2q_train"]["budget_met"] and rep["a2q_train"]["target_kb"] == budget_kb
+    assert rep["a2q"]["memory_bytes"]["features"] <= budget_kb * 1024 + 1e-6
+    kept = rep["a2q_train"]["history"][rep["a2q_train"]["best_epoch"] - 1]
+    assert kept["feature_kb"] <= budget_kb
+    assert rep["a2q"]["average_bits"]["stored"] <= 2.2 + 1e-6
+
+
+def test_memory_kb_penalty_is_relu_squared_on_the_total():
+    spec = QuantSpec(bits=4, symmetric=True, granularity=Granularity.PER_NODE, axis=0, quantizer="a2q")
+    q = A2QQuantizer(spec, torch.ones(10))
+    memory = FeatureMemory([A2QPoint("fq", "x", "features", q)])
+    q(torch.randn(10, 6))  # 10 rows x 6 columns at 4 bits: 240 bits
+    total_kb = 240 / 8 / 1024
+    assert float(memory.kb_penalty(total_kb).detach()) == 0.0
+    # budget of 3 bits per value: R · (4 - 3)² with R = 10 rows
+    assert float(memory.kb_penalty(total_kb * 3 / 4).detach()) == pytest.approx(10.0, rel=1e-5)
+    assert memory.memory_kb() == pytest.approx(total_kb)
+
+
+@pytest.mark.slow
+def test_gat_attention_vectors_and_logits_are_quantized_per_head_and_exports_equal_ir(tmp_path):
+    """GAT: the attention vectors and the logits get one scale per head at fixed bits (the official
+    qGATConv); ONNX and native integers equal the IR's."""
+    from quantgraph.models import build_model
+
+    torch.manual_seed(0)
+    data = make_csbm(num_nodes=200, num_features=8, num_classes=4, power=2.0, seed=5)
+    model = build_model("gat", 8, 4, hidden=4, heads=3).eval()
+    options = {"epochs": 5, "trace_training": False}
+    compiled = qg_compile(model, data, policy="a2q", options=options, backend="native")
+    points = compiled.report["a2q_points"]
+    attention = [n for n, kind in points.items() if kind == "attention"]
+    assert len(attention) == 6  # att_src, att_dst and the logits of both layers
+    nodes = {n.name: n for n in compiled.graph_module.graph.nodes}
+    heads = sorted(nodes[n].meta[QPARAMS_KEY].scale.numel() for n in attention)
+    assert heads == [1, 1, 1, 3, 3, 3] and all(nodes[n].meta[QPARAMS_KEY].axis == 1 for n in attention)
+    assert all(int(nodes[n].meta[QPARAMS_KEY].qmax.max()) == 7 for n in attention)  # 4 bits
+    checks = compiled.export(tmp_path / "gat.qgn", data)
+    assert checks["integer_tensors"]["equal"] and checks["argmax_agreement"] == 1.0
+    assert dequantized_points_equal(compiled.to_onnx(), compiled, data.inputs()) >= 6

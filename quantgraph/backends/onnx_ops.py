@@ -34,6 +34,7 @@ from quantgraph.backends.onnx_builder import (
     unsupported,
 )
 from quantgraph.ir import ops as qg_ops
+from quantgraph.ir.smp_ops import SMP_MULTIPLIER
 
 aten = torch.ops.aten
 FLOAT, INT64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
@@ -1326,6 +1327,7 @@ LOWERINGS.update(
         torch.sym_not: _sym_not,
         torch.sym_float: _sym_float,
         torch.sym_int: _sym_int,
+        SMP_MULTIPLIER: _identity,  # SMP's multiplier marker (an unfrozen FP32 graph computes λ in ONNX)
     }
 )
 

@@ -66,6 +66,7 @@ def _builtin_quantizers() -> None:
     import quantgraph.ir.a2q_quantizer  # noqa: F401
     import quantgraph.ir.fake_quant  # noqa: F401  (registers the built-in quantizers)
     import quantgraph.ir.mixed_fake_quant  # noqa: F401
+    import quantgraph.ir.qlr_quantizer  # noqa: F401
     import quantgraph.sgquant.quantizer  # noqa: F401
 
 

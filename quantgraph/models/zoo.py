@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import (
@@ -30,6 +31,7 @@ from torch_geometric.nn import (
 )
 
 from quantgraph.errors import InputError
+from quantgraph.ir.smp_ops import smp_multiplier
 
 __all__ = [
     "AGNN",
@@ -42,6 +44,8 @@ __all__ = [
     "GINGraph",
     "RowNormalize",
     "SAGE",
+    "SMP",
+    "APPNPDeep",
     "build_model",
     "graph_count",
     "task_of",
@@ -325,6 +329,121 @@ class GINGraph(nn.Module):
         return self.head2(g)
 
 
+def normalized_adjacency(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``Ã = D^-½ (A + I) D^-½`` as (source, target, weight ``[E + N, 1]``): self-loops appended, degrees
+    counted on the targets (GCN's normalisation, in plain torch so it traces to IR scatters)."""
+    loop = torch.arange(num_nodes, device=edge_index.device)
+    src, dst = torch.cat([edge_index[0], loop]), torch.cat([edge_index[1], loop])
+    ones = torch.ones_like(dst, dtype=torch.float32)  # no edge-count size: programs read sizes off x only
+    deg = torch.zeros(num_nodes, device=edge_index.device).index_add(0, dst, ones)
+    inv_sqrt = deg.pow(-0.5)
+    return src, dst, (inv_sqrt[src] * inv_sqrt[dst]).unsqueeze(-1)
+
+
+class Propagate(nn.Module):
+    """``Ã X``: gather the source rows, scale by the edge weight, scatter-sum by target."""
+
+    def forward(self, x: Tensor, src: Tensor, dst: Tensor, weight: Tensor) -> Tensor:
+        return torch.zeros_like(x).index_add(0, dst, weight * x.index_select(0, src))
+
+
+class SmoothStep(nn.Module):
+    """One step of smoothness-aware message propagation (Wang et al., CIKM 2023), from the official code:
+
+    ``X̃ = (1 − (1+μ)η_H)·X + μη_H·ÃX + η_H·H;  Δ = X̃ − X;  X ← X̃ + 2η_H·λ·ÃΔ;  s ← s + 2η_s·λ·s;
+    λ ← λ + η_λ·(α_thr·|E| − s² − tr(ΔᵀLΔ))``, with ``L = I − Ã`` and ``|E|`` the edges of ``A + I``.
+    ``constrained=False`` is the plain step ``X ← X̃`` (APPNP with teleport η_H when μη_H = 1 − η_H).
+    λ and s are 0-d state threaded through the steps, detached (not learned); the coefficient ``2η_H·λ``
+    passes through the ``smp_multiplier`` marker, which ``smp-freeze`` turns into a constant on export.
+    """
+
+    def __init__(self, mu: float, eta_h: float, eta_s: float, eta_lambda: float, alpha: float,
+                 constrained: bool) -> None:  # fmt: skip
+        super().__init__()
+        self.keep, self.mix, self.teleport = 1.0 - (1.0 + mu) * eta_h, mu * eta_h, eta_h
+        self.eta_h, self.eta_s, self.eta_lambda, self.alpha = eta_h, eta_s, eta_lambda, alpha
+        self.constrained = constrained
+        self.prop = Propagate()
+        self.gap = Propagate() if constrained else None
+
+    def forward(self, x: Tensor, h: Tensor, graph: tuple[Tensor, Tensor, Tensor], state: tuple[Tensor, Tensor],
+                num_edges: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:  # fmt: skip
+        src, dst, weight = graph
+        xt = self.mix * self.prop(x, src, dst, weight) + self.teleport * h
+        if self.keep != 0.0:  # 0 for the paper's μ = 9, η_H = 0.1
+            xt = xt + self.keep * x
+        if self.gap is None:
+            return xt, state
+        lam, s = state
+        gap = xt - x
+        gap_prop = self.gap(gap, src, dst, weight)
+        out = xt + smp_multiplier(2.0 * self.eta_h * lam) * gap_prop
+        s = s + 2.0 * self.eta_s * lam * s
+        smoothness = (gap * gap).sum() - (gap * gap_prop).sum()  # tr(ΔᵀLΔ), L = I − Ã
+        lam = lam + self.eta_lambda * (self.alpha * num_edges - s * s - smoothness)
+        return out, (lam.detach(), s.detach())
+
+
+class SMP(nn.Module):
+    """Deep propagation GNN of SMP (Wang et al., CIKM 2023): dropout, Linear(F→hidden), ReLU, dropout,
+    Linear(hidden→C), ``K`` smoothness-aware propagation steps (:class:`SmoothStep`), log-softmax.
+
+    The aggregation is sparse (gather/scatter over ``A + I``; the official code builds a dense N×N matrix).
+    ``alpha_threshold`` is α_thr of the constraint ``tr(ΔᵀLΔ) ≤ α_thr·|E|``; λ and s start at 0.001 in
+    every forward. ``constrained=False`` drops the constraint (arch ``appnp``: K plain APPNP-style steps).
+    """
+
+    arch: ClassVar[str] = "smp"
+    task: ClassVar[str] = "node"
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden: int = 64,
+        dropout: float = 0.8,
+        K: int = 10,
+        mu: float = 9.0,
+        eta_h: float = 0.1,
+        eta_s: float = 1e-5,
+        eta_lambda: float = 1e-5,
+        alpha_threshold: float = 0.1,
+        constrained: bool = True,
+        normalize_features: bool = True,
+    ) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.normalize_features = normalize_features
+        self.feature_norm = _normalizer(normalize_features)
+        self.lin1 = nn.Linear(in_channels, hidden)
+        self.lin2 = nn.Linear(hidden, out_channels)
+        self.steps = nn.ModuleList(
+            SmoothStep(mu, eta_h, eta_s, eta_lambda, alpha_threshold, constrained) for _ in range(K)
+        )
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        if self.feature_norm is not None:  # fixed at build time: no data-dependent branch
+            x = self.feature_norm(x)
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        x = F.relu(self.lin1(x))
+        x = F.dropout(x, p=self.dropout, training=self.training)
+        h = self.lin2(x)
+        graph = normalized_adjacency(edge_index, h.shape[0])
+        num_edges = torch.ones_like(graph[0], dtype=h.dtype).sum()  # |E| of A + I (the nnz of Ã)
+        state = (h.new_full((), 1e-3), h.new_full((), 1e-3))  # λ, s: reset in every forward (official)
+        x = h
+        for step in self.steps:
+            x, state = step(x, h, graph, state, num_edges)
+        return F.log_softmax(x, dim=-1)
+
+
+class APPNPDeep(SMP):
+    """The comparison baseline: :class:`SMP` without the smoothness constraint (K plain propagation steps
+    ``X ← (1 − (1+μ)η_H)·X + μη_H·ÃX + η_H·H``: APPNP with teleport 0.1 at the defaults)."""
+
+    arch: ClassVar[str] = "appnp"
+
+
 #: Registry: architecture name -> model class.
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "gcn": GCN,
@@ -333,7 +452,12 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "gin": GIN,
     "sage": SAGE,
     "gin_graph": GINGraph,
+    "smp": SMP,
+    "appnp": APPNPDeep,
 }
+
+_SMP_DEFAULTS = {"hidden": 64, "dropout": 0.8, "K": 10, "mu": 9.0, "eta_h": 0.1, "eta_s": 1e-5, "eta_lambda": 1e-5,
+                 "alpha_threshold": 0.1, "normalize_features": True}  # fmt: skip
 
 #: Per-architecture model hyper-parameters (the constructor keyword defaults, besides in/out channels).
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -343,6 +467,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "gin": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "project_input": True, "normalize_features": False},
     "sage": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "project_input": True, "normalize_features": True},
     "gin_graph": {"hidden": 64, "num_layers": 3, "dropout": 0.5, "pool": "mean"},
+    "smp": {**_SMP_DEFAULTS, "constrained": True},  # the official FP32 command (README of SMP_GNN_Quant)
+    "appnp": {**_SMP_DEFAULTS, "constrained": False},
 }
 
 #: Recommended training settings per architecture (keyword arguments of the ``quantgraph.training`` loops).
@@ -361,6 +487,8 @@ TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "gin": {"epochs": 200, "lr": 0.005, "weight_decay": 5e-3},
     "sage": {"epochs": 200, "lr": 0.01, "weight_decay": 5e-4},
     "gin_graph": {"epochs": 150, "lr": 0.002, "weight_decay": 0.0, "batch_size": 32},
+    "smp": {"epochs": 200, "lr": 0.01, "weight_decay": 1e-5},  # SMP's official FP32 command (no lr decay)
+    "appnp": {"epochs": 200, "lr": 0.01, "weight_decay": 1e-5},
 }
 
 
@@ -400,7 +528,7 @@ def build_model(arch: str, in_channels: int, out_channels: int, **config: Any) -
             f"{arch} accepts: {', '.join(defaults)}",
         )
     kwargs = {**defaults, **config}
-    for key in ("hidden", "heads", "num_layers"):
+    for key in ("hidden", "heads", "num_layers", "K"):
         if key in kwargs:
             _check_channels(key, kwargs[key])
     for key in ("dropout", "input_dropout"):
@@ -409,7 +537,7 @@ def build_model(arch: str, in_channels: int, out_channels: int, **config: Any) -
             if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p < 1.0:
                 raise InputError(f"{key}={p!r} is out of range", "use a probability in [0, 1)")
             kwargs[key] = float(p)
-    for key in ("project_input", "normalize_features"):
+    for key in ("project_input", "normalize_features", "constrained"):
         if key in kwargs and not isinstance(kwargs[key], bool):
             raise InputError(f"{key}={kwargs[key]!r} is not a boolean", "use true or false")
     model = cls(in_channels, out_channels, **kwargs)

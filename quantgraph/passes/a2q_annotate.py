@@ -4,8 +4,11 @@ As in the official code (weihai-98/A-2Q): the node features a layer reads (the r
 or aggregation consumes: the model input ``x`` for the first layer, the previous layer's output, before
 dropout, for the next) get one learned ``(s_i, b_i)`` per node (``PER_NODE``, quantizer ``a2q``) or, with
 ``a2q_nns``, the Nearest-Neighbour Strategy's groups (quantizer ``a2q-nns``); weights get per-output-channel
-scales at fixed bits; linear outputs ``XW`` per-column scales (``axis=1``) at fixed bits. Nothing else is
-quantized (attention logits and aggregation outputs stay float).
+scales at fixed bits; linear outputs ``XW`` per-column scales (``axis=1``) at fixed bits. Attention (GAT), as
+the official ``qGATConv``: the attention vectors ``(1, heads, C)`` get one scale per head at
+``a2q_attention_bits``, and so do the attention logits, the first per-edge attention value of each layer
+(``a_src·x_j + a_dst·x_i``, ``[E, heads]``, before the leaky ReLU). Nothing else is quantized (softmax
+and aggregation outputs stay float).
 
 The raw input features: the official GCN/GAT leave them float; here they are quantized like any other
 layer's features unless ``a2q_quantize_input=false`` (binary bag-of-words features then settle at 2 bits,
@@ -35,6 +38,7 @@ A2Q_OPTIONS = (
     Option("a2q_weight_bits", int, 4, "fixed bits of weights (per output channel scales)", minimum=2),
     Option("a2q_xw_bits", int, 4, "fixed bits of linear outputs XW (per column scales)", minimum=2),
     Option("a2q_quantize_input", bool, True, "quantize the model's input features per node too"),
+    Option("a2q_attention_bits", int, 4, "fixed bits of attention vectors and logits (per head)", minimum=2),
 )
 NON_NEGATIVE_OPS = (aten.relu.default,)
 
@@ -115,9 +119,17 @@ class A2QAnnotatePass(PassBase):
             axis=1,
             quantizer="a2q",
         )
+        per_head = QuantSpec(
+            bits=self.option(ctx, "a2q_attention_bits"),
+            symmetric=True,
+            granularity=Granularity.PER_CHANNEL,
+            axis=1,
+            quantizer="a2q",
+        )
         features = layer_feature_inputs(gm)
         if not self.option(ctx, "a2q_quantize_input"):
             features = [n for n in features if n.op != "placeholder" and n.meta.get(ROLE_KEY) != Role.INPUT]
+        logits = attention_logits(gm)
         marked: dict[str, str] = {}
         for node in features:
             bits = min(fbits + int(_non_negative(node, ctx, gm)), 8)
@@ -133,9 +145,15 @@ class A2QAnnotatePass(PassBase):
             if node.name in marked or not node_value_is_float(node, gm):
                 continue
             role = node.meta.get(ROLE_KEY)
-            if role == Role.WEIGHT and node.op == "get_attr" and _is_matrix(gm, node):
+            if role == Role.WEIGHT and node.op == "get_attr" and _attr_dim(gm, node) == 2:
                 node.meta[QSPEC_KEY] = weight
                 marked[node.name] = "weight"
+            elif role == Role.WEIGHT and node.op == "get_attr" and _attr_dim(gm, node) == 3:
+                node.meta[QSPEC_KEY] = per_head  # attention vector (1, heads, C)
+                marked[node.name] = "attention"
+            elif node in logits:
+                node.meta[QSPEC_KEY] = per_head
+                marked[node.name] = "attention"
             elif role == Role.LINEAR_OUT and node.meta.get(ROWS_KEY) == "node":
                 node.meta[QSPEC_KEY] = xw
                 marked[node.name] = "xw"
@@ -149,8 +167,20 @@ class A2QAnnotatePass(PassBase):
         return PassResult(gm, True)
 
 
-def _is_matrix(gm: fx.GraphModule, node: fx.Node) -> bool:
+def _attr_dim(gm: fx.GraphModule, node: fx.Node) -> int:
     from quantgraph.passes.infra import attr_tensor
 
     value = attr_tensor(gm, str(node.target))
-    return isinstance(value, torch.Tensor) and value.dim() == 2
+    return value.dim() if isinstance(value, torch.Tensor) else -1
+
+
+def attention_logits(gm: fx.GraphModule) -> set[fx.Node]:
+    """The first per-edge attention value of each layer with a heads axis (``[E, heads]``): GAT's logits."""
+    first: dict[int, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.meta.get(ROLE_KEY) != Role.ATTENTION or node.meta.get(LAYER_KEY) is None:
+            continue
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.dim() == 2 and val.is_floating_point():
+            first.setdefault(int(node.meta[LAYER_KEY]), node)
+    return set(first.values())

@@ -14,6 +14,9 @@
   ``(8·1024)² / (N_l d_l²)``: its pull on a node's bits grows with the graph and the width squared (on a
   300-node graph it lost to Local Gradient and bits rose; on Cora's 1433-wide input it dominated), and the
   official code scales every layer by the hidden width and its default target is never met.
+* ``target_kb`` (node-level tasks) replaces the per-layer budget by one on the total feature memory in KB:
+  ``a · R · ReLU((M - T) · 8 · 1024 / V)²`` (:meth:`FeatureMemory.kb_penalty`; ``R`` rows and ``V`` values of
+  all layers), so the layers share the budget; the kept epoch's rounded memory is at most ``T``.
 * Selection on **validation** accuracy among the epochs whose rounded bits meet the budget (ties: lower
   validation loss, then the earlier epoch); when no epoch meets it, the epoch closest to it. The test split
   is never used.
@@ -50,11 +53,19 @@ A2Q_TRAIN_OPTIONS = (
     SEED,
     BATCH_SIZE,
     Option("target_bits", float, 3.0, "A²Q budget: average stored bits of each layer's node features"),
+    Option(
+        "target_kb",
+        float,
+        None,
+        "A²Q budget instead: total memory (KB) of the quantized node features on the training graph(s)",
+        minimum=0,
+    ),
     Option("a2q_penalty", float, 2.5, "weight a of the memory penalty a·ReLU(M - M_target)²", minimum=0),
     Option("a2q_lr_bits", float, 0.1, "learning rate of the feature bits", minimum=0),
     Option("a2q_lr_feature_scale", float, 0.04, "learning rate of the feature scales", minimum=0),
     Option("a2q_lr_weight_scale", float, 0.02, "learning rate of the weight scales", minimum=0),
     Option("a2q_lr_xw_scale", float, 0.008, "learning rate of the XW scales", minimum=0),
+    Option("a2q_lr_attention_scale", float, 0.005, "learning rate of the attention scales (GAT)", minimum=0),
     Option("a2q_local_gradient", bool, True, "Local Gradient for feature quantizers (node-level tasks)"),
 )
 
@@ -65,7 +76,7 @@ class A2QPoint:
 
     name: str  # the quantizer node
     source: str  # the quantized IR node
-    kind: str  # "features", "weight" or "xw"
+    kind: str  # "features", "weight", "xw" or "attention"
     module: A2QBase
 
 
@@ -75,9 +86,12 @@ def a2q_points(gm: fx.GraphModule) -> list[A2QPoint]:
         module = gm.get_submodule(str(node.target))
         if not isinstance(module, A2QBase):
             continue
+        role = node.meta.get(ROLE_KEY)
         if module.learned_bits():
             kind = "features"
-        elif node.meta.get(ROLE_KEY) == Role.WEIGHT:
+        elif role == Role.ATTENTION or (role == Role.WEIGHT and getattr(module, "axis", 0) == 1):
+            kind = "attention"  # GAT's attention vectors (per head) and logits (per head)
+        elif role == Role.WEIGHT:
             kind = "weight"
         else:
             kind = "xw" if node.meta.get(ROWS_KEY) == "node" else "weight"
@@ -132,6 +146,22 @@ class FeatureMemory:
         ]
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
+    def kb_penalty(self, target_kb: float) -> Tensor:
+        """``R · ReLU(B - B_T)²`` with ``B = M / V`` the memory-weighted average unrounded bits of all ``V``
+        feature values, ``B_T = target_kb · 8 · 1024 / V`` and ``R`` the rows of all layers: the official
+        ``ReLU(M - M_target)²`` on the total memory, scaled like :meth:`penalty`."""
+        layers = self.per_layer()
+        if not layers:
+            return torch.zeros(())
+        values = sum(rows * width for _m, rows, width in layers)
+        rows = sum(r for _m, r, _w in layers)
+        total = torch.stack([m for m, _r, _w in layers]).sum()
+        return rows * F.relu((total - target_kb) * KB / max(values, 1)) ** 2
+
+    def memory_kb(self) -> float:
+        """Feature memory (KB) at the rounded bits."""
+        return float(sum(float(m) for m, _r, _w in self.per_layer(True)))
+
     def overshoot(self, target_bits: float) -> float:
         """How far the rounded bits exceed the budget (max over layers of average bits - target; <= 0: met)."""
         over = [float(m) * KB / max(rows * width, 1) - target_bits for m, rows, width in self.per_layer(True)]
@@ -143,6 +173,7 @@ def param_groups(gm: fx.GraphModule, points: list[A2QPoint], opts: dict) -> list
     lrs = {
         ("weight", "scale"): opts["a2q_lr_weight_scale"],
         ("xw", "scale"): opts["a2q_lr_xw_scale"],
+        ("attention", "scale"): opts["a2q_lr_attention_scale"],
         ("features", "scale"): opts["a2q_lr_feature_scale"],
         ("features", "bits"): opts["a2q_lr_bits"],
     }
@@ -168,12 +199,12 @@ class NodeTask:
         d = self.data
         yield self.gm(d.x, d.edge_index)[0][d.train_mask], d.y[d.train_mask]
 
-    def validate(self, memory: FeatureMemory) -> tuple[float, float, list[float]]:
+    def validate(self, memory: FeatureMemory) -> tuple[float, float, list[float], float]:
         d = self.data
         out = self.gm(d.x, d.edge_index)[0]
         loss = F.cross_entropy(out[d.val_mask], d.y[d.val_mask]).item()
         bits = [float(m) * KB / max(r * w, 1) for m, r, w in memory.per_layer(True)]
-        return accuracy(out, d.y, d.val_mask), loss, bits
+        return accuracy(out, d.y, d.val_mask), loss, bits, memory.memory_kb()
 
     def report_graph(self) -> tuple[Tensor, Tensor]:
         self.gm(self.data.x, self.data.edge_index)
@@ -194,7 +225,7 @@ class GraphTask:
         for b in self._batches(self.train, torch.randperm(len(self.train)).tolist()):
             yield self.gm(b.x, b.edge_index, b.batch)[0], b.y
 
-    def validate(self, memory: FeatureMemory) -> tuple[float, float, list[float]]:
+    def validate(self, memory: FeatureMemory) -> tuple[float, float, list[float], float]:
         correct, loss, count, bits, values = 0, 0.0, 0, None, None
         for b in self._batches(self.val, list(range(len(self.val)))):
             out = self.gm(b.x, b.edge_index, b.batch)[0]
@@ -209,7 +240,8 @@ class GraphTask:
                 batch_values if values is None else [a + c for a, c in zip(values, batch_values, strict=True)]
             )
         mean_bits = [b / max(v, 1) for b, v in zip(bits or [], values or [], strict=True)]
-        return correct / max(count, 1), loss / max(count, 1), mean_bits
+        kb = sum(bits or []) / KB / max(len(self.val), 1)  # per validation graph
+        return correct / max(count, 1), loss / max(count, 1), mean_bits, kb
 
     def report_graph(self) -> tuple[Tensor, Tensor]:
         b = collate_graphs(self.train)
@@ -261,10 +293,18 @@ class A2QTrainPass(PassBase):
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         opts = {o.name: self.option(ctx, o.name) for o in A2Q_TRAIN_OPTIONS}
         epochs, target, weight = opts["epochs"], float(opts["target_bits"]), float(opts["a2q_penalty"])
+        target_kb = None if opts["target_kb"] is None else float(opts["target_kb"])
         lr = float(opts["lr"] if opts["lr"] is not None else 0.01)
         wd = float(opts["weight_decay"] if opts["weight_decay"] is not None else 0.02)
         if not (math.isfinite(target) and target >= 1.0):
             raise InputError(f"target_bits={target!r} is invalid", "use a finite target_bits >= 1")
+        if target_kb is not None and not (math.isfinite(target_kb) and target_kb > 0):
+            raise InputError(f"target_kb={target_kb!r} is invalid", "use a finite target_kb > 0")
+        if target_kb is not None and ctx.task_data.get("graphs") is not None:
+            raise InputError(
+                "target_kb is a memory budget on one graph; this is a graph-classification task",
+                "use target_bits (each layer's average bits) for graph tasks",
+            )
         task = NodeTask(gm, ctx.task_data["node"]) if ctx.task_data.get("graphs") is None else None
         if task is None:
             task = GraphTask(gm, ctx.task_data["graphs"], int(opts["batch_size"]))
@@ -284,14 +324,14 @@ class A2QTrainPass(PassBase):
             for logits, y in task.train_batches():
                 optimizer.zero_grad()
                 loss = F.cross_entropy(logits, y)
-                pen = weight * memory.penalty(target)
+                pen = weight * (memory.penalty(target) if target_kb is None else memory.kb_penalty(target_kb))
                 (loss + pen).backward()
                 optimizer.step()
                 task_loss, penalty = task_loss + loss.item(), penalty + float(pen.detach())
             gm.eval()
             with torch.no_grad():
-                val_acc, val_loss, mean_bits = task.validate(memory)
-            over = max((b - target for b in mean_bits), default=0.0)
+                val_acc, val_loss, mean_bits, kb = task.validate(memory)
+            over = max((b - target for b in mean_bits), default=0.0) if target_kb is None else kb - target_kb
             history.append(
                 {
                     "epoch": float(epoch),
@@ -300,6 +340,7 @@ class A2QTrainPass(PassBase):
                     "val_acc": val_acc,
                     "val_loss": val_loss,
                     "bits": [round(b, 4) for b in mean_bits],
+                    "feature_kb": round(kb, 3),
                 }
             )
             key = (max(over, 0.0), -val_acc, val_loss)
@@ -317,7 +358,8 @@ class A2QTrainPass(PassBase):
             "best_epoch": best_epoch,
             "val_acc": -best_key[1] if best_key else math.nan,
             "budget_met": bool(best_key is not None and best_key[0] == 0.0),
-            "target_bits": target,
+            "target_bits": target if target_kb is None else None,
+            "target_kb": target_kb,
             "penalty_weight": weight,
             "lr": lr,
             "weight_decay": wd,

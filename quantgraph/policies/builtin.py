@@ -149,6 +149,7 @@ SGQUANT_PASSES = (
     "prepare-qat",
     "sgquant-bits",
     "train-qat",
+    "sgquant-budget",
     "convert-qat",
 )
 
@@ -172,3 +173,4 @@ SGQUANT = register_policy(
 
 
 import quantgraph.policies.a2q  # noqa: E402, F401  (A²Q: its own module)
+import quantgraph.policies.smp  # noqa: E402, F401  (SMP: its own module)
