@@ -749,7 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--accuracy-tolerance",
         type=float,
         metavar="T",
-        help="ABS: least memory within T (a fraction, e.g. 0.004) of FP32 validation accuracy",
+        help="ABS: validation accuracy at most T (a fraction, e.g. 0.004) below FP32's; alone: the least memory "
+        "within T; with --memory-target: checked and reported for the most accurate point within the memory",
     )
     sgq.add_argument(
         "--sgquant-config",

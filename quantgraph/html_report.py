@@ -528,6 +528,83 @@ def _training(report: dict[str, Any], Figure: Any) -> str:
     return _section("training", "Training", body)
 
 
+def _sgquant_pareto(report: dict[str, Any], Figure: Any) -> str:
+    """SGQuant's ABS: validation accuracy vs memory of every evaluated configuration, the Pareto front,
+    the chosen point and the memory budget (empty when the compile ran no ABS)."""
+    search = (report.get("sgquant") or {}).get("abs")
+    if not search or not search.get("history"):
+        return ""
+    fp32 = search["fp32"]
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.subplots()
+    history, front = search["history"], search["pareto_front"]
+    ax.scatter(
+        [h["memory_bits"] / 1e6 for h in history],
+        [100 * h["val_acc"] for h in history],
+        s=14,
+        color="0.6",
+        label="evaluated",
+    )
+    ax.plot(
+        [p["memory_bits"] / 1e6 for p in front],
+        [100 * p["val_acc"] for p in front],
+        marker="o",
+        drawstyle="steps-post",
+        label="Pareto front",
+    )
+    chosen = search["chosen"]
+    ax.scatter(
+        [chosen["memory_bits"] / 1e6],
+        [100 * chosen["val_acc"]],
+        marker="*",
+        s=160,
+        color="C3",
+        zorder=3,
+        label="chosen",
+    )
+    ax.axhline(100 * fp32["val_acc"], color="k", lw=0.8, ls=":", label="FP32 validation")
+    limit = search["budget"].get("memory_limit_bits")
+    if limit:
+        ax.axvline(limit / 1e6, color="C2", lw=0.8, ls="--", label="memory budget")
+    ax.set_xscale("log")
+    refined = [h for h in history if h.get("refined")]
+    if refined:
+        ax.scatter(
+            [h["memory_bits"] / 1e6 for h in refined],
+            [100 * h["val_acc"] for h in refined],
+            s=30,
+            facecolors="none",
+            edgecolors="C1",
+            label="fine-tuned",
+        )
+    ax.set_xlabel("memory (Mbit, every stored tensor)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.legend(fontsize=8)
+    table = _table(
+        ["Mbit", "reduction", "val acc", "config"],
+        [
+            [f"{p['memory_bits'] / 1e6:.3f}", f"{p['reduction']:.2f}×", _pct(p["val_acc"]), p["config"]]
+            for p in front
+        ],
+    )
+    epochs = search.get("finetune_epochs_per_candidate", 0)
+    how = (
+        f" with calibrated ranges; {len(refined)} Pareto points then fine-tuned {epochs} epochs (circled),"
+        " the choice among them"
+        if refined
+        else (f" after {epochs} fine-tuning epochs each" if epochs else " with calibrated ranges")
+    )
+    note = (
+        f'<p class="note">{search["evaluated"]} configurations scored on the validation nodes'
+        + how
+        + f"; FP32 {fp32['memory_bits'] / 1e6:.3f} Mbit at {_pct(fp32['val_acc'])} validation. Chosen: "
+        f"{_e(chosen['config'])}.</p>"
+    )
+    return _section(
+        "sgquant-pareto", "SGQuant ABS: accuracy vs memory", f"<figure>{_svg(fig)}</figure>{table}{note}"
+    )
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The report page as one HTML string."""
     Figure = _matplotlib()
@@ -541,6 +618,7 @@ def render_html(report: dict[str, Any]) -> str:
             _kept_float(report),
             _degree(report, Figure),
             _bits_degree(report, Figure),
+            _sgquant_pareto(report, Figure),
             _training(report, Figure),
         ],
     )

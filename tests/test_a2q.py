@@ -204,6 +204,7 @@ def gcn_and_graph():
     return TwoLayer("gcn", fin=8, fout=4).eval(), data
 
 
+@pytest.mark.slow
 def test_a2q_policy_learns_per_node_bits_within_budget_and_onnx_equals_ir(gcn_and_graph, tmp_path):
     model, data = gcn_and_graph
     options = {"epochs": 30, "target_bits": 3.0, "trace_training": False}
@@ -236,6 +237,7 @@ def test_a2q_policy_learns_per_node_bits_within_budget_and_onnx_equals_ir(gcn_an
     assert dequantized_points_equal(compiled.to_onnx(), compiled, data.inputs()) == 4
 
 
+@pytest.mark.slow
 def test_a2q_nns_serves_unseen_graph_sizes_in_onnx(gcn_and_graph):
     model, data = gcn_and_graph
     options = {"epochs": 10, "a2q_groups": 16, "trace_training": False}
@@ -250,9 +252,11 @@ def test_a2q_nns_serves_unseen_graph_sizes_in_onnx(gcn_and_graph):
         assert torch.allclose(run_onnx(session, inputs), compiled.run(inputs), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a2q_native_integers_equal_the_ir_on_unseen_graph_sizes(gcn_and_graph, tmp_path):
-    """Native backend (the simplest correct version: per-row bits run as its reference steps, no packed
-    mixed-bit kernels yet): integers equal the IR's on the compile graph and, with NNS, on other sizes."""
+    """Native backend of a GCN (its per-node features feed the linear layer, which runs as reference steps;
+    aggregate-first models use the mixed-bit kernels, below): integers equal the IR's on the compile graph
+    and, with NNS, on other sizes."""
     from quantgraph.native.verify import compare_native_integers
 
     model, data = gcn_and_graph
@@ -268,6 +272,7 @@ def test_a2q_native_integers_equal_the_ir_on_unseen_graph_sizes(gcn_and_graph, t
         assert torch.allclose(native.run(graph.inputs()), compiled.run(graph.inputs()), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_readme_cora_command_compiles_a2q(planetoid_root, tmp_path):
     """`quantgraph compile gcn_cora.pt --data cora --policy a2q -o m.onnx` (few epochs here)."""
     import json
@@ -288,6 +293,7 @@ def test_readme_cora_command_compiles_a2q(planetoid_root, tmp_path):
     assert set(rep["a2q"]["average_bits"]) == {"a2q_convention", "stored", "stored_all_features"}
 
 
+@pytest.mark.slow
 def test_graph_level_a2q_nns_trains_with_the_task_gradient_and_exports(tmp_path):
     """Graph classification: NNS only (per-node parameters are refused), no Local Gradient, ONNX equals the IR
     on the test graphs batched together (sizes the model never saw)."""
@@ -317,6 +323,7 @@ def test_graph_level_a2q_nns_trains_with_the_task_gradient_and_exports(tmp_path)
     assert dequantized_points_equal(compiled.to_onnx(), compiled, collate(test).inputs()) >= 3
 
 
+@pytest.mark.slow
 def test_target_kb_is_a_memory_budget_the_kept_model_meets(gcn_and_graph):
     """``target_kb``: the total feature memory (KB, rounded bits) of the kept epoch is within the budget,
     here well below what the per-layer default (3 bits) gives."""
@@ -366,3 +373,103 @@ def test_gat_attention_vectors_and_logits_are_quantized_per_head_and_exports_equ
     checks = compiled.export(tmp_path / "gat.qgn", data)
     assert checks["integer_tensors"]["equal"] and checks["argmax_agreement"] == 1.0
     assert dequantized_points_equal(compiled.to_onnx(), compiled, data.inputs()) >= 6
+
+
+def _mixed_rows(n: int = 400, f: int = 19, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    bits = rng.integers(1, 9, n)
+    qmax = (1 << (bits - 1)) - 1
+    q = np.stack([rng.integers(-m, m + 1, f) for m in qmax]).astype(np.int32)
+    return q, bits, (rng.random(n) + 0.1).astype(np.float32)
+
+
+def test_bit_grouped_rows_store_each_node_at_its_width_and_unpack_exactly():
+    import numpy as np
+
+    from quantgraph.errors import InputError
+    from quantgraph.native.mixed_bits import BitGroupedRows, bits_of_qmax
+
+    q, bits, scale = _mixed_rows()
+    rows = BitGroupedRows.pack(q, bits, scale)
+    assert np.array_equal(rows.unpack(), q)
+    widths = np.select([bits == 1, bits == 2, bits <= 4], [0, 2, 4], 8)
+    assert rows.rows_per_width() == {w: int((widths == w).sum()) for w in (8, 4, 2, 0)}
+    assert rows.payload_bytes == int(sum((19 * w + 7) // 8 for w in widths))  # 1-bit rows: no bytes
+    assert np.array_equal(bits_of_qmax((1 << (bits - 1)) - 1), bits)
+    too_wide = q.copy()
+    too_wide[int(np.flatnonzero(bits == 2)[0]), 0] = 2  # 2 bits hold [-1, 1]
+    with pytest.raises(InputError, match="outside their row's bit range"):
+        BitGroupedRows.pack(too_wide, bits, scale)
+    with pytest.raises(InputError, match="qmax"):
+        bits_of_qmax(np.array([2]))
+
+
+def test_mixed_bit_aggregation_equals_the_dequantized_scatter_add():
+    """``spmm_mixed`` over the grouped storage adds ``q · (s · w)`` in edge order: without edge weights equal
+    to the IR's float scatter-add of the dequantized rows bit for bit, for any thread count; with them equal up
+    to float rounding (the IR rounds ``(q · s) · w``)."""
+    import numpy as np
+
+    from quantgraph.ir.ops import scatter
+    from quantgraph.native import CSR
+    from quantgraph.native.mixed_bits import BitGroupedRows, csr_edge_weights, spmm_mixed
+
+    q, bits, scale = _mixed_rows()
+    n, e = q.shape[0], 5000
+    rows = BitGroupedRows.pack(q, bits, scale)
+    rng = np.random.default_rng(1)
+    ei = rng.integers(0, n, (2, e))
+    w = rng.standard_normal(e).astype(np.float32)
+    deq = torch.from_numpy(q).float() * torch.from_numpy(scale)[:, None]
+    src, dst = torch.from_numpy(ei[0]), torch.from_numpy(ei[1])
+    csr = CSR.from_edge_index(ei, n)
+    for threads in (1, 2):
+        weighted = spmm_mixed(csr, rows, csr_edge_weights(ei, w), threads=threads)
+        expected = scatter(deq[src] * torch.from_numpy(w)[:, None], dst, n, "sum")
+        assert torch.allclose(torch.from_numpy(weighted), expected, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(torch.from_numpy(weighted), expected * 1.001, rtol=1e-5, atol=1e-5)
+        plain = spmm_mixed(csr, rows, None, threads=threads)
+        assert torch.equal(torch.from_numpy(plain), scatter(deq[src], dst, n, "sum"))
+
+
+@pytest.mark.slow
+def test_a2q_gin_native_aggregates_mixed_bit_storage_equal_to_the_ir():
+    """GIN aggregates its per-node-bit features directly: the native program runs the mixed-bit kernels
+    (both layers), integers equal the IR's and the logits too, per node and with NNS on unseen sizes."""
+    from quantgraph.native.verify import compare_native_integers
+
+    torch.manual_seed(0)
+    data = make_csbm(num_nodes=300, num_features=8, num_classes=4, power=2.0, seed=3)
+    model = TwoLayer("gin", fin=8, fout=4).eval()
+    for policy in ("a2q", "a2q-nns"):
+        options = {"epochs": 3, "a2q_groups": 16, "trace_training": False}
+        compiled = qg_compile(model, data, policy=policy, options=options, backend="native")
+        native = compiled.to_native(data)
+        ops = [s.op for s in native.program.steps]
+        assert ops.count("native.mixed_aggregate") == 2 and ops.count("native.mixed_pack") == 2
+        graphs = [data] + ([make_csbm(num_nodes=n, num_features=8, num_classes=4, seed=n) for n in (37, 511)]
+                           if policy == "a2q-nns" else [])  # fmt: skip
+        for graph in graphs:
+            ints = compare_native_integers(native, compiled, graph.inputs())
+            assert ints["equal"] and ints["compared"] >= 6, (policy, ints)
+            assert torch.equal(native.run(graph.inputs()), compiled.run(graph.inputs()))
+
+
+def test_sparse_rows_local_gradient_equals_the_dense_one():
+    """Mostly-zero inputs take the non-zeros-only path: same values and (up to summation order) gradients."""
+    from quantgraph.ir.a2q_quantizer import A2QRound
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(50, 300, generator=g) < 0.03).float() * torch.randn(50, 300, generator=g)
+    scale = (torch.rand(50, 1, generator=g) * 0.3 + 0.05).requires_grad_()
+    bits = (torch.rand(50, 1, generator=g) * 6 + 1).requires_grad_()
+    s2, b2 = scale.detach().clone().requires_grad_(), bits.detach().clone().requires_grad_()
+    sparse = a2q_quantize(x, scale, bits, True)
+    dense = A2QRound.apply(x, s2, b2, True)
+    (sparse * torch.randn_like(sparse)).sum().backward()  # Local Gradient: the upstream gradient is ignored
+    dense.sum().backward()
+    assert torch.equal(sparse, dense)
+    assert torch.allclose(scale.grad, s2.grad, atol=1e-7) and torch.allclose(bits.grad, b2.grad, atol=1e-7)
+    assert bits.grad.abs().sum() > 0  # some values were clipped

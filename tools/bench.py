@@ -20,6 +20,10 @@ elsewhere; ``--aggr both``: both):
   target index broadcast to [E, F] in the graph by ``Expand``, as ScatterElements needs);
 * ``ort_qdq_int8``: the same graph between ``DequantizeLinear`` of the int8 features and ``QuantizeLinear``
   of the sum (same scales as ``native_int8``; compared with it value for value);
+* ``native_a2q``: A²Q's per-node bitwidths (``quantgraph.native.mixed_bits``): every node gets bits drawn by
+  in-degree from ``--a2q-bits`` (default ``A2Q_BITS``), its row quantized symmetrically at its own scale and
+  stored at 0/2/4/8 bits (rows grouped by width, each group packed), then ``spmm_mixed``: float32
+  ``sum w_ij * s_j * q_j`` (its feature bytes include the per-node group, index and scale, 9 B a node);
 * ``native_int{8,4,2}``: ``quantgraph.native.spmm_requantize``: packed features, int32 accumulation,
   requantized to int8 in the same row loop; ``native_int8_msg``: the same with the per-edge message
   quantizer (Degree-Quant form, ``message=MessageQuant(0.5)``).
@@ -90,7 +94,11 @@ METHODS = (
     "native_int8_msg",
     "native_int4",
     "native_int2",
+    "native_a2q",
 )
+#: ``native_a2q`` (A²Q, issue 13): the share of nodes at each learned bitwidth, given to nodes by in-degree
+#: (fewest bits to the lowest in-degrees, as A²Q learns); override with ``--a2q-bits``
+A2Q_BITS = {1: 0.05, 2: 0.35, 3: 0.4, 4: 0.15, 8: 0.05}
 #: native e2e method -> the native model it runs with one kernel call per program step (no fusion plan)
 NATIVE_UNFUSED = {f"{m}_unfused": m for m in ("native_int8", "native_int4", "native_int2")}
 #: onnxruntime e2e method -> (backend, quantized, ONNX export options); the plain names use the defaults
@@ -562,7 +570,52 @@ class AggCase:
                 graph_bytes,
                 check=lambda out: check_native(csr, q, zx, m, out, csr.edge_weights, message=mult),
             )
+        if method == "native_a2q":
+            return self.a2q_method()
         raise SystemExit(f"unknown aggregation method {method}")
+
+    def a2q_rows(self) -> tuple[Any, np.ndarray]:
+        """Per-node bits by in-degree (``A2Q_BITS``), rows quantized at their own scale, stored grouped."""
+        from quantgraph.native.mixed_bits import BitGroupedRows
+
+        n = self.g.num_nodes
+        degree = np.bincount(self.g.edge_index[1], minlength=n)
+        order = np.argsort(degree, kind="stable")
+        shares = np.cumsum([A2Q_BITS[b] for b in sorted(A2Q_BITS)])
+        bounds = np.round(shares / shares[-1] * n).astype(np.int64)
+        bits = np.empty(n, dtype=np.int64)
+        start = 0
+        for b, end in zip(sorted(A2Q_BITS), bounds, strict=True):
+            bits[order[start:end]] = b
+            start = end
+        qmax = (1 << (bits - 1)) - 1
+        peak = np.abs(self.g.x).max(axis=1)
+        scale = np.where((qmax > 0) & (peak > 0), peak / np.maximum(qmax, 1), 1.0).astype(np.float32)
+        q = np.clip(np.rint(self.g.x / scale[:, None]), -qmax[:, None], qmax[:, None]).astype(np.int8)
+        return BitGroupedRows.pack(q, bits, scale), bits
+
+    def a2q_method(self) -> Method:
+        from quantgraph.native.mixed_bits import spmm_mixed
+
+        rows, bits = self.a2q_rows()
+        csr, threads = self.csr, self.threads
+        weights = csr.edge_weights.astype(np.float32) if csr.edge_weights is not None else None
+        graph_bytes = csr.indptr.nbytes + csr.indices.nbytes + (weights.nbytes if weights is not None else 0)
+        widths = ", ".join(f"{w}b {100 * c / rows.num_rows:.0f}%" for w, c in rows.rows_per_width().items())
+
+        def check(out: Any) -> str:
+            deq = torch.from_numpy(rows.unpack().astype(np.float32) * rows.row_scale[:, None])
+            ref = self.adjacency() @ deq
+            err = float((torch.from_numpy(out) - ref).abs().max()) / max(float(ref.abs().max()), 1e-30)
+            mismatch = " MISMATCH" if err > 1e-4 else ""
+            return f"mean {bits.mean():.2f} bits, stored {widths}; max rel. error {err:.1e} vs torch CSR{mismatch}"
+
+        return Method(
+            lambda: spmm_mixed(csr, rows, weights, threads=threads),
+            rows.payload_bytes + rows.index_bytes,
+            graph_bytes,
+            check=check,
+        )
 
     def check_qdq(self, out: Any) -> str:
         ref = self.int8_reference().astype(np.int16)
@@ -1344,6 +1397,12 @@ def main(argv: list[str] | None = None) -> int:
         "--memory-runs", type=int, default=2, help="runs per method in the memory child (default 2)"
     )
     p.add_argument("--profile", action="store_true", help="native per-step time breakdown")
+    p.add_argument(
+        "--a2q-bits",
+        default=None,
+        metavar="B:SHARE,...",
+        help="native_a2q: share of nodes per learned bitwidth, by in-degree (default 1:0.05,2:0.35,3:0.4,4:0.15,8:0.05)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write a markdown report here (e.g. docs/benchmarks.md)")
     p.add_argument(
@@ -1351,6 +1410,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.a2q_bits:
+        A2Q_BITS.clear()
+        for part in args.a2q_bits.split(","):
+            b, _, share = part.partition(":")
+            A2Q_BITS[int(b)] = float(share)
     if args.child:
         return child(json.loads(args.child))
 

@@ -70,37 +70,108 @@ class A2QRound(torch.autograd.Function):
         sign_x = torch.sign(x)
         q = torch.minimum(magnitude, qmax).add_(0.5).floor_().mul_(sign_x)
         out = q * s
-        if any(ctx.needs_input_grad[:3]):  # few full-size temporaries: these terms are all backward needs
-            rounding = v.neg_().add_(q).masked_fill_(~inside, 0.0)  # (q - x/s) where in range
-            clipped = sign_x.masked_fill_(inside, 0.0)  # sign(x) where clipped
-            weight = torch.sign(out - x) if local else None  # Local Gradient: d E / d x̂ (times d)
-            ctx.save_for_backward(inside, rounding, clipped, weight, s, qmax, scale, bits)
         ctx.local = local
+        wants_params = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        if not (ctx.needs_input_grad[0] or wants_params):
+            return out
+        rounding = v.neg_().add_(q).masked_fill_(~inside, 0.0)  # (q - x/s) where in range
+        clipped = sign_x.masked_fill_(inside, 0.0)  # sign(x) where clipped
+        if local and wants_params:  # Local Gradient ignores the upstream gradient: reduce now, save [N, 1]
+            weight = torch.sign(out - x)  # d E / d x̂ (times d)
+            grads = _param_grads(weight, rounding, clipped, s, qmax, scale, bits, ctx.needs_input_grad, True)
+            ctx.save_for_backward(inside if ctx.needs_input_grad[0] else None, *grads)
+        else:
+            ctx.save_for_backward(inside, rounding, clipped, s, qmax, scale, bits)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        inside, rounding, clipped, weight, s, qmax, scale, bits = ctx.saved_tensors
+        if ctx.local and len(ctx.saved_tensors) == 3:
+            inside, grad_scale, grad_bits = ctx.saved_tensors
+        else:
+            inside, rounding, clipped, s, qmax, scale, bits = ctx.saved_tensors
+            grad_scale, grad_bits = _param_grads(
+                grad, rounding, clipped, s, qmax, scale, bits, ctx.needs_input_grad, False
+            )
         grad_x = grad * inside if ctx.needs_input_grad[0] else None
-        w = weight if ctx.local else grad
-        grad_scale = grad_bits = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            at_clip = (w * clipped).sum_to_size(qmax.shape)  # Σ w · sign(x) over the clipped values
-            count = inside.numel() // max(qmax.numel(), 1) if ctx.local else 1  # local: a mean over them
-            if ctx.needs_input_grad[1]:
-                in_range = (w * rounding).sum_to_size(qmax.shape)
-                grad_scale = ((in_range + at_clip * qmax) / count * torch.sign(scale)).sum_to_size(
-                    scale.shape
-                )
-            if ctx.needs_input_grad[2]:
-                grad_bits = (at_clip * (qmax + 1) * LN2 * s / count * torch.sign(bits)).sum_to_size(
-                    bits.shape
-                )
         return grad_x, grad_scale, grad_bits, None
 
 
+def _param_grads(
+    w: Tensor,
+    rounding: Tensor,
+    clipped: Tensor,
+    s: Tensor,
+    qmax: Tensor,
+    scale: Tensor,
+    bits: Tensor,
+    needs: tuple[bool, ...],
+    local: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """The scale and bit gradients for the per-element weights ``w`` (task gradient, or ``sign(x̂ - x)``
+    averaged over each parameter's elements with ``local``)."""
+    grad_scale = grad_bits = None
+    if not (needs[1] or needs[2]):
+        return grad_scale, grad_bits
+    at_clip = (w * clipped).sum_to_size(qmax.shape)  # Σ w · sign(x) over the clipped values
+    count = rounding.numel() // max(qmax.numel(), 1) if local else 1  # local: a mean over them
+    if needs[1]:
+        in_range = (w * rounding).sum_to_size(qmax.shape)
+        grad_scale = ((in_range + at_clip * qmax) / count * torch.sign(scale)).sum_to_size(scale.shape)
+    if needs[2]:
+        grad_bits = (at_clip * (qmax + 1) * LN2 * s / count * torch.sign(bits)).sum_to_size(bits.shape)
+    return grad_scale, grad_bits
+
+
+class A2QRoundSparseRows(torch.autograd.Function):
+    """:class:`A2QRound` with Local Gradient for mostly-zero rows (bag-of-words inputs) and per-row parameters,
+    computed on the non-zero values only: a zero quantizes to 0 and adds nothing to either gradient
+    (``sign(x) = 0``, ``x̂ - x = 0``), so the results are the dense ones (up to the order of the sums)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, bits: Tensor, rows: Tensor, cols: Tensor) -> Tensor:  # noqa: D401
+        s_rows, qmax_rows = positive_scale(scale), qmax_of(bits)
+        xv = x[rows, cols]
+        s, qmax = s_rows.reshape(-1)[rows], qmax_rows.reshape(-1)[rows]
+        v = xv / s
+        magnitude = v.abs()
+        inside = magnitude <= qmax
+        sign_x = torch.sign(xv)
+        q = torch.minimum(magnitude, qmax).add_(0.5).floor_().mul_(sign_x)
+        out_v = q * s
+        out = torch.zeros_like(x)
+        out[rows, cols] = out_v
+        weight = torch.sign(out_v - xv)
+        n, count = x.shape[0], max(x.shape[1], 1)
+        at_clip = x.new_zeros(n).index_add_(0, rows, weight * sign_x.masked_fill(inside, 0.0)).view(-1, 1)
+        in_range = x.new_zeros(n).index_add_(0, rows, weight * (q - v).masked_fill_(~inside, 0.0)).view(-1, 1)
+        grad_scale = (in_range + at_clip * qmax_rows) / count * torch.sign(scale)
+        grad_bits = at_clip * (qmax_rows + 1) * LN2 * s_rows / count * torch.sign(bits)
+        ctx.save_for_backward(grad_scale, grad_bits)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad_scale, grad_bits = ctx.saved_tensors
+        return None, grad_scale, grad_bits, None, None
+
+
+#: below this fraction of non-zero values, per-row Local Gradient runs on the non-zeros only
+SPARSE_DENSITY = 0.25
+
+
 def a2q_quantize(x: Tensor, scale: Tensor, bits: Tensor, local: bool = False) -> Tensor:
-    return A2QRound.apply(x, scale, bits, local)
+    """A²Q's fake quantization; without autograd (``no_grad``, validation) only the forward values."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, scale, bits)):
+        per_row = x.dim() == 2 and scale.shape == bits.shape == (x.shape[0], 1)
+        if local and per_row and not x.requires_grad:
+            rows, cols = x.nonzero(as_tuple=True)
+            if rows.numel() < SPARSE_DENSITY * x.numel():
+                return A2QRoundSparseRows.apply(x, scale, bits, rows, cols)
+        return A2QRound.apply(x, scale, bits, local)
+    s = positive_scale(scale)
+    q = torch.minimum((x / s).abs(), qmax_of(bits)).add_(0.5).floor_().mul_(torch.sign(x))
+    return q * s
 
 
 def along_axis(param: Tensor, x: Tensor, axis: int) -> Tensor:

@@ -309,6 +309,25 @@ def _bind(lib: ctypes.CDLL) -> None:
         c.c_int,
     ]
     lib.gemm_i8_epilogue.restype = c.c_int
+    lib.csr_spmm_mixed_f32.argtypes = [
+        i64,
+        i64,
+        i64,
+        vp,
+        vp,
+        c.c_int,
+        vp,
+        vp,
+        vp,
+        vp,
+        vp,
+        vp,
+        vp,
+        vp,
+        i64,
+        c.c_int,
+    ]
+    lib.csr_spmm_mixed_f32.restype = c.c_int
     lib.qg_info.argtypes = [vp]
     lib.qg_info.restype = None
 

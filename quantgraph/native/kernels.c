@@ -16,6 +16,8 @@
  *   pack_i8                                  int8 rows -> packed 4/2-bit feature rows
  *   gemm_i8_pack / gemm_i8                   int8 x int8 -> int32 matmul with zero points:
  *       C[m, n] = sum_k (A[m, k] - za) * (B[k, n] - zb[n]) + bias[n]
+ *   csr_spmm_mixed_f32                       float32 CSR aggregation of dequantized node rows stored at mixed
+ *       widths (A2Q: rows grouped by width 8/4/2/0, each group packed at its width, one scale per row)
  *   qg_info                                  ABI version and build features
  *
  * Conventions
@@ -2026,6 +2028,91 @@ int gemm_i8_epilogue(const int8_t *a, const float *af, const float *xq, const in
     if (af && (!xq || !(xq[0] > 0.0f) || !(xq[2] <= xq[3]) || xq[2] < -128.0f || xq[3] > 127.0f)) return QG_EBADARG;
     return gemm_core(a, af, xq, row_index, M, K, lda, za, packed, colsum, N, zb, zb_per_col, bias, NULL, 0, epi,
                      threads);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* mixed-bit node rows (A2Q): rows grouped by stored width, each group packed at its width            */
+
+/*
+ * Storage: group g in {0, 1, 2, 3} holds its rows at width {8, 4, 2, 0} bits (int8 values or the packed
+ * fields of pack_i8), row k of group g at data + group_base[g] + k * group_stride[g]; node j is row
+ * row_index[j] of group row_group[j]. Width 0 holds rows whose values are all 0 (A2Q's 1-bit rows:
+ * qmax = 2^0 - 1 = 0): no bytes.
+ */
+static const int QG_MIXED_WIDTH[4] = {8, 4, 2, 0};
+
+/* t4[b] / t2[b]: the 2 / 4 signed fields of byte b as int8 values, in field order */
+typedef struct {
+    int8_t t4[256][2];
+    int8_t t2[256][4];
+} qg_mixed_tables;
+
+static void mixed_tables(qg_mixed_tables *t) {
+    for (int b = 0; b < 256; b++) {
+        for (int j = 0; j < 2; j++) t->t4[b][j] = (int8_t)((((b >> (4 * j)) & 15) ^ 8) - 8);
+        for (int j = 0; j < 4; j++) t->t2[b][j] = (int8_t)((((b >> (2 * j)) & 3) ^ 2) - 2);
+    }
+}
+
+/* tmp[0..F) = the int8 values of one stored row of width 8, 4 or 2 (table look-ups, one per byte). */
+static inline const int8_t *mixed_row_i8(const uint8_t *restrict r, int width, int64_t F, const qg_mixed_tables *t,
+                                         int8_t *restrict tmp) {
+    if (width == 8) return (const int8_t *)r;
+    if (width == 4) {
+        const int64_t bytes = (F + 1) / 2;
+        for (int64_t k = 0; k < bytes; k++) memcpy(tmp + 2 * k, t->t4[r[k]], 2);
+    } else {
+        const int64_t bytes = (F + 3) / 4;
+        for (int64_t k = 0; k < bytes; k++) memcpy(tmp + 4 * k, t->t2[r[k]], 4);
+    }
+    return tmp;
+}
+
+/*
+ * out[i, f] = sum_{e in row i, edge order} (float)q_j[f] * (row_scale[j] * w[e]), j = indices[e], over the
+ * mixed-bit storage above (w NULL: weight 1, the coefficient is the scale and each term is the IR's
+ * dequantized value q * s exactly). float32; one thread per output row, so the terms are added in CSR (edge)
+ * order whatever the thread count, as a sequential scatter-add adds them. Width-0 rows add nothing.
+ */
+int csr_spmm_mixed_f32(int64_t n_rows, int64_t n_src, int64_t F, const int64_t *indptr, const void *indices,
+                       int idx64, const float *w, const uint8_t *data, const int64_t *group_base,
+                       const int64_t *group_stride, const uint8_t *row_group, const int32_t *row_index,
+                       const float *row_scale, float *out, int64_t out_stride, int threads) {
+    if (n_rows < 0 || n_src < 0 || F < 0 || !indptr || !group_base || !group_stride || out_stride < F) return QG_EBADARG;
+    if (n_rows && (!out || (indptr[n_rows] && !indices))) return QG_EBADARG;
+    if (n_src && (!row_group || !row_index || !row_scale)) return QG_EBADARG;
+    for (int g = 0; g < 3; g++)
+        if (group_stride[g] < (F * QG_MIXED_WIDTH[g] + 7) / 8) return QG_EBADARG;
+    const int T = qg_threads(threads);
+    const int64_t padded = (F + 3) / 4 * 4 + 64; /* a row's fields plus the pad fields of its last byte */
+    int8_t *buf = (int8_t *)qg_alloc((size_t)T * (size_t)padded);
+    qg_mixed_tables tables;
+    if (!buf) return QG_ENOMEM;
+    mixed_tables(&tables);
+#pragma omp parallel num_threads(T) if (n_rows * F > 32768)
+    {
+#ifdef _OPENMP
+        int8_t *tmp = buf + (size_t)omp_get_thread_num() * (size_t)padded;
+#else
+        int8_t *tmp = buf;
+#endif
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t i = 0; i < n_rows; i++) {
+            float *restrict o = out + i * out_stride;
+            for (int64_t f = 0; f < F; f++) o[f] = 0.0f;
+            for (int64_t e = indptr[i]; e < indptr[i + 1]; e++) {
+                const int64_t j = idx64 ? ((const int64_t *)indices)[e] : (int64_t)((const int32_t *)indices)[e];
+                const int g = row_group[j] & 3;
+                if (g == 3) continue;
+                const uint8_t *r = data + group_base[g] + (int64_t)row_index[j] * group_stride[g];
+                const int8_t *restrict q = mixed_row_i8(r, QG_MIXED_WIDTH[g], F, &tables, tmp);
+                const float c = w ? row_scale[j] * w[e] : row_scale[j];
+                for (int64_t f = 0; f < F; f++) o[f] += (float)q[f] * c;
+            }
+        }
+    }
+    free(buf);
+    return QG_OK;
 }
 
 /* ------------------------------------------------------------------------------------------------ */

@@ -34,6 +34,7 @@ from quantgraph.ir.int_ops import LINEAR_INT, REQUANTIZE
 from quantgraph.ir.meta import ACCUMULATOR_KEY, SOURCE_KEY
 from quantgraph.ir.ops import GATHER, QUANTIZE, SCATTER
 from quantgraph.native.artifact import Program, Step, references
+from quantgraph.native.lower_mixed import match_mixed_aggregate
 from quantgraph.native.opnames import OPERATOR_NAMES
 
 DROPPED_KWARGS = ("device", "pin_memory", "layout")
@@ -328,6 +329,12 @@ class _Lowering:
         for node in self.gm.graph.nodes:
             if node.target == SCATTER and node in self.feature and (steps := self.match_aggregate(node)):
                 self._place(node, list(steps))
+            elif (
+                node.target == SCATTER
+                and node in self.feature
+                and (steps := match_mixed_aggregate(self, node))
+            ):
+                self._place(node, list(steps))  # A²Q: per-node bitwidths (quantgraph.native.lower_mixed)
         for node in self.gm.graph.nodes:
             if node.target == LINEAR_INT and node in self.feature and node not in self.fused:
                 if (step := self.match_linear(node)) is not None:

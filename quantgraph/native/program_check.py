@@ -263,6 +263,10 @@ def check_native_step(step: Any, arrays: dict[str, np.ndarray]) -> None:
             raise refuse(f"{where}: overflow_check must be an object")
         if not isinstance(step.args, list) or len(step.args) != 4:
             raise refuse(f"{where} must have 4 arguments")
+    elif step.op in ("native.mixed_csr", "native.mixed_pack", "native.mixed_aggregate"):  # A²Q
+        count = {"native.mixed_csr": 4, "native.mixed_pack": 3, "native.mixed_aggregate": 2}[step.op]
+        if not isinstance(step.args, list) or len(step.args) != count or kw:
+            raise refuse(f"{where} must have {count} arguments and no keyword arguments")
     elif step.op == "input.size":
         if not (isinstance(step.args, list) and len(step.args) == 2 and isinstance(step.args[0], str)):
             raise refuse(f"{where} must name an input and an axis")
@@ -327,6 +331,9 @@ NATIVE_STEPS = (
     "native.linear",
     "native.requantize",
     "native.quantize",
+    "native.mixed_csr",
+    "native.mixed_pack",
+    "native.mixed_aggregate",
     "input.size",
 )
 OPERATOR_STEPS = ("operator.add", "operator.sub", "operator.mul", "operator.floordiv")

@@ -29,7 +29,7 @@ import quantgraph.ir.int_ops  # noqa: F401  (registers quantgraph::linear_int / 
 import quantgraph.ir.ops  # noqa: F401  (registers quantgraph::gather / scatter / quantize / dequantize)
 from quantgraph.errors import InputError
 from quantgraph.ir.int_ops import INT32_MAX
-from quantgraph.native import kernels
+from quantgraph.native import kernels, mixed_bits
 from quantgraph.native.alloc_check import MAX_STEP_ELEMENTS, output_elements
 from quantgraph.native.artifact import Program, Step, load_program, references, save_program
 from quantgraph.native.fusion import FusedStep, plan
@@ -310,6 +310,9 @@ class NativeModel:
             "native.linear": self._linear,
             "native.requantize": self._requantize,
             "native.quantize": self._quantize,
+            "native.mixed_csr": self._mixed_csr,
+            "native.mixed_pack": self._mixed_pack,
+            "native.mixed_aggregate": self._mixed_aggregate,
         }[step.op]
         return native(step, values)
 
@@ -490,6 +493,23 @@ class NativeModel:
                 kernels.pack(q, f.out_bits, check=False, threads=self.threads), f.out_bits, q.shape[1]
             )
         return out
+
+    # A²Q's per-node bitwidths (quantgraph.native.lower_mixed, quantgraph.native.mixed_bits)
+    def _mixed_csr(self, step: Step, values: dict[str, Any]) -> mixed_bits.MixedCSR:
+        src, dst, rows, weight = step.args
+        w = None if weight is None else self._numpy(weight, values)
+        return mixed_bits.mixed_csr(
+            self._numpy(src, values), self._numpy(dst, values), int(self._decode(rows, values)), w
+        )
+
+    def _mixed_pack(self, step: Step, values: dict[str, Any]) -> mixed_bits.BitGroupedRows:
+        q, scale, qmax = (self._numpy(a, values) for a in step.args)
+        return mixed_bits.mixed_pack(q, scale, qmax)
+
+    def _mixed_aggregate(self, step: Step, values: dict[str, Any]) -> Tensor:
+        graph = values[step.args[0]["value"]]
+        rows = values[step.args[1]["value"]]
+        return torch.from_numpy(mixed_bits.spmm_mixed(graph.csr, rows, graph.weights, threads=self.threads))
 
     def _quantize(self, step: Step, values: dict[str, Any]) -> Tensor:
         kw = step.kwargs

@@ -295,7 +295,7 @@ class A2QTrainPass(PassBase):
         epochs, target, weight = opts["epochs"], float(opts["target_bits"]), float(opts["a2q_penalty"])
         target_kb = None if opts["target_kb"] is None else float(opts["target_kb"])
         lr = float(opts["lr"] if opts["lr"] is not None else 0.01)
-        wd = float(opts["weight_decay"] if opts["weight_decay"] is not None else 0.02)
+        wd = float(opts["weight_decay"] if opts["weight_decay"] is not None else 5e-4)
         if not (math.isfinite(target) and target >= 1.0):
             raise InputError(f"target_bits={target!r} is invalid", "use a finite target_bits >= 1")
         if target_kb is not None and not (math.isfinite(target_kb) and target_kb > 0):

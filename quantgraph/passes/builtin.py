@@ -18,6 +18,7 @@ from quantgraph.passes import (  # noqa: F401
     search_bits,
     sgquant_annotate,
     sgquant_bits,
+    sgquant_budget,
     smp_annotate,
     smp_freeze,
     smp_train,

@@ -7,6 +7,11 @@ computed in the graph (``degree-buckets``' ``insert_bucket_index``), so the mode
 bucket then has its own range and bits. ``sgquant_buckets=sqrt`` uses SGQuant's 32/sqrt(d) map snapped to
 ``sgquant_candidates`` (boundaries from the calibration graph's in-degrees; each bucket's bits become the
 default bits of that bucket).
+
+The input point: with ``sgquant_raw_input`` (default) and a model that row-normalises its features itself
+(a preprocessing module), the input quantizer moves from the normalised features to the raw features ``x``,
+the tensor inference stores (Cora's and CiteSeer's 0/1 bag-of-words features are exact at 1 bit; their
+normalised values ``1/k`` are not, per tensor); the normalisation then runs on the dequantized features.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from torch import fx
 
 from quantgraph.errors import InputError
-from quantgraph.ir.meta import QSPEC_KEY, ROLE_KEY, ROWS_KEY
+from quantgraph.ir.meta import QPARAMS_KEY, QSPEC_KEY, ROLE_KEY, ROWS_KEY
 from quantgraph.ir.roles import Role
 from quantgraph.options import Option
 from quantgraph.passes.degree_buckets import group_by_bucket, insert_bucket_index, parse_boundaries
@@ -62,7 +67,34 @@ BUCKETS = Option(
 CANDIDATES = Option(
     "sgquant_candidates", parse_candidates, (1, 2, 4, 8), "candidate bits (ABS search; the sqrt degree map)"
 )
+RAW_INPUT = Option(
+    "sgquant_raw_input",
+    bool,
+    True,
+    "quantize the raw input features x (before the model's row normalisation) instead of the normalised ones",
+)
 BUCKET_ROLES = (Role.INPUT, Role.LINEAR_OUT, Role.AGGREGATION, Role.UPDATE, Role.OUTPUT)
+
+
+def move_input_to_raw(gm: fx.GraphModule) -> str | None:
+    """Move the input point from the preprocessed features to the raw feature placeholder ``x`` (when the
+    placeholder is read only by the preprocessing); returns the preprocessed node's name, or None."""
+    raw = next((n for n in gm.graph.nodes if n.op == "placeholder" and n.name == "x"), None)
+    if raw is None or raw.meta.get(ROLE_KEY) != Role.PREPROCESS:
+        return None
+    entering = [
+        n
+        for n in gm.graph.nodes
+        if n.meta.get(ROLE_KEY) == Role.INPUT and QSPEC_KEY in n.meta and n is not raw
+    ]
+    if len(entering) != 1:
+        return None
+    node = entering[0]
+    raw.meta[QSPEC_KEY] = node.meta.pop(QSPEC_KEY)
+    node.meta.pop(QPARAMS_KEY, None)
+    raw.meta[ROLE_KEY], node.meta[ROLE_KEY] = Role.INPUT, Role.PREPROCESS
+    raw.meta[ROWS_KEY] = node.meta.get(ROWS_KEY, "node")
+    return node.name
 
 
 def max_in_degree(ctx: CompileContext) -> int:
@@ -80,7 +112,7 @@ class SGQuantAnnotatePass(PassBase):
 
     name = "sgquant-annotate"
     description = "SGQuant granularities: layer and component per point, in-degree buckets for node rows"
-    options = (BUCKETS, CANDIDATES)
+    options = (BUCKETS, CANDIDATES, RAW_INPUT)
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         if not any(QSPEC_KEY in n.meta for n in gm.graph.nodes):
@@ -89,6 +121,7 @@ class SGQuantAnnotatePass(PassBase):
             )
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
+        moved = move_input_to_raw(gm) if self.option(ctx, "sgquant_raw_input") else None
         points = classify(gm)
         by_name = {n.name: n for n in gm.graph.nodes}
         kept = denominators(gm) & set(points)
@@ -98,7 +131,7 @@ class SGQuantAnnotatePass(PassBase):
             if name in kept:
                 by_name[name].meta[FP32_KEY] = True
         buckets = self.option(ctx, "sgquant_buckets")
-        info: dict[str, Any] = {"buckets": None, "fp32_points": sorted(kept)}
+        info: dict[str, Any] = {"buckets": None, "fp32_points": sorted(kept), "raw_input": moved is not None}
         if buckets:
             if "edge_index" not in ctx.input_names or "x" not in ctx.input_names:
                 raise InputError(
@@ -132,4 +165,4 @@ class SGQuantAnnotatePass(PassBase):
             for name, (layer, comp) in points.items()
         }
         ctx.report.setdefault("sgquant", {}).update(info)
-        return PassResult(gm, bool(buckets))
+        return PassResult(gm, bool(buckets) or moved is not None)

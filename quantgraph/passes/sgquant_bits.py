@@ -19,15 +19,17 @@ import torch
 from torch import fx
 
 from quantgraph.errors import InputError
-from quantgraph.ir.meta import QPARAMS_KEY, QSPEC_KEY, SOURCE_KEY
+from quantgraph.ir.meta import QPARAMS_KEY, QSPEC_KEY, ROLE_KEY, SOURCE_KEY
+from quantgraph.ir.roles import Role
 from quantgraph.metrics import accuracy
-from quantgraph.options import SEED, Option
+from quantgraph.options import Option
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
 from quantgraph.passes.registry import register_pass
 from quantgraph.passes.sgquant_annotate import CANDIDATES
-from quantgraph.passes.train_qat import require_labelled_task
+from quantgraph.passes.train_qat import TRAINING_OPTIONS, require_labelled_task, training_hyperparameters
+from quantgraph.sgquant.candidate import CandidateEvaluator
 from quantgraph.sgquant.components import COMPONENT_KEY, FP32_KEY, SGQ_LAYER_KEY
-from quantgraph.sgquant.config import BitConfig
+from quantgraph.sgquant.config import INPUT, BitConfig
 from quantgraph.sgquant.memory import (
     PointSize,
     bias_elements,
@@ -37,6 +39,7 @@ from quantgraph.sgquant.memory import (
     sgquant_quantizers,
 )
 from quantgraph.sgquant.quantizer import FP32_BITS, SGQuantizer
+from quantgraph.sgquant.ranges import RangeTable, record_values
 from quantgraph.sgquant.search import SearchSpace, run_abs
 
 CONFIG = Option(
@@ -51,6 +54,28 @@ ACCURACY_TOLERANCE = Option(
     None,
     "ABS: least memory within this validation-accuracy drop (e.g. 0.004)",
     minimum=0.0,
+)
+ABS_FINETUNE_EPOCHS = Option(
+    "abs_finetune_epochs",
+    int,
+    10,
+    "ABS: fine-tuning epochs per candidate before its validation score (0: calibrated ranges only)",
+    minimum=0,
+)
+RANGE_INIT = Option(
+    "sgquant_range_init",
+    str,
+    "mse",
+    "ranges for the chosen bits: mse (least-MSE clipping per bits, from calibration) or calibrated (min/max)",
+    choices=("mse", "calibrated"),
+)
+ABS_REFINE_TOP = Option(
+    "abs_refine_top",
+    int,
+    6,
+    "ABS: screen candidates with calibrated ranges, then fine-tune this many Pareto points and choose among "
+    "them (0: fine-tune every candidate)",
+    minimum=0,
 )
 ABS_EVALUATIONS = Option(
     "abs_evaluations", int, 48, "ABS: validation evaluations of candidate configurations", minimum=1
@@ -67,6 +92,8 @@ def _dims(quantizers: dict[str, tuple[fx.Node, SGQuantizer]], by_name: dict[str,
             str(source.meta.get(COMPONENT_KEY, "combination")),
         )
         groups = module.bits.numel() if module.grouped else 0
+        if source.meta.get(ROLE_KEY) == Role.INPUT:  # the input features: their own search dimension
+            comp = INPUT
         if source.meta.get(FP32_KEY):  # a softmax denominator: stays FP32, not searched
             out[name] = []
         else:
@@ -81,10 +108,32 @@ def _resolve(config: BitConfig, dims: dict[str, list]) -> dict[str, list[int]]:
     }
 
 
-def _set_all(quantizers: dict[str, tuple[fx.Node, SGQuantizer]], bits: dict[str, list[int]]) -> None:
+def _set_all(
+    quantizers: dict[str, tuple[fx.Node, SGQuantizer]],
+    bits: dict[str, list[int]],
+    ranges: RangeTable | None = None,
+) -> None:
+    """Set every quantizer's bits, and with ``ranges`` its MSE-optimal range for those bits."""
     for name, (_node, module) in quantizers.items():
         value = bits[name]
         module.set_bits(value if module.grouped else value[0])
+        if ranges is not None:
+            ranges.apply(name, module)
+
+
+def _all_fp32(dims: dict[str, list]) -> dict[str, list[int]]:
+    return {name: [FP32_BITS] * max(1, len(ds)) for name, ds in dims.items()}
+
+
+def _fp32_val_acc(gm: fx.GraphModule, ctx: CompileContext, quantizers, dims) -> float | None:
+    """Validation accuracy of this IR with every quantizer bypassed (None without labelled nodes)."""
+    data = ctx.task_data.get("node")
+    if data is None or data.y is None or data.val_mask is None:
+        return None
+    _set_all(quantizers, _all_fp32(dims))
+    gm.eval()
+    with torch.no_grad():
+        return accuracy(gm(data.x, data.edge_index)[0], data.y, data.val_mask)
 
 
 @register_pass
@@ -95,26 +144,36 @@ class SGQuantBitsPass(PassBase):
     description = (
         "SGQuant bits per layer/component/degree bucket: given rules, or ABS under a memory/accuracy budget"
     )
-    options = (CONFIG, MEMORY_TARGET, ACCURACY_TOLERANCE, ABS_EVALUATIONS, CANDIDATES, SEED)
+    options = (
+        CONFIG,
+        MEMORY_TARGET,
+        ACCURACY_TOLERANCE,
+        ABS_EVALUATIONS,
+        ABS_FINETUNE_EPOCHS,
+        ABS_REFINE_TOP,
+        RANGE_INIT,
+        CANDIDATES,
+        *TRAINING_OPTIONS,
+    )
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         if not sgquant_quantizers(gm):
             raise InputError(
                 "the graph has no sgquant quantizers", "run 'prepare-qat' with the sgquant policy first"
             )
-        if (
-            self.option(ctx, "memory_target") is not None
-            and self.option(ctx, "accuracy_tolerance") is not None
-        ):
-            raise InputError(
-                "ABS takes one budget, got memory_target and accuracy_tolerance", "give only one"
-            )
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         quantizers = sgquant_quantizers(gm)
         by_name = {n.name: n for n in gm.graph.nodes}
         dims = _dims(quantizers, by_name)
+        for node, module in quantizers.values():  # input data keep their calibrated min/max range
+            if by_name[node.meta[SOURCE_KEY]].meta.get(ROLE_KEY) == Role.INPUT:
+                module.freeze_range()
         sizes = measure_points(gm, ctx.input_names, ctx.calibration_data[0])
+        ranges = None
+        if self.option(ctx, "sgquant_range_init") == "mse":
+            calib = ctx.calibration_data[0]
+            ranges = RangeTable(record_values(gm, quantizers, [calib[n] for n in ctx.input_names]))
         fp32_extra = bias_elements(gm)
         info = ctx.report.setdefault("sgquant", {})
         text = self.option(ctx, "sgquant_config")
@@ -123,11 +182,15 @@ class SGQuantBitsPass(PassBase):
         config = BitConfig.parse(text, default=ctx.bits)
         target, tolerance = self.option(ctx, "memory_target"), self.option(ctx, "accuracy_tolerance")
         if target is not None or tolerance is not None:
-            search = self._search(gm, ctx, quantizers, dims, sizes, fp32_extra, target, tolerance)
+            search = self._search(gm, ctx, quantizers, dims, sizes, fp32_extra, target, tolerance, ranges)
             config = BitConfig.parse(search.pop("chosen_config_text"))
             info["abs"] = search
+        if "abs" in info:
+            info["fp32_val_acc"] = info["abs"]["fp32"]["val_acc"]
+        else:
+            info["fp32_val_acc"] = _fp32_val_acc(gm, ctx, quantizers, dims)
         bits = _resolve(config, dims)
-        _set_all(quantizers, bits)
+        _set_all(quantizers, bits, ranges)
         info["config"] = config.to_text()
         info["memory"] = memory_report(sizes, bits, fp32_extra)
         info["bits"] = {
@@ -142,7 +205,7 @@ class SGQuantBitsPass(PassBase):
         return PassResult(gm, True)
 
     def _search(
-        self, gm, ctx, quantizers, dims, sizes: list[PointSize], fp32_extra: int, target, tolerance
+        self, gm, ctx, quantizers, dims, sizes: list[PointSize], fp32_extra: int, target, tolerance, ranges
     ) -> dict[str, Any]:
         require_labelled_task(ctx)
         data = ctx.task_data.get("node")
@@ -171,18 +234,32 @@ class SGQuantBitsPass(PassBase):
                 point_bits(size_of[n], bits[n] if len(bits[n]) > 1 else bits[n][0]) for n in dims
             )
 
-        def evaluate(config) -> float:
-            _set_all(quantizers, module_bits(config))
-            gm.eval()
-            with torch.no_grad():
-                logits = gm(data.x, data.edge_index)[0]
-            return accuracy(logits, data.y, data.val_mask)
+        hp = training_hyperparameters(ctx, self.option(ctx, "abs_finetune_epochs"))
+        evaluator = CandidateEvaluator(
+            gm,
+            lambda x, ei: gm(x, ei)[0],
+            data.x,
+            data.edge_index,
+            data.y,
+            data.train_mask,
+            data.val_mask,
+            epochs=hp["epochs"],
+            lr=hp["lr"],
+            weight_decay=hp["weight_decay"],
+            seed=hp["seed"],
+        )
 
-        for _n, module in quantizers.values():  # FP32 reference accuracy: every quantizer bypassed
-            module.set_bits(FP32_BITS)
-        gm.eval()
-        with torch.no_grad():
-            fp32_acc = accuracy(gm(data.x, data.edge_index)[0], data.y, data.val_mask)
+        top = self.option(ctx, "abs_refine_top")
+
+        def evaluate(config) -> float:  # a screen with calibrated ranges, or the fine-tuned score
+            return evaluator.score(
+                lambda: _set_all(quantizers, module_bits(config), ranges), 0 if top else None
+            )
+
+        def refine(config) -> float:
+            return evaluator.score(lambda: _set_all(quantizers, module_bits(config), ranges))
+
+        fp32_acc = _fp32_val_acc(gm, ctx, quantizers, dims)  # the checkpoint itself, not fine-tuned
         fp32_memory = extra + sum(sum(s.elements) * FP32_BITS for s in sizes)
         result = run_abs(
             space,
@@ -194,8 +271,17 @@ class SGQuantBitsPass(PassBase):
             accuracy_tolerance=tolerance,
             evaluations=self.option(ctx, "abs_evaluations"),
             seed=self.option(ctx, "seed"),
+            refine=refine if top and hp["epochs"] else None,
+            refine_top=top,
         )
+        evaluator.restore()  # the chosen bits start QAT from the calibrated state, not the last candidate's
         result["chosen_config_text"] = space.to_text(result.pop("chosen_config"))
+        result["finetune_epochs_per_candidate"] = hp["epochs"]
+        result["screen"] = (
+            "calibrated ranges, then fine-tuned Pareto points"
+            if result["refined"]
+            else (f"{hp['epochs']} fine-tuning epochs per candidate" if hp["epochs"] else "calibrated ranges")
+        )
         return result
 
     @staticmethod

@@ -134,6 +134,7 @@ SGQUANT_PASSES = (
     "prepare-qat",
     "sgquant-bits",
     "train-qat",
+    "sgquant-budget",
     "convert-qat",
 )
 

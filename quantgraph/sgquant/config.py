@@ -3,11 +3,13 @@
 Text form (the ``sgquant_config`` option and the report): comma-separated ``KEY=BITS`` rules, where KEY is
 ``LAYER.COMPONENT`` or ``LAYER.COMPONENT.bBUCKET``; ``*`` matches any layer or component; the most specific
 rule wins (bucket > layer and component > one of them > ``*.*``). Bits are 1-8, or 32 (not quantized;
-not allowed for a single bucket). Examples::
+not allowed for a single bucket). Component ``input`` names the input features, a combination tensor
+(``combination`` rules reach them; ``0.input=1`` overrides those). Examples::
 
     *.*=4                                   uniform 4 bits
     0.*=4,1.*=32                            layer-wise (SGQuant's (4, 32))
     0.aggregation=4,0.combination=8,1.aggregation=6,1.combination=1   component-wise
+    *.*=2,0.input=1                         2 bits, the 0/1 input features at 1 bit
     *.*=8,*.*.b1=4,*.*.b2=2                 topology-aware: node rows of buckets 1 and 2 get fewer bits
 
 Degree buckets: ``bucket = #{boundaries <= in-degree}`` (``quantgraph.passes.degree_buckets``). SGQuant's
@@ -27,7 +29,8 @@ from quantgraph.errors import InputError
 from quantgraph.sgquant.components import Component
 from quantgraph.sgquant.quantizer import FP32_BITS
 
-_RULE = re.compile(r"^(\*|\d+)\.(\*|aggregation|combination)(?:\.b(\d+))?$")
+_RULE = re.compile(r"^(\*|\d+)\.(\*|aggregation|combination|input)(?:\.b(\d+))?$")
+INPUT = "input"  # the input features: a combination tensor with its own rules (``0.input=1``)
 VALID_BITS = (1, 2, 3, 4, 5, 6, 7, 8, FP32_BITS)
 
 
@@ -50,7 +53,7 @@ class BitConfig:
             if not sep or match is None:
                 raise InputError(
                     f"sgquant config rule {item!r} is not LAYER.COMPONENT[.bBUCKET]=BITS",
-                    "write e.g. 0.aggregation=4,0.combination=8 or *.*=4 (components: aggregation, combination)",
+                    "write e.g. 0.aggregation=4,0.combination=8 or *.*=4 (components: aggregation, combination, input)",
                 )
             try:
                 bits = int(value)
@@ -74,16 +77,21 @@ class BitConfig:
         return cls(rules, default)
 
     def bits(self, layer: int, component: Component | str, bucket: int | None = None) -> int:
-        """The most specific rule's bits for this point (and bucket), else ``default``."""
+        """The most specific rule's bits for this point (and bucket), else ``default``.
+
+        The input features (component ``input``) are combination tensors: ``combination`` rules reach them,
+        an ``input`` rule is more specific."""
         best, best_rank = self.default, -1
+        comps = (INPUT, str(Component.COMBINATION)) if str(component) == INPUT else (str(component),)
         for (r_layer, r_comp, r_bucket), bits in self.rules.items():
             if r_layer is not None and r_layer != layer:
                 continue
-            if r_comp is not None and r_comp != str(component):
+            if r_comp is not None and r_comp not in comps:
                 continue
             if r_bucket is not None and r_bucket != bucket:
                 continue
-            rank = 4 * (r_bucket is not None) + 2 * (r_layer is not None) + (r_comp is not None)
+            comp_rank = 0 if r_comp is None else (2 if r_comp == INPUT and len(comps) > 1 else 1)
+            rank = 6 * (r_bucket is not None) + 3 * (r_layer is not None) + comp_rank
             if rank > best_rank:
                 best, best_rank = bits, rank
         return best

@@ -119,15 +119,19 @@ def memory_report(sizes: list[PointSize], bits: Mapping[str, Any], fp32_extra: i
     """Total and per-component / per-layer memory (bits and Mbit) against FP32, and the reduction factor.
 
     ``bits``: module name -> bits (per group or one value); ``fp32_extra``: elements that stay FP32 (biases).
+    ``input_features``: the input features alone (they are part of layer 0's combination tensors).
     """
 
     def empty() -> dict[str, int]:
         return {"fp32_bits": 0, "quantized_bits": 0}
 
-    total, by_comp, by_layer = empty(), {}, {}
+    total, by_comp, by_layer, inputs = empty(), {}, {}, empty()
     for size in sizes:
         fp32 = sum(size.elements) * FP32_BITS
         quant = point_bits(size, bits[size.module])
+        if size.role == Role.INPUT.value:  # the input features (also in their combination component)
+            inputs["fp32_bits"] += fp32
+            inputs["quantized_bits"] += quant
         for table in (
             total,
             by_comp.setdefault(size.component, empty()),
@@ -155,4 +159,5 @@ def memory_report(sizes: list[PointSize], bits: Mapping[str, Any], fp32_extra: i
         **finish(total),
         "by_component": {k: finish(v) for k, v in sorted(by_comp.items())},
         "by_layer_component": {k: finish(v) for k, v in sorted(by_layer.items())},
+        "input_features": finish(inputs),
     }

@@ -9,7 +9,11 @@ Pareto front (memory vs validation accuracy) and the chosen point:
 
 * ``memory_target = R``: the best validation accuracy among configurations with memory <= FP32 / R
   (ties: less memory);
-* ``accuracy_tolerance = t``: the least memory among configurations within ``t`` of FP32 validation accuracy.
+* ``accuracy_tolerance = t``: the least memory among configurations within ``t`` of FP32 validation accuracy;
+* both: the best validation accuracy within the memory budget, and ``met`` says whether it is within ``t``.
+
+``met`` is False when no evaluated configuration meets the budget's accuracy side (the most accurate one is
+then chosen); a memory target no configuration of the candidates can reach is an error before any evaluation.
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ class Evaluation:
     val_acc: float
     round: int
     predicted: float | None = None
+    screen_acc: float | None = None  # the calibrated-range score, when ``val_acc`` is after a fine-tune
 
 
 def pareto_front(evals: Sequence[Evaluation]) -> list[Evaluation]:
@@ -115,11 +120,18 @@ def run_abs(
     batch: int = 4,
     pool: int = 512,
     seed: int = 0,
+    refine: Callable[[Config], float] | None = None,
+    refine_top: int = 0,
 ) -> dict[str, Any]:
-    """Search ``space`` within ``evaluations`` validation evaluations; returns the history, front and choice."""
-    if (memory_target is None) == (accuracy_tolerance is None):
+    """Search ``space`` within ``evaluations`` validation evaluations; returns the history, front and choice.
+
+    With ``refine`` (e.g. a short fine-tune then validation) and ``refine_top = K``, ``evaluate`` screens
+    the candidates cheaply and the K Pareto points within the memory budget (most accurate first) are
+    scored again by ``refine``; the choice is then made among the refined points only.
+    """
+    if memory_target is None and accuracy_tolerance is None:
         raise InputError(
-            "ABS needs exactly one budget", "give memory_target (reduction factor) or accuracy_tolerance"
+            "ABS needs a budget", "give memory_target (reduction factor) and/or accuracy_tolerance"
         )
     if evaluations < 1:
         raise InputError(f"abs_evaluations={evaluations} is too small", "give at least 1 evaluation")
@@ -168,7 +180,7 @@ def run_abs(
         if not fresh:
             break
         predictions = surrogate.predict(fresh)
-        if accuracy_tolerance is not None:  # least memory among those predicted within the tolerance
+        if memory_target is None:  # least memory among those predicted within the tolerance
             ranked = sorted(
                 zip(fresh, predictions, strict=True),
                 key=lambda cp: (cp[1] < threshold, memory(cp[0]), -cp[1]),
@@ -178,17 +190,24 @@ def run_abs(
         for config, predicted in ranked[:batch]:
             run(config, rnd, predicted)
     evals = list(evaluated.values())
+    refined: list[Evaluation] = []
+    if refine is not None and refine_top > 0:
+        front = [e for e in pareto_front(evals) if e.memory_bits <= limit]
+        for e in sorted(front, key=lambda e: (-e.val_acc, e.memory_bits))[:refine_top]:
+            e.screen_acc, e.val_acc = e.val_acc, float(refine(e.config))
+            refined.append(e)
+    pool_evals = refined or evals  # the choice is made among fine-tuned scores when there are any
     if memory_target is not None:
-        feasible = [e for e in evals if e.memory_bits <= limit]
+        feasible = [e for e in pool_evals if e.memory_bits <= limit]
         chosen = max(feasible, key=lambda e: (e.val_acc, -e.memory_bits))
-        met = True
+        met = chosen.val_acc >= threshold
     else:
-        feasible = [e for e in evals if e.val_acc >= threshold]
+        feasible = [e for e in pool_evals if e.val_acc >= threshold]
         met = bool(feasible)
         chosen = (
             min(feasible, key=lambda e: (e.memory_bits, -e.val_acc))
             if feasible
-            else max(evals, key=lambda e: (e.val_acc, -e.memory_bits))
+            else max(pool_evals, key=lambda e: (e.val_acc, -e.memory_bits))
         )
 
     def row(e: Evaluation) -> dict[str, Any]:
@@ -198,7 +217,9 @@ def run_abs(
             "reduction": round(fp32_memory / e.memory_bits, 4),
             "val_acc": e.val_acc,
             "round": e.round,
+            "refined": e.screen_acc is not None,
             **({"predicted_val_acc": round(e.predicted, 4)} if e.predicted is not None else {}),
+            **({"screen_val_acc": e.screen_acc} if e.screen_acc is not None else {}),
         }
 
     return {
@@ -212,8 +233,10 @@ def run_abs(
         "evaluated": len(evals),
         "rounds": rnd,
         "met": met,
+        "val_drop": round(fp32_val_acc - chosen.val_acc, 6),
         "chosen": row(chosen),
         "chosen_config": chosen.config,
+        "refined": len(refined),
         "pareto_front": [row(e) for e in pareto_front(evals)],
         "history": [row(e) for e in evals],
     }

@@ -57,7 +57,10 @@ def render_sgquant(report: dict[str, Any], console: Console) -> None:
             f"{memory['quantized_mbit']:.3f}",
             f"{memory['reduction']:.2f}×",
         )
-        for name, part in memory["by_component"].items():
+        parts = dict(memory["by_component"])
+        if (memory.get("input_features") or {}).get("fp32_bits"):
+            parts["of which input features"] = memory["input_features"]
+        for name, part in parts.items():
             mem.add_row(
                 name, f"{part['fp32_mbit']:.3f}", f"{part['quantized_mbit']:.3f}", f"{part['reduction']:.2f}×"
             )
@@ -65,28 +68,52 @@ def render_sgquant(report: dict[str, Any], console: Console) -> None:
     search = info.get("abs")
     if search:
         budget = search["budget"]
-        what = (
-            f"memory target {budget['memory_target']:g}×"
-            if budget["memory_target"] is not None
-            else f"accuracy tolerance {budget['accuracy_tolerance']:g}"
-        )
+        parts = []
+        if budget["memory_target"] is not None:
+            parts.append(f"memory target {budget['memory_target']:g}×")
+        if budget["accuracy_tolerance"] is not None:
+            parts.append(f"accuracy tolerance {budget['accuracy_tolerance']:g}")
+        epochs = search.get("finetune_epochs_per_candidate", 0)
+        if search.get("refined"):
+            parts.append(f"{search['refined']} Pareto points fine-tuned {epochs} epochs")
+        elif epochs:
+            parts.append(f"{epochs} fine-tuning epochs per candidate")
+        what = ", ".join(parts)
         front = Table(
             title=f"ABS Pareto front ({search['evaluated']} validation evaluations, {what}; "
             f"FP32 val {100 * search['fp32']['val_acc']:.2f}%)"
         )
         for col in ("", "Mbit", "reduction", "val acc", "config"):
             front.add_column(col)
+        refined = bool(search.get("refined"))
         chosen = search["chosen"]["config"]
         for point in search["pareto_front"]:
             front.add_row(
                 "chosen" if point["config"] == chosen else "",
                 f"{point['memory_bits'] / 1e6:.3f}",
                 f"{point['reduction']:.2f}×",
-                f"{100 * point['val_acc']:.2f}%",
+                f"{100 * point['val_acc']:.2f}%"
+                + (" (fine-tuned)" if refined and point.get("refined") else ""),
                 point["config"],
             )
         console.print(front)
         if search["chosen"]["config"] not in {p["config"] for p in search["pareto_front"]}:
             console.print(f"chosen (within budget): {search['chosen']['config']}")
+        drop = 100 * search.get("val_drop", 0.0)
+        side = "below" if drop >= 0 else "above"
+        console.print(
+            f"chosen: validation {100 * search['chosen']['val_acc']:.2f}% ({abs(drop):.2f} points {side} FP32)"
+        )
         if not search["met"]:
-            console.print("no configuration met the accuracy tolerance: the most accurate one was kept")
+            console.print(
+                f"accuracy tolerance {budget['accuracy_tolerance']:g} NOT met: no evaluated configuration"
+                + (" within the memory budget" if budget["memory_target"] is not None else "")
+                + " is that close to FP32 on validation; the most accurate one was kept"
+            )
+    final = info.get("final")
+    if final:
+        console.print(
+            f"after QAT: validation {100 * final['val_acc']:.2f}% (FP32 {100 * final['fp32_val_acc']:.2f}%, "
+            f"drop {100 * final['val_drop']:.2f} points)"
+            + ("" if final.get("tolerance_met") is None else f"; tolerance met: {final['tolerance_met']}")
+        )
