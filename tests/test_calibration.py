@@ -96,3 +96,57 @@ def test_calibration_option_sets_activation_observers_only():
     assert "relative-mse" in observers.values()
     with pytest.raises(InputError, match="unknown calibration"):
         get_policy("minmax").build_qconfig(8, "kl")
+
+
+def _two_groups() -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of group 0 in [0, 1] (low-degree nodes), rows of group 1 a heavy tail 100x larger (hubs)."""
+    g = torch.Generator().manual_seed(1)
+    small = torch.rand(300, 8, generator=g)
+    large = 100.0 * torch.exp(1.5 * torch.randn(40, 8, generator=g))
+    return torch.cat([small, large]), torch.cat([torch.zeros(300), torch.ones(40)]).long()
+
+
+def _group_spec(name: str, bits: int = 8, groups: int = 3) -> QuantSpec:
+    return QuantSpec(
+        bits=bits, observer=name, granularity="per_group", axis=0, group_index="bucket", num_groups=groups
+    )
+
+
+@pytest.mark.parametrize("name", ["mse", "relative-mse", "entropy"])
+def test_per_group_search_gives_each_group_its_own_clipped_range(name):
+    x, groups = _two_groups()
+    obs = make_observer(_group_spec(name))
+    for rows in (slice(0, 170), slice(170, 340)):  # two calibration batches
+        obs.update(x[rows], groups[rows])
+    qp = obs.qparams()
+    hi = (qp.qmax - qp.zero_point) * qp.scale
+    assert hi.shape == (3,)
+    assert float(hi[0]) <= 1.0 + 1e-3 and float(hi[1]) > 50.0  # the small rows keep a fine step
+    assert float(hi[1]) <= float(x[300:].max()) + 1e-3  # the hub group is never widened
+    assert float(hi[2]) == pytest.approx(0.0, abs=1e-4)  # no row fell in group 2: [0, 0] (eps scale)
+    if name == "entropy":  # TensorRT's KL threshold on a sparse histogram of uniform rows clips them hard
+        return
+    tensor = make_observer(QuantSpec(bits=8, observer=name))
+    tensor.update(x)
+    per_tensor = tensor.qparams()
+    spec = QuantSpec(bits=8)
+    small = x[:300]
+    lo0 = (qp.qmin[0] - qp.zero_point[0]) * qp.scale[0]
+    lo_t = (per_tensor.qmin - per_tensor.zero_point) * per_tensor.scale
+    hi_t = (per_tensor.qmax - per_tensor.zero_point) * per_tensor.scale
+    err_group = quantization_mse(small, lo0, hi[0], spec)
+    err_tensor = quantization_mse(small, lo_t, hi_t, spec)
+    assert err_group < 0.01 * err_tensor  # the low-degree rows: 100x less error with their own range
+
+
+def test_per_group_mse_is_never_worse_than_the_groups_minmax():
+    x, groups = _two_groups()
+    obs = make_observer(_group_spec("mse", bits=4, groups=2))
+    obs.update(x, groups)
+    qp = obs.qparams()
+    spec = QuantSpec(bits=4)
+    for k in range(2):
+        rows = x[groups == k]
+        lo = (qp.qmin[k] - qp.zero_point[k]) * qp.scale[k]
+        hi = (qp.qmax - qp.zero_point)[k] * qp.scale[k]
+        assert quantization_mse(rows, lo, hi, spec) <= quantization_mse(rows, rows.min(), rows.max(), spec)

@@ -124,6 +124,14 @@ METHODS: dict[str, Method] = {
     "relative-mse-int8": Method("relative-mse-int8", 8, _compiled("minmax", 8, calibration="relative-mse")),
     "relative-mse-int4": Method("relative-mse-int4", 4, _compiled("minmax", 4, calibration="relative-mse")),
     "entropy-int8": Method("entropy-int8", 8, _compiled("minmax", 8, calibration="entropy")),
+    # the recommended label-free PTQ: ranges per in-degree bucket, relative-MSE clip search (policy ptq);
+    # ptq-minmax / ptq-mse: the same buckets with min/max or plain-MSE ranges
+    "ptq-int8": Method("ptq-int8", 8, _compiled("ptq", 8)),
+    "ptq-int4": Method("ptq-int4", 4, _compiled("ptq", 4)),
+    "ptq-minmax-int8": Method("ptq-minmax-int8", 8, _compiled("ptq", 8, calibration="minmax")),
+    "ptq-minmax-int4": Method("ptq-minmax-int4", 4, _compiled("ptq", 4, calibration="minmax")),
+    "ptq-mse-int8": Method("ptq-mse-int8", 8, _compiled("ptq", 8, calibration="mse")),
+    "ptq-mse-int4": Method("ptq-mse-int4", 4, _compiled("ptq", 4, calibration="mse")),
     "qat-int8": Method("qat-int8", 8, _compiled("qat", 8)),
     "qat-int4": Method("qat-int4", 4, _compiled("qat", 4)),
     "degree-quant-int8": Method("degree-quant-int8", 8, _compiled("degree-quant", 8)),

@@ -132,12 +132,14 @@ def mse_optimal_range(
 
 
 class MSEObserver(Observer):
-    """Per-tensor range minimising the quantization MSE on the calibration values (clip search).
+    """Range minimising the quantization MSE on the calibration values (clip search), per tensor or per group.
 
     Like onnxruntime's and TensorRT's calibrators, it keeps a sample of every calibration batch, then
     tries ``alpha * [min, max]`` for ``grid`` values of alpha in (0, 1] and keeps the range whose
     quantize-dequantize error is smallest. Heavy tails (GIN's sums over hub nodes) get clipped; a tensor
     whose min/max range is already optimal keeps it. ``observer_args``: ``grid`` (default 128).
+    A ``PER_GROUP`` spec (e.g. in-degree buckets, the ``degree-buckets`` pass) keeps a sample per group
+    and searches each group's range on its own rows, against that group's min/max.
     """
 
     relative = False
@@ -145,23 +147,43 @@ class MSEObserver(Observer):
     def __init__(self, spec: QuantSpec) -> None:
         super().__init__(spec)
         self.samples: list[Tensor] = []
+        self.group_samples: dict[int, list[Tensor]] = {}
 
     def update(self, x: Tensor, groups: Tensor | None = None) -> None:
-        if self.spec.granularity != Granularity.PER_TENSOR:
+        if self.spec.granularity not in (Granularity.PER_TENSOR, Granularity.PER_GROUP):
             raise InputError(
-                f"the {self.spec.observer} observer supports per-tensor ranges only", "use observer='minmax'"
+                f"the {self.spec.observer} observer supports per-tensor and per-group ranges only",
+                "use observer='minmax'",
             )
         super().update(x, groups)
-        if x.numel():
-            self.samples.append(strided_sample(x.detach().float().flatten(), MSE_SAMPLE))
+        if not x.numel():
+            return
+        x = x.detach().float()
+        if groups is None or self.spec.granularity != Granularity.PER_GROUP:
+            self.samples.append(strided_sample(x.flatten(), MSE_SAMPLE))
+            return
+        rows = x.reshape(x.shape[0], -1)
+        for group in torch.unique(groups).tolist():
+            sample = strided_sample(rows[groups == group].flatten(), MSE_SAMPLE)
+            self.group_samples.setdefault(int(group), []).append(sample)
+
+    def choose_range(self, values: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """The clipped range of one tensor (or one group) from its sampled values and min/max."""
+        grid = int(dict(self.spec.observer_args).get("grid", MSE_GRID))
+        weight = relative_weight(values) if self.relative else None
+        return mse_optimal_range(values, lo, hi, self.spec, grid, weight)
 
     def qparams(self) -> QParams:
         if self.lo is None or self.hi is None:
             return super().qparams()
-        grid = int(dict(self.spec.observer_args).get("grid", MSE_GRID))
-        values = torch.cat(self.samples)
-        weight = relative_weight(values) if self.relative else None
-        lo, hi = mse_optimal_range(values, self.lo, self.hi, self.spec, grid, weight)
+        if self.spec.granularity != Granularity.PER_GROUP:
+            lo, hi = self.choose_range(torch.cat(self.samples), self.lo, self.hi)
+            return QParams.from_range(lo, hi, self.spec)
+        finite = torch.isfinite(self.lo) & torch.isfinite(self.hi)  # a group no row fell in: [0, 0]
+        lo = torch.where(finite, self.lo, 0.0)
+        hi = torch.where(finite, self.hi, 0.0)
+        for group, parts in sorted(self.group_samples.items()):
+            lo[group], hi[group] = self.choose_range(torch.cat(parts), lo[group], hi[group])
         return QParams.from_range(lo, hi, self.spec)
 
 
@@ -217,17 +239,17 @@ class EntropyObserver(MSEObserver):
     """
 
     def qparams(self) -> QParams:
-        if self.lo is None or self.hi is None:
-            return Observer.qparams(self)
         if self.spec.bits != 8:
             raise InputError(
                 f"entropy calibration is defined for 8 bits, not {self.spec.bits}",
                 "use --calibration relative-mse (or mse) below 8 bits",
             )
+        return super().qparams()
+
+    def choose_range(self, values: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
         bins = int(dict(self.spec.observer_args).get("bins", ENTROPY_BINS))
-        bound = entropy_optimal_bound(torch.cat(self.samples).abs(), self.spec.bits, bins)
-        t = torch.tensor(bound, dtype=torch.float32)
-        return QParams.from_range(torch.maximum(self.lo, -t), torch.minimum(self.hi, t), self.spec)
+        t = torch.tensor(entropy_optimal_bound(values.abs(), self.spec.bits, bins), dtype=torch.float32)
+        return torch.maximum(lo, -t), torch.minimum(hi, t)
 
 
 #: Range methods by name (``QuantSpec.observer``); add one with :func:`register_observer` or the

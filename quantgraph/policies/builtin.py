@@ -1,4 +1,5 @@
-"""Built-in policies: ``fp32`` (export only) and ``minmax`` (post-training min/max calibration)."""
+"""Built-in policies: ``fp32`` (export only), ``minmax`` (post-training min/max calibration), ``ptq``
+(label-free per-degree-bucket clip search) and the QAT policies."""
 
 from __future__ import annotations
 
@@ -32,6 +33,20 @@ MINMAX = register_policy(
         "activations at every role, min/max ranges from the calibration graph",
         pipeline=PTQ_PASSES,
         qconfig=minmax_qconfig,
+    )
+)
+
+#: ``ptq``: the label-free PTQ recommended beside min/max (docs/results.md, "Label-free PTQ").
+PTQ_BUCKET_PASSES = (*GRAPH_PASSES, "annotate", "degree-buckets", "calibrate", "insert-qdq")
+
+PTQ = register_policy(
+    Policy(
+        name="ptq",
+        description="label-free post-training quantization: min/max's quantizers, but every node-row activation "
+        "gets a range per in-degree bucket, each chosen by a relative-MSE clip search on the calibration graph",
+        pipeline=PTQ_BUCKET_PASSES,
+        qconfig=minmax_qconfig,
+        defaults={"calibration": "relative-mse", "group_roles": ("linear_out", "aggregation", "update", "output")},
     )
 )
 
