@@ -1,4 +1,4 @@
-"""Per-edge messages computed inside the segment reduction (``message_fusion=on``, the default).
+"""Per-edge messages computed inside the segment reduction (``message_fusion=on``; ``off`` is the default).
 
 The unfused export materialises every message as an ``[E, F]`` tensor (gather the source rows, weight
 them, quantize/dequantize) and the segment ``Loop`` then gathers those rows again in destination order.
@@ -47,7 +47,7 @@ class MessagePlan:
 
 def plan(ctx: OnnxBuilder, src: str, index: str) -> MessagePlan | None:
     """A plan when ``src`` is a fusable message of the aggregation by ``index`` (1-D int64), else None."""
-    if ctx.options.get("message_fusion", "on") != "on":
+    if ctx.options.get("message_fusion", "off") != "on":
         return None
     checker = _Checker(ctx, index)
     if not checker.edge_value(src):

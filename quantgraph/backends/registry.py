@@ -97,10 +97,10 @@ ONNX_OPTIONS = (
     Option(
         "message_fusion",
         str,
-        "on",
+        "off",
         "on: per-edge messages are computed inside the segment reduction (no [E, F] tensor); off: "
         "materialised first (segment aggregation only)",
-        choices=("on", "off"),
+        choices=("off", "on"),
     ),
 )
 
