@@ -566,7 +566,6 @@ def _sgquant_pareto(report: dict[str, Any], Figure: Any) -> str:
     limit = search["budget"].get("memory_limit_bits")
     if limit:
         ax.axvline(limit / 1e6, color="C2", lw=0.8, ls="--", label="memory budget")
-    ax.set_xscale("log")
     refined = [h for h in history if h.get("refined")]
     if refined:
         ax.scatter(

@@ -232,3 +232,67 @@ def test_prepare_graph_cli_writes_the_sort_order(tmp_path):
         != 0
     )
     assert graph.read_bytes() == before  # nothing half-written
+
+
+def _loop_bodies(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [inner for n in model.graph.node if n.op_type == "Loop" for inner in n.attribute[0].g.node]
+
+
+@pytest.mark.parametrize("graph", list(_graphs()))
+def test_fused_messages_equal_the_materialised_ones_bit_for_bit(traced, graph):
+    """message_fusion=on computes the messages inside the segment loop: the same outputs, no [E, F] gather."""
+    fused, unfused = (
+        export_onnx(
+            traced.graph_module,
+            input_names=traced.input_names,
+            dim_names=traced.dim_names,
+            options={"message_fusion": fusion},
+        )
+        for fusion in ("on", "off")
+    )
+    linear = next(n.output[0] for n in fused.graph.node if n.op_type in ("Gemm", "MatMul"))
+    gathers_h = [n for n in fused.graph.node if n.op_type == "Gather" and n.input[0] == linear]
+    assert gathers_h == []  # the rows of h are gathered only per block, inside the loops
+    assert any(n.op_type == "Gather" and n.input[0] == linear for n in _loop_bodies(fused))
+    assert any(n.op_type == "Gather" and n.input[0] == linear for n in unfused.graph.node)
+    inputs = _graphs()[graph]
+    for threads in (1, 2):
+        for a, b in zip(_run(fused, inputs, threads), _run(unfused, inputs, threads), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["gcn", "sage", "gin", "gat"])
+def test_fused_quantized_messages_equal_the_materialised_ones(kind):
+    """QDQ exports: the message Q/DQ runs per block in the loop; outputs equal message_fusion=off exactly."""
+    data = random_graph_data(seed=7)
+    torch.manual_seed(0)
+    compiled = qg.compile(TwoLayer(kind).eval(), data, policy="minmax", bits=8)
+    fused, unfused = compiled.to_onnx(), compiled.to_onnx(options={"message_fusion": "off"})
+    if kind in ("gcn", "gat"):  # weighted messages: quantized per edge, now inside the loop
+        assert "QuantizeLinear" in [n.op_type for n in _loop_bodies(fused)]
+    wide = [_wide_gathers(m) for m in (fused, unfused)]  # [E, F] (and [E, H, F]) gathers outside the loops
+    assert wide[0] < wide[1] and (wide[0] == 0 or kind == "gat")  # GAT's [E, heads] logits feed its softmax
+    for inputs in (data.inputs(), {"x": data.x[:7], "edge_index": torch.zeros(2, 0, dtype=torch.long)}):
+        for threads in (1, 2):
+            for a, b in zip(_run(fused, inputs, threads), _run(unfused, inputs, threads), strict=True):
+                np.testing.assert_array_equal(a, b)
+    assert verify_onnx(fused, compiled, data)["values_differing_across_threads"] == 0
+
+
+def _wide_gathers(model: onnx.ModelProto) -> int:
+    """Top-level Gathers of rank >= 2 results from non-constant data (per-edge rows of node features)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in inferred.graph.value_info}
+    constants = {t.name for t in model.graph.initializer}
+    return sum(
+        n.op_type == "Gather" and n.input[0] not in constants and ranks.get(n.output[0], 0) >= 2
+        for n in model.graph.node
+    )
+
+
+def random_graph_data(seed: int) -> GraphData:
+    g = torch.Generator().manual_seed(seed)
+    edges = torch.cat(
+        [torch.randint(0, 35, (2, 150), generator=g), torch.tensor([[1, 1, 4, 4], [1, 1, 4, 9]])], 1
+    )  # nodes 35-39 isolated, self-loops, duplicates
+    return GraphData(x=torch.randn(40, 8, generator=g), edge_index=edges)

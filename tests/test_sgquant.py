@@ -377,6 +377,7 @@ def _binary_zoo_gcn():
     return build_model("gcn", 8, 4).eval(), data  # the zoo's GCN row-normalises its features itself
 
 
+@pytest.mark.slow
 def test_raw_input_point_is_exact_at_one_bit_on_binary_features():
     model, data = _binary_zoo_gcn()
     one = _compile(model, data, sgquant_config="*.*=8,0.input=1")
@@ -398,6 +399,7 @@ def test_abs_searches_the_input_as_its_own_dimension():
     assert all("0.input=" in c and "0.combination=" in c for c in configs)
 
 
+@pytest.mark.slow
 def test_abs_candidates_start_from_the_calibrated_state(labelled):
     model, data = labelled
     plain = _compile(model, data, sgquant_config="*.*=8")

@@ -102,8 +102,9 @@ A2Q_BITS = {1: 0.05, 2: 0.35, 3: 0.4, 4: 0.15, 8: 0.05}
 #: native e2e method -> the native model it runs with one kernel call per program step (no fusion plan)
 NATIVE_UNFUSED = {f"{m}_unfused": m for m in ("native_int8", "native_int4", "native_int2")}
 #: onnxruntime e2e method -> (backend, quantized, ONNX export options); the plain names use the defaults
-#: (segment aggregation, x/edge_index inputs), ``_scatter`` the old ScatterElements formulation, ``_csr``
-#: the prepared-graph inputs (the sort order computed once per graph: the graph stage)
+#: (segment aggregation, messages fused into it, x/edge_index inputs), ``_unfused`` the segment aggregation
+#: of materialised ``[E, F]`` messages, ``_scatter`` the old ScatterElements formulation, ``_csr`` the
+#: prepared-graph inputs (the sort order computed once per graph: the graph stage)
 ORT_E2E: dict[str, tuple[str, bool, dict[str, str]]] = {
     f"{name}{suffix}": (backend, quantized, options)
     for name, backend, quantized in (
@@ -113,6 +114,7 @@ ORT_E2E: dict[str, tuple[str, bool, dict[str, str]]] = {
     )
     for suffix, options in (
         ("", {}),
+        ("_unfused", {"message_fusion": "off"}),
         ("_scatter", {"onnx_aggregation": "scatter"}),
         ("_csr", {"graph_input": "csr"}),
     )
@@ -129,7 +131,7 @@ E2E_METHODS = (
     "native_int8_rcm",
     *NATIVE_UNFUSED,
 )
-FP32_E2E = ("pyg_fp32", "torch_csr_fp32", "ort_fp32", "ort_fp32_scatter", "ort_fp32_csr")
+FP32_E2E = ("pyg_fp32", "torch_csr_fp32", "ort_fp32", "ort_fp32_unfused", "ort_fp32_scatter", "ort_fp32_csr")
 #: native e2e method -> (bits, integer aggregation i.e. skip_roles=["message"])
 NATIVE_VARIANTS = {
     "native_int8": (8, True),
@@ -1579,6 +1581,7 @@ def main(argv: list[str] | None = None) -> int:
             "(MatMulInteger, int32 aggregation); all normalise the graph in the graph on every run and "
             "aggregate by destination-sorted segments (the sort inside the model); `_csr` = the same with "
             "`--graph-input csr` (the sort order as an input, computed once per graph: graph stage); "
+            "`_unfused` = `message_fusion=off` (the [E, F] messages materialised before the segment sums); "
             "`_scatter` = `onnx_aggregation=scatter`, the old element-wise ScatterElements export; "
             '`native_int8` = `backend="native"` with `skip_roles=["message"]` '
             "(integer aggregation), `native_int8_msg` = with the per-edge message quantizer, `native_int4` / "

@@ -51,6 +51,7 @@ ONNX_OPTION_CHOICES: dict[str, tuple[str, ...]] = {
     "onnx_aggregation": onnx_segment.AGGREGATIONS,
     "graph_input": onnx_segment.GRAPH_INPUTS,
     "onnx_target": ("onnx", "ort"),
+    "message_fusion": onnx_segment.MESSAGE_FUSION,
 }
 DEFAULT_OPTIONS = {key: choices[0] for key, choices in ONNX_OPTION_CHOICES.items()}
 IR_VERSION = 10  # the IR version of opset 21; onnx 1.23 would write 14, which onnxruntime 1.31 refuses

@@ -1082,9 +1082,26 @@ def _unexpanded(ctx: OnnxBuilder, arg: Any) -> Any:
     return arg
 
 
-def _segment_add(ctx: OnnxBuilder, x: str, index: str, src: str) -> str:
+def _static_trailing(ctx: OnnxBuilder, arg: Any) -> list[int] | None:
+    """The traced dims of ``arg`` after the first when they are all plain integers (e.g. ``[F]``).
+
+    Q/DQ nodes inserted by passes carry no traced value: their input's shape is theirs.
+    """
+    while (
+        isinstance(arg, fx.Node)
+        and ctx.meta_shape(arg) is None
+        and arg.target in (qg_ops.QUANTIZE, qg_ops.DEQUANTIZE)
+    ):
+        arg = arg.args[0]
+    shape = ctx.meta_shape(arg)
+    if shape is None or len(shape) < 2 or not all(isinstance(d, int) for d in shape[1:]):
+        return None
+    return [int(d) for d in shape[1:]]
+
+
+def _segment_add(ctx: OnnxBuilder, x: str, index: str, src: str, trailing: list[int] | None = None) -> str:
     """``x + segment_sum(src by index)`` along dim 0 (``index`` 1-D); the Add is skipped on a zero ``x``."""
-    total = onnx_segment.segment_reduce(ctx, src, index, ctx.shape(x, 0, 1), "sum")
+    total = onnx_segment.segment_reduce(ctx, src, index, ctx.shape(x, 0, 1), "sum", trailing)
     producer = ctx.producer(x)
     if (
         producer is not None
@@ -1144,7 +1161,7 @@ def _index_add(ctx: OnnxBuilder, node: fx.Node) -> str:
     source = ctx.cast(ctx.t(a.source), ctx.dtype(x))
     source = _scale_by(ctx, source, a.alpha, ctx.dtype(x))
     if onnx_segment.enabled(ctx) and _norm(a.dim, ctx.rank(x)) == 0:
-        return _segment_add(ctx, x, ctx.t(_unexpanded(ctx, a.index)), source)
+        return _segment_add(ctx, x, ctx.t(_unexpanded(ctx, a.index)), source, _static_trailing(ctx, a.source))
     index = _index_along(ctx, ctx.t(a.index), source, a.dim)
     return ctx.op("ScatterElements", [x, index, source], axis=a.dim, reduction="add")
 
@@ -1397,7 +1414,7 @@ def _qg_scatter(ctx: OnnxBuilder, node: fx.Node) -> str:
     rows = ctx.size_list([num_nodes])
     if onnx_segment.enabled(ctx):
         index = ctx.t(_unexpanded(ctx, index_arg))
-        return onnx_segment.segment_reduce(ctx, src, index, rows, reduce)
+        return onnx_segment.segment_reduce(ctx, src, index, rows, reduce, _static_trailing(ctx, src_arg))
     out_shape = (
         rows if rank == 1 else ctx.op("Concat", [rows, ctx.shape(src, 1)], dtype=INT64, rank=1, axis=0)
     )

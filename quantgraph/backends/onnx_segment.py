@@ -15,6 +15,10 @@ A scatter-reduce by a destination index (``quantgraph.scatter``, 1-D ``scatter_a
   Sums are exact for integers (every partial sum is a sub-sum of one node's messages, so the int32
   bound ``deg * max|m|`` of the overflow proof covers it); float sums differ from a sequential sum only
   by rounding. Nothing adds into shared memory, so the result is the same at any thread count.
+* **messages computed per block** (``message_fusion=on``, default): when the message is an element-wise
+  expression of edge-aligned gathers and constants (GCN's ``w_ij * h_j`` with its Q/DQ, GAT's attention
+  times ``h_j``, SAGE's and GIN's ``h_j``), the loop body computes it on each block from the node rows
+  (``onnx_message_fusion``), so no ``[E, F]`` message tensor exists; bit-for-bit the unfused result.
 * mean = sum / max(deg, 1); max leaves nodes without edges at 0 (the IR's semantics).
 
 Only standard ONNX ops (opset 21) are used.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +37,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from quantgraph.backends import onnx_message_fusion
 from quantgraph.backends.onnx_builder import OnnxBuilder
 
 INT64, BOOL, DOUBLE = TensorProto.INT64, TensorProto.BOOL, TensorProto.DOUBLE
 #: ``onnx_aggregation`` values
 AGGREGATIONS = ("segment", "scatter")
+#: ``message_fusion`` values (``on``: messages computed inside the segment loop, ``onnx_message_fusion``)
+MESSAGE_FUSION = ("on", "off")
 #: ``graph_input`` values: ``edges`` (x, edge_index; the sort runs inside the model) or ``csr``
 GRAPH_INPUTS = ("edges", "csr")
 #: model metadata key holding the base64 ONNX model that computes the prepared-graph inputs
@@ -144,8 +152,15 @@ def constant_fill(ctx: OnnxBuilder, name: str) -> float | None:
     return 0.0
 
 
-def segment_reduce(ctx: OnnxBuilder, src: str, index: str, rows: str, reduce: str) -> str:
-    """``reduce`` (sum, mean, max) of the rows of ``src`` [E, ...] into ``rows`` rows by ``index`` [E]."""
+def segment_reduce(
+    ctx: OnnxBuilder, src: str, index: str, rows: str, reduce: str, trailing: Sequence[int] | None = None
+) -> str:
+    """``reduce`` (sum, mean, max) of the rows of ``src`` [E, ...] into ``rows`` rows by ``index`` [E].
+
+    ``trailing``: ``src``'s dims after the first when they are static (the traced ``[F]``); a fused message
+    then needs no ``Shape`` at all (a ``Shape`` of a linear layer's quantized output stops onnxruntime
+    fusing the layer into QGemm).
+    """
     prep = _nodes(ctx, ctx.cast(index, INT64), rows)
     dtype, rank = ctx.dtype(src), ctx.rank(src)
     fill = constant_fill(ctx, src) if rank == 1 else None
@@ -154,15 +169,23 @@ def segment_reduce(ctx: OnnxBuilder, src: str, index: str, rows: str, reduce: st
         if reduce == "sum":
             return total
         return ctx.op("Div", [total, ctx.cast(ctx.op("Max", [prep.deg, ctx.scalar(1, INT64)]), dtype)])
-    out_shape = (
-        rows if rank == 1 else ctx.op("Concat", [rows, ctx.shape(src, 1)], dtype=INT64, rank=1, axis=0)
-    )
+    message = onnx_message_fusion.plan(ctx, src, index)
+    if rank == 1:
+        out_shape = rows
+    else:
+        if message is None:
+            dims = ctx.shape(src, 1)
+        elif trailing is not None and len(trailing) == rank - 1:
+            dims = ctx.ints(list(trailing))
+        else:
+            dims = onnx_message_fusion.trailing_shape(ctx, message)
+        out_shape = ctx.op("Concat", [rows, dims], dtype=INT64, rank=1, axis=0)
     if reduce == "max":
         init = ctx.fill(out_shape, _lowest(dtype), dtype, rank)
-        best = _bit_loop(ctx, prep, src, init, "ReduceMax", "Max")
+        best = _bit_loop(ctx, prep, src, init, "ReduceMax", "Max", message)
         touched = _per_row(ctx, ctx.op("Greater", [prep.deg, ctx.scalar(0, INT64)], dtype=BOOL), rank)
         return ctx.op("Where", [touched, best, ctx.scalar(0, dtype)], rank=rank)
-    total = _bit_loop(ctx, prep, src, ctx.fill(out_shape, 0, dtype, rank), "ReduceSum", "Add")
+    total = _bit_loop(ctx, prep, src, ctx.fill(out_shape, 0, dtype, rank), "ReduceSum", "Add", message)
     if reduce != "mean":
         return total
     count = _per_row(ctx, ctx.cast(ctx.op("Max", [prep.deg, ctx.scalar(1, INT64)]), dtype), rank)
@@ -181,12 +204,21 @@ def _lowest(dtype: int) -> float | int:
     return -math.inf if np.issubdtype(np_type, np.floating) else int(np.iinfo(np_type).min)
 
 
-def _bit_loop(ctx: OnnxBuilder, prep: NodePrep, src: str, init: str, reducer: str, combine: str) -> str:
+def _bit_loop(
+    ctx: OnnxBuilder,
+    prep: NodePrep,
+    src: str,
+    init: str,
+    reducer: str,
+    combine: str,
+    message: onnx_message_fusion.MessagePlan | None = None,
+) -> str:
     """A ``Loop`` over the bits of the in-degrees: iteration ``b`` takes, for every node whose degree has
     bit ``b`` set, the next ``2^b`` of its destination-sorted messages (after the higher bits' pieces),
     gathers them as ``[n_b, 2^b, F]``, reduces axis 1 and combines the rows into the accumulator.
     Every message is read exactly once; rows within an iteration are distinct (``ScatterND`` without
-    reduction), so the result is the same at any thread count.
+    reduction), so the result is the same at any thread count. With a ``message`` plan the block's
+    messages are computed in the body from their operands (``onnx_message_fusion``) instead of gathered.
     """
     dtype, rank = ctx.dtype(init), ctx.rank(init)
     body: list[onnx.NodeProto] = []
@@ -204,7 +236,11 @@ def _bit_loop(ctx: OnnxBuilder, prep: NodePrep, src: str, init: str, reducer: st
     members = op("Compress", [prep.nodes, has_bit], axis=0)
     start = op("Gather", [op("Add", [prep.ptr, high]), members], axis=0)
     slots = op("Add", [op("Unsqueeze", [start, axis1]), op("Range", [ctx.scalar(0, INT64), width, one])])
-    gathered = op("Gather", [src, op("Gather", [prep.sort.perm, slots], axis=0)], axis=0)
+    edges = op("Gather", [prep.sort.perm, slots], axis=0)  # [n_b, 2^b] edge ids
+    if message is None:
+        gathered = op("Gather", [src, edges], axis=0)
+    else:
+        gathered = onnx_message_fusion.emit(ctx, message, op, edges)
     reduced = op(reducer, [gathered, axis1], keepdims=0)
     rows = op("Unsqueeze", [members, axis1])
     merged = op(combine, [op("GatherND", [acc_in, rows]), reduced])

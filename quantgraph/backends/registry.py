@@ -94,6 +94,14 @@ ONNX_OPTIONS = (
         "onnx: standard ONNX ops only; ort: onnxruntime's com.microsoft ops allowed",
         choices=("onnx", "ort"),
     ),
+    Option(
+        "message_fusion",
+        str,
+        "on",
+        "on: per-edge messages are computed inside the segment reduction (no [E, F] tensor); off: "
+        "materialised first (segment aggregation only)",
+        choices=("on", "off"),
+    ),
 )
 
 
