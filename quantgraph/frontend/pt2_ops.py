@@ -59,7 +59,10 @@ def allowed(target: str) -> bool:
     if len(parts) == 5 and parts[:2] == ["torch", "ops"]:
         library, name = parts[2], parts[3]
         if library == "quantgraph":
-            return name in ("gather", "scatter", "quantize", "dequantize", "requantize", "linear_int")
+            # smp_multiplier: an identity marker (quantgraph/ir/smp_ops.py), no side effects
+            return name in (
+                "gather", "scatter", "quantize", "dequantize", "requantize", "linear_int", "smp_multiplier"
+            )
         if library == "aten":
             return name in ATEN_OPS or (name.endswith("_") and name[:-1] in ATEN_OPS)
     return False
