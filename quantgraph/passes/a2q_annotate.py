@@ -105,27 +105,19 @@ class A2QAnnotatePass(PassBase):
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         nns, groups = self.option(ctx, "a2q_nns"), self.option(ctx, "a2q_groups")
         fbits = self.option(ctx, "a2q_feature_bits")
-        weight = QuantSpec(
-            bits=self.option(ctx, "a2q_weight_bits"),
-            symmetric=True,
-            granularity=Granularity.PER_CHANNEL,
-            axis=0,
-            quantizer="a2q",
-        )
-        xw = QuantSpec(
-            bits=self.option(ctx, "a2q_xw_bits"),
-            symmetric=True,
-            granularity=Granularity.PER_CHANNEL,
-            axis=1,
-            quantizer="a2q",
-        )
-        per_head = QuantSpec(
-            bits=self.option(ctx, "a2q_attention_bits"),
-            symmetric=True,
-            granularity=Granularity.PER_CHANNEL,
-            axis=1,
-            quantizer="a2q",
-        )
+
+        def per_channel(option: str, axis: int) -> QuantSpec:  # A²Q's learned scales, fixed bits
+            return QuantSpec(
+                bits=self.option(ctx, option),
+                symmetric=True,
+                granularity=Granularity.PER_CHANNEL,
+                axis=axis,
+                quantizer="a2q",
+            )
+
+        weight = per_channel("a2q_weight_bits", 0)
+        xw = per_channel("a2q_xw_bits", 1)
+        per_head = per_channel("a2q_attention_bits", 1)
         features = layer_feature_inputs(gm)
         if not self.option(ctx, "a2q_quantize_input"):
             features = [n for n in features if n.op != "placeholder" and n.meta.get(ROLE_KEY) != Role.INPUT]
