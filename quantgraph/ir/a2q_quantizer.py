@@ -52,6 +52,15 @@ def positive_scale(scale: Tensor) -> Tensor:
     return scale.abs().clamp_min(SCALE_EPS)
 
 
+def _levels(x: Tensor, s: Tensor, qmax: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``v = x / s``, whether ``|v| <= qmax``, ``sign(x)`` and the level ``sign(x)·floor(min(|v|, qmax) + 0.5)``."""
+    v = x / s
+    magnitude = v.abs()
+    inside = magnitude <= qmax
+    sign_x = torch.sign(x)
+    return v, inside, sign_x, torch.minimum(magnitude, qmax).add_(0.5).floor_().mul_(sign_x)
+
+
 class A2QRound(torch.autograd.Function):
     """A²Q's fake quantization with its custom gradients for x, the scale and the bits (see module docs).
 
@@ -64,11 +73,7 @@ class A2QRound(torch.autograd.Function):
     def forward(ctx, x: Tensor, scale: Tensor, bits: Tensor, local: bool) -> Tensor:  # noqa: D401
         s = positive_scale(scale)
         qmax = qmax_of(bits)
-        v = x / s
-        magnitude = v.abs()
-        inside = magnitude <= qmax
-        sign_x = torch.sign(x)
-        q = torch.minimum(magnitude, qmax).add_(0.5).floor_().mul_(sign_x)
+        v, inside, sign_x, q = _levels(x, s, qmax)
         out = q * s
         ctx.local = local
         wants_params = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
@@ -133,11 +138,7 @@ class A2QRoundSparseRows(torch.autograd.Function):
         s_rows, qmax_rows = positive_scale(scale), qmax_of(bits)
         xv = x[rows, cols]
         s, qmax = s_rows.reshape(-1)[rows], qmax_rows.reshape(-1)[rows]
-        v = xv / s
-        magnitude = v.abs()
-        inside = magnitude <= qmax
-        sign_x = torch.sign(xv)
-        q = torch.minimum(magnitude, qmax).add_(0.5).floor_().mul_(sign_x)
+        v, inside, sign_x, q = _levels(xv, s, qmax)
         out_v = q * s
         out = torch.zeros_like(x)
         out[rows, cols] = out_v
