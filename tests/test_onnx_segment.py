@@ -296,3 +296,22 @@ def random_graph_data(seed: int) -> GraphData:
         [torch.randint(0, 35, (2, 150), generator=g), torch.tensor([[1, 1, 4, 4], [1, 1, 4, 9]])], 1
     )  # nodes 35-39 isolated, self-loops, duplicates
     return GraphData(x=torch.randn(40, 8, generator=g), edge_index=edges)
+
+
+def test_onnx_int_fuses_messages_by_default_and_qdq_does_not():
+    """Per-backend default: onnx-int compiles with message_fusion=on, onnx-qdq with off; both can be overridden."""
+    data = random_graph_data(seed=3)
+    torch.manual_seed(0)
+    model = TwoLayer("gcn").eval()
+    integer = qg.compile(model, data, policy="minmax", bits=8, backend="onnx-int")
+    qdq = qg.compile(model, data, policy="minmax", bits=8, backend="onnx-qdq")
+    assert integer.backend_options["message_fusion"] == "on"
+    assert qdq.backend_options["message_fusion"] == "off"
+    forced = qg.compile(
+        model, data, policy="minmax", bits=8, backend="onnx-int", options={"message_fusion": "off"}
+    )
+    assert forced.backend_options["message_fusion"] == "off"
+    fused, unfused = integer.to_onnx(), forced.to_onnx()
+    assert _wide_gathers(fused) < _wide_gathers(unfused)
+    for a, b in zip(_run(fused, data.inputs(), 2), _run(unfused, data.inputs(), 2), strict=True):
+        np.testing.assert_array_equal(a, b)

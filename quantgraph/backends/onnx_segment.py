@@ -15,8 +15,8 @@ A scatter-reduce by a destination index (``quantgraph.scatter``, 1-D ``scatter_a
   Sums are exact for integers (every partial sum is a sub-sum of one node's messages, so the int32
   bound ``deg * max|m|`` of the overflow proof covers it); float sums differ from a sequential sum only
   by rounding. Nothing adds into shared memory, so the result is the same at any thread count.
-* **messages computed per block** (``message_fusion=on``; off by default: measured no faster in
-  onnxruntime for QDQ models, see docs/onnx_benchmarks.md): when the message is an element-wise
+* **messages computed per block** (``message_fusion=on``; the onnx-int default, off for onnx-qdq:
+  measured no faster in onnxruntime for QDQ models, see docs/onnx_benchmarks.md): when the message is an element-wise
   expression of edge-aligned gathers and constants (GCN's ``w_ij * h_j`` with its Q/DQ, GAT's attention
   times ``h_j``, SAGE's and GIN's ``h_j``), the loop body computes it on each block from the node rows
   (``onnx_message_fusion``), so no ``[E, F]`` message tensor exists; bit-for-bit the unfused result.
