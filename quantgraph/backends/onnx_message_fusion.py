@@ -1,4 +1,4 @@
-"""Per-edge messages computed inside the segment reduction (``message_fusion=on``: onnx-int's default; onnx-qdq's is ``off``).
+"""Per-edge messages computed inside the segment reduction (``message_fusion=on``, the default; ``off`` materialises them).
 
 The unfused export materialises every message as an ``[E, F]`` tensor (gather the source rows, weight
 them, quantize/dequantize) and the segment ``Loop`` then gathers those rows again in destination order.

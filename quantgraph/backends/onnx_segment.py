@@ -15,8 +15,8 @@ A scatter-reduce by a destination index (``quantgraph.scatter``, 1-D ``scatter_a
   Sums are exact for integers (every partial sum is a sub-sum of one node's messages, so the int32
   bound ``deg * max|m|`` of the overflow proof covers it); float sums differ from a sequential sum only
   by rounding. Nothing adds into shared memory, so the result is the same at any thread count.
-* **messages computed per block** (``message_fusion=on``; the onnx-int default, off for onnx-qdq:
-  measured no faster in onnxruntime for QDQ models, see docs/onnx_benchmarks.md): when the message is an element-wise
+* **messages computed per block** (``message_fusion=on``, the default of every ONNX backend: measured
+  faster in onnxruntime for FP32, QDQ and integer exports, see docs/onnx_benchmarks.md): when the message is an element-wise
   expression of edge-aligned gathers and constants (GCN's ``w_ij * h_j`` with its Q/DQ, GAT's attention
   times ``h_j``, SAGE's and GIN's ``h_j``), the loop body computes it on each block from the node rows
   (``onnx_message_fusion``), so no ``[E, F]`` message tensor exists; bit-for-bit the unfused result.
@@ -44,8 +44,9 @@ from quantgraph.backends.onnx_builder import OnnxBuilder
 INT64, BOOL, DOUBLE = TensorProto.INT64, TensorProto.BOOL, TensorProto.DOUBLE
 #: ``onnx_aggregation`` values
 AGGREGATIONS = ("segment", "scatter")
-#: ``message_fusion`` values (``on``: messages computed inside the segment loop, ``onnx_message_fusion``)
-MESSAGE_FUSION = ("off", "on")
+#: ``message_fusion`` values, the default first (``on``: messages computed inside the segment loop,
+#: ``onnx_message_fusion``; measured faster for the FP32, QDQ and integer exports, docs/onnx_benchmarks.md)
+MESSAGE_FUSION = ("on", "off")
 #: ``graph_input`` values: ``edges`` (x, edge_index; the sort runs inside the model) or ``csr``
 GRAPH_INPUTS = ("edges", "csr")
 #: model metadata key holding the base64 ONNX model that computes the prepared-graph inputs
