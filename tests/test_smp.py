@@ -14,6 +14,7 @@ from quantgraph.ir.quantizer import QuantizerSettings, get_quantizer
 from quantgraph.ir.smp_ops import SMP_MULTIPLIER
 from quantgraph.models import build_model
 from quantgraph.models.zoo import normalized_adjacency
+from quantgraph.native.runtime import GraphCSR
 
 
 def _qlr(kind: str = "qlr", bits: int = 4) -> QLRQuantizer:
@@ -288,6 +289,8 @@ def test_native_integers_equal_the_ir_for_the_smp_model(smp_and_graph, tmp_path,
     native = compiled.to_native(data)
     other = make_csbm(num_nodes=77, num_features=8, num_classes=4, power=2.0, seed=9)
     assert torch.allclose(native.run(other.inputs()), compiled.run(other.inputs()), atol=1e-5)
+    csrs = [v for v in native.prepare(other.inputs()).values.values() if isinstance(v, GraphCSR)]
+    assert len(csrs) >= 2 and len({id(c) for c in csrs}) < len(csrs), len(csrs)  # propagations share a CSR
 
 
 @pytest.mark.slow  # a compile: traces and trains (> 5 s on 2 shared cores)

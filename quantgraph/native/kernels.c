@@ -799,6 +799,133 @@ static uint32_t accumulate_weighted_reg_i8(const spmm_args *a, int64_t e0, int64
 #define QG_REG_ROWS 0
 #endif
 
+#if QG_VNNI && QG_VBMI && defined(__AVX512VL__)
+/*
+ * Weighted short rows with int8 edge weights of zero point -128 (weights w - zw in [0, 255], GCN's stored
+ * normalisation) or 0 (weights in [-128, 127]): four edges per step with one vpdpbusd per 16 lanes. The four
+ * rows are interleaved byte-wise so each 32-bit lane holds one lane of the four rows; vpdpbusd adds the four
+ * exact products u8 * s8 to the int32 lane, wrapping mod 2**32 like the loops above, so the lane sums equal
+ * theirs bit for bit. Row lanes (L <= 64) are the int8 values (8 bits) or the unsigned fields in the lane
+ * layout j * Fb + k (4/2 bits, built by vpermi2b). Weight zero point -128: u8 = weights, s8 = lanes (fields
+ * <= 15 and int8 values are valid s8). Zero point 0: u8 = lanes (int8 values + 128, or the fields), s8 = weights,
+ * minus 128 * sum w for int8 values.
+ */
+#define QG_VNNI_ROWS 1
+typedef struct {
+    int mode;        /* 8, 4 or 2: the row's lanes */
+    int64_t Fb, L;   /* bytes and lanes of a row */
+    __mmask64 m;     /* the row's bytes */
+    __m512i idx01, idx0123; /* vpermi2b indices combining field vectors into the lane layout */
+    __m512i M, X, S; /* field mask, field sign flip, s8 -> u8 flip (zero point 0, int8) */
+    int u8w;         /* 1: weights are the u8 operand (zw = -128) */
+} vnni_rows;
+
+static int vnni_rows_ok(const spmm_args *a) {
+    if (!a->w8 || (a->zw != -128 && a->zw != 0) || a->msg.on) return 0;
+    /* measured (tools/agg_micro.py): faster than the register paths for int8 rows wider than 16 lanes, every
+     * 4-bit row, and 2-bit rows of at most 16 lanes (wider ones pay three vpermi2b per edge) */
+    if (a->bits == 8) return a->F > 16 && a->F <= 64;
+    return a->bits == 4 ? lanes_of(a) <= 64 : lanes_of(a) <= 16;
+}
+
+static void vnni_rows_init(const spmm_args *a, vnni_rows *v) {
+    v->mode = a->bits;
+    v->Fb = a->x_stride;
+    v->L = a->bits == 8 ? a->F : lanes_of(a);
+    v->m = qg_mask64(a->bits == 8 ? a->F : a->x_stride);
+    v->u8w = a->zw == -128;
+    uint8_t i01[64], i0123[64];
+    for (int l = 0; l < 64; ++l) {
+        i01[l] = (uint8_t)(l < v->Fb ? l : (l < 2 * v->Fb ? 64 + l - v->Fb : 0));
+        i0123[l] = (uint8_t)(l < 2 * v->Fb ? l : (l < 4 * v->Fb ? 64 + l - 2 * v->Fb : 0));
+    }
+    v->idx01 = _mm512_loadu_si512(i01);
+    v->idx0123 = _mm512_loadu_si512(i0123);
+    v->M = _mm512_set1_epi8(a->bits == 4 ? 15 : 3);
+    v->X = _mm512_set1_epi8(a->bits == 4 ? (char)0x88 : (char)0xAA);
+    v->S = _mm512_set1_epi8(a->bits == 8 && !v->u8w ? (char)0x80 : 0);
+}
+
+/* The lanes of the row of edge e as 64 bytes (lanes >= L zero). */
+static QG_ALWAYS_INLINE __m512i vnni_lanes(const spmm_args *a, const vnni_rows *v, int64_t e, int64_t e_end) {
+    const __m512i b = _mm512_maskz_loadu_epi8(v->m, reg_row(a, e, e_end));
+    if (v->mode == 8) return _mm512_xor_si512(b, v->S); /* S = 0 unless zw = 0 */
+    const __m512i x = _mm512_xor_si512(b, v->X);
+    if (v->mode == 4)
+        return _mm512_permutex2var_epi8(_mm512_and_si512(x, v->M), v->idx01,
+                                        _mm512_and_si512(_mm512_srli_epi16(x, 4), v->M));
+    const __m512i f01 = _mm512_permutex2var_epi8(_mm512_and_si512(x, v->M), v->idx01,
+                                                 _mm512_and_si512(_mm512_srli_epi16(x, 2), v->M));
+    const __m512i f23 = _mm512_permutex2var_epi8(_mm512_and_si512(_mm512_srli_epi16(x, 4), v->M), v->idx01,
+                                                 _mm512_and_si512(_mm512_srli_epi16(x, 6), v->M));
+    return _mm512_permutex2var_epi8(f01, v->idx0123, f23);
+}
+
+/* acc[0..L) = sum_e w_e * lane_e (mod 2**32), same values as accumulate_weighted(_narrow). Returns sum of w. */
+static uint32_t accumulate_weighted_vnni(const spmm_args *a, const vnni_rows *v, int64_t e0, int64_t e1,
+                                         uint32_t *restrict acc) {
+    const int64_t e_end = a->indptr[a->n_rows];
+    const uint8_t *w8 = (const uint8_t *)a->w8;
+    const uint32_t flip = v->u8w ? 0x80808080u : 0u; /* stored - (-128) = stored ^ 0x80 as u8 */
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    uint32_t wsum = 0;
+    const int wide = v->L > 16;
+    for (int64_t e = e0; e < e1; e += 4) {
+        const int64_t n = e1 - e < 4 ? e1 - e : 4;
+        uint32_t wq;
+        if (n == 4) {
+            memcpy(&wq, w8 + e, 4);
+            wq ^= flip;
+        } else {
+            wq = 0;
+            for (int64_t j = 0; j < n; ++j) wq |= (uint32_t)w8[e + j] << (8 * j);
+            wq ^= flip & ((1u << (8 * n)) - 1u);
+        }
+        const __m512i W = _mm512_set1_epi32((int)wq);
+        const __m512i r0 = vnni_lanes(a, v, e, e_end);
+        const __m512i r1 = n > 1 ? vnni_lanes(a, v, e + 1, e_end) : _mm512_setzero_si512();
+        const __m512i r2 = n > 2 ? vnni_lanes(a, v, e + 2, e_end) : _mm512_setzero_si512();
+        const __m512i r3 = n > 3 ? vnni_lanes(a, v, e + 3, e_end) : _mm512_setzero_si512();
+        const __m512i a01l = _mm512_unpacklo_epi8(r0, r1), a23l = _mm512_unpacklo_epi8(r2, r3);
+        const __m512i q0 = _mm512_unpacklo_epi16(a01l, a23l), q1 = _mm512_unpackhi_epi16(a01l, a23l);
+        if (v->u8w) {
+            s0 = _mm512_dpbusd_epi32(s0, W, q0);
+            s1 = _mm512_dpbusd_epi32(s1, W, q1);
+        } else {
+            s0 = _mm512_dpbusd_epi32(s0, q0, W);
+            s1 = _mm512_dpbusd_epi32(s1, q1, W);
+        }
+        if (v->L > 8 || wide) {
+            const __m512i a01h = _mm512_unpackhi_epi8(r0, r1), a23h = _mm512_unpackhi_epi8(r2, r3);
+            const __m512i q2 = _mm512_unpacklo_epi16(a01h, a23h), q3 = _mm512_unpackhi_epi16(a01h, a23h);
+            if (v->u8w) {
+                s2 = _mm512_dpbusd_epi32(s2, W, q2);
+                s3 = _mm512_dpbusd_epi32(s3, W, q3);
+            } else {
+                s2 = _mm512_dpbusd_epi32(s2, q2, W);
+                s3 = _mm512_dpbusd_epi32(s3, q3, W);
+            }
+        }
+    }
+    if (v->u8w)
+        for (int64_t e = e0; e < e1; ++e) wsum += (uint32_t)(uint8_t)(w8[e] ^ 0x80u);
+    else
+        for (int64_t e = e0; e < e1; ++e) wsum += (uint32_t)(int32_t)a->w8[e];
+    /* s_i holds, in 128-bit block k, dword j: lane 16k + 4i + j. Transpose the 4x4 blocks. */
+    const __m512i t0 = _mm512_shuffle_i32x4(s0, s1, 0x44), t1 = _mm512_shuffle_i32x4(s2, s3, 0x44);
+    const __m512i t2 = _mm512_shuffle_i32x4(s0, s1, 0xEE), t3 = _mm512_shuffle_i32x4(s2, s3, 0xEE);
+    const __m512i o[4] = {_mm512_shuffle_i32x4(t0, t1, 0x88), _mm512_shuffle_i32x4(t0, t1, 0xDD),
+                          _mm512_shuffle_i32x4(t2, t3, 0x88), _mm512_shuffle_i32x4(t2, t3, 0xDD)};
+    const uint64_t lm = (uint64_t)qg_mask64(v->L);
+    const __m512i corr = _mm512_set1_epi32(v->mode == 8 && !v->u8w ? (int)(128u * wsum) : 0);
+    for (int k = 0; k < 4 && 16 * k < v->L; ++k)
+        _mm512_mask_storeu_epi32(acc + 16 * k, (__mmask16)(lm >> (16 * k)), _mm512_sub_epi32(o[k], corr));
+    return wsum;
+}
+#else
+#define QG_VNNI_ROWS 0
+#endif
+
 #if !QG_AVX512BW && defined(__AVX2__)
 /*
  * AVX2 short int8 rows (no AVX-512BW masked loads): one 16-byte load per edge, from the row itself when 16
@@ -1261,6 +1388,12 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
 #if QG_AVX2_ROWS
     const int avx2_i8 = a->bits == 8 && a->F <= 16;
 #endif
+#if QG_VNNI_ROWS
+    vnni_rows vr;
+    memset(&vr, 0, sizeof(vr));
+    const int vnni = vnni_rows_ok(a);
+    if (vnni) vnni_rows_init(a, &vr);
+#endif
     for (int64_t i = r0; i < r1; ++i) {
         const int64_t e0 = a->indptr[i], e1 = a->indptr[i + 1];
         int32_t *dst = a->acc_out ? a->acc_out + i * a->acc_stride : row;
@@ -1277,6 +1410,11 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
             }
         } else if (a->w8 || a->w16) {
             uint32_t wsum;
+#if QG_VNNI_ROWS
+            if (vnni)
+                wsum = accumulate_weighted_vnni(a, &vr, e0, e1, acc);
+            else
+#endif
 #if QG_REG_ROWS
             if (reg_w8)
                 wsum = accumulate_weighted_reg_i8(a, e0, e1, acc);

@@ -157,12 +157,14 @@ class NativeModel:
             inv_t = torch.from_numpy(inv)
             for n in edges:
                 values[n] = inv_t[values[n].long()].to(values[n].dtype)
+        self._csr_memo: list[tuple[np.ndarray, np.ndarray, int, np.ndarray | None, GraphCSR]] = []
         for step in self._steps("graph"):
             if step.op == "input.size":
                 name, axis = step.args
                 values[step.out] = int(shapes[name][axis])
             else:
                 values[step.out] = self._execute(step, values)
+        self._csr_memo = []
         kept = {n: v for n, v in values.items() if n in self._feature_reads}  # drop intermediates
         used = order if perm is not None else "none"
         return PreparedGraph(kept, shapes, time.perf_counter() - start, perm, inv, used)
@@ -323,11 +325,27 @@ class NativeModel:
         weights, zero = None, 0
         if weight_arg is not None:
             weights, zero = narrow_weights(self._numpy(weight_arg, values).reshape(-1), step.out)
-        index_dtype = np.int32 if rows < 2**31 else np.int64
-        csr = kernels.CSR.from_edge_index(np.stack([src, dst]), rows, weights, index_dtype=index_dtype)
-        graph_csr = GraphCSR(csr, zero)
+        graph_csr = self._shared_csr(src, dst, rows, weights)
+        if graph_csr is None:
+            index_dtype = np.int32 if rows < 2**31 else np.int64
+            csr = kernels.CSR.from_edge_index(np.stack([src, dst]), rows, weights, index_dtype=index_dtype)
+            graph_csr = GraphCSR(csr, zero)
+            getattr(self, "_csr_memo", []).append((src, dst, rows, weights, graph_csr))
         check_accumulator(step, graph_csr)
         return graph_csr
+
+    def _shared_csr(
+        self, src: np.ndarray, dst: np.ndarray, rows: int, weights: np.ndarray | None
+    ) -> GraphCSR | None:
+        """The CSR an earlier step of this ``prepare`` built from equal edges and weights (e.g. SMP's K
+        propagations over one graph), so it is sorted once; None when there is none."""
+        for s, d, r, w, graph_csr in getattr(self, "_csr_memo", []):
+            same_w = (w is None and weights is None) or (
+                w is not None and weights is not None and w.dtype == weights.dtype and np.array_equal(w, weights)
+            )
+            if r == rows and same_w and np.array_equal(s, src) and np.array_equal(d, dst):
+                return graph_csr
+        return None
 
     def _requant_args(self, requant: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
         return {
