@@ -75,7 +75,9 @@ def run_dask(
             client = distributed.Client(scheduler)
         else:
             if workers < 1:
-                raise InputError(f"--workers must be at least 1, got {workers}", "pass --workers N with N >= 1")
+                raise InputError(
+                    f"--workers must be at least 1, got {workers}", "pass --workers N with N >= 1"
+                )
             cluster = distributed.LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                 dashboard_address=None, memory_limit=memory_limit,
@@ -129,15 +131,24 @@ def _run(
             fault = fault_file if (k == len(segs) - 1 and p == 0) else None
             new.append(
                 client.submit(
-                    layerwise.run_segment, model_path, states[p], k, pieces, threads, fault,
-                    pure=False, retries=retries,
+                    layerwise.run_segment,
+                    model_path,
+                    states[p],
+                    k,
+                    pieces,
+                    threads,
+                    fault,
+                    pure=False,
+                    retries=retries,
                 )  # fmt: skip
             )
         distributed.wait(new)  # the barrier between layers
         keep += new
         states = new
         seconds.append(time.perf_counter() - t0)
-    outs = client.gather([client.submit(layerwise.outputs, model_path, s, threads, pure=False) for s in states])
+    outs = client.gather(
+        [client.submit(layerwise.outputs, model_path, s, threads, pure=False) for s in states]
+    )
     finals = client.gather(states)
     width = outs[0].shape[1] if outs and outs[0].ndim == 2 else 1
     logits = np.zeros((manifest.num_nodes, width), dtype=outs[0].dtype if outs else np.float32)

@@ -101,7 +101,7 @@ def segments(model: NativeModel) -> list[Segment]:
     cuts = [i for i, item in enumerate(plan) if _head(item).op == "native.aggregate"]
     bounds = [0, *cuts, len(plan)] if not cuts or cuts[0] != 0 else [*cuts, len(plan)]
     out: list[Segment] = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         items = plan[a:b]
         head = _head(items[0]) if items else None
         agg = head is not None and head.op == "native.aggregate"

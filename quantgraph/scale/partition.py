@@ -143,8 +143,11 @@ def partition_graph(
     method: str = "metis",
     seed: int = 0,
     overwrite: bool = False,
+    membership: np.ndarray | None = None,
 ) -> PartitionSummary:
-    """Partition a graph and write the partition folder atomically (a temporary folder, then a rename)."""
+    """Partition a graph and write the partition folder atomically (a temporary folder, then a rename).
+
+    ``membership`` (int [N] in ``[0, parts)``) replaces the partitioner with a given assignment."""
     start = time.perf_counter()
     x = np.asarray(x)
     edge_index = np.asarray(edge_index)
@@ -160,7 +163,15 @@ def partition_graph(
     target = Path(output)
     if target.exists() and not overwrite:
         raise InputError(f"{target} already exists", "remove it or pass --overwrite")
-    membership = assign(edge_index, num_nodes, parts, method, seed)
+    if membership is None:
+        membership = assign(edge_index, num_nodes, parts, method, seed)
+    else:
+        membership = np.asarray(membership, dtype=np.int32)
+        if membership.shape != (num_nodes,) or (
+            num_nodes and not 0 <= membership.min() <= membership.max() < parts
+        ):
+            raise InputError(f"membership must be [N] ints in [0, {parts})", "pass one partition per node")
+        method = "given"
     seconds_assign = time.perf_counter() - start
     graphs = local_graphs(edge_index, membership, parts)
     target.parent.mkdir(parents=True, exist_ok=True)

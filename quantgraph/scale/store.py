@@ -62,7 +62,9 @@ def load_manifest(path: str | os.PathLike[str], verify: bool = False) -> Manifes
         raise InputError(f"{file} is not a version-{VERSION} {FORMAT} manifest", FIX)
     manifest = Manifest(folder, doc)
     if len(doc.get("partitions", [])) != manifest.parts:
-        raise InputError(f"{file} lists {len(doc.get('partitions', []))} partitions, not {manifest.parts}", FIX)
+        raise InputError(
+            f"{file} lists {len(doc.get('partitions', []))} partitions, not {manifest.parts}", FIX
+        )
     for p, entry in enumerate(doc["partitions"]):
         for name in FILES:
             member = manifest.folder(p) / name
