@@ -46,7 +46,14 @@ def _distributed() -> Any:
 
 
 def _peak_rss() -> int:
-    """This process's peak resident memory in bytes (Linux ru_maxrss is in KiB)."""
+    """This process's peak resident memory in bytes (VmHWM; ru_maxrss would carry the parent's across exec)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
