@@ -387,7 +387,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
     data = load_graph_file(args.graph)
     summary = partition_graph(
-        data.x.numpy(), data.edge_index.numpy(), args.parts, args.output, method=args.method,
+        data.x.numpy(), data.edge_index.numpy(), args.parts, args.folder, method=args.method,
         seed=args.seed, overwrite=args.overwrite,
     )  # fmt: skip
     _console(args).print(
@@ -892,7 +892,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--method", choices=["metis", "hash", "range"], default="metis", help="partitioner (default: metis)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of METIS and of the hash (default: 0)")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the partition folder to write")
+    p.add_argument(
+        "-o", "--output", dest="folder", required=True, metavar="DIR", help="the partition folder to write"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     _quiet(p)
     p.set_defaults(func=cmd_partition)

@@ -115,3 +115,19 @@ def test_partition_folder_and_errors(tmp_path):
     with pytest.raises(InputError, match="not a partition folder"):
         load_manifest(tmp_path)
     assert not (tmp_path / "q").exists()
+
+
+def test_cli_partition_then_run_equals_single_process(tmp_path, capsys):
+    from quantgraph.cli import main
+
+    path = _model("gin", 4, tmp_path)
+    g = _power_law(120, 7)
+    np.savez(tmp_path / "g.npz", x=g.x.numpy(), edge_index=g.edge_index.numpy())
+    parts = tmp_path / "parts"
+    assert main(["partition", str(tmp_path / "g.npz"), "--parts", "3", "-o", str(parts)]) == 0
+    assert main(["partition", str(tmp_path / "g.npz"), "--parts", "3", "-o", str(parts)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    out = tmp_path / "logits.npy"
+    assert main(["run", str(path), "--data", str(parts), "--workers", "2", "-o", str(out)]) == 0
+    expected = NativeModel.load(path, threads=1).run(g.inputs()).numpy()
+    assert np.array_equal(np.load(out), expected)
