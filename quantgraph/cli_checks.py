@@ -25,6 +25,8 @@ def check_args(args: argparse.Namespace) -> None:
     _int_range(args, "batch_size", 1, 1 << 24)
     _int_range(args, "seed", 0, MAX_SEED)
     _int_range(args, "threads", 1, MAX_THREADS)
+    _int_range(args, "parts", 1, 1 << 20)
+    _int_range(args, "workers", 1, 4096)
     _float_range(args, "lr", 0.0, 10.0, low_open=True)
     _float_range(args, "weight_decay", 0.0, 10.0)
     _float_range(args, "p_min", 0.0, 1.0)

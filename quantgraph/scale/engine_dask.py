@@ -1,0 +1,171 @@
+"""Run a native model over a partition folder on Dask (``dask.distributed``): the default engine.
+
+Without ``scheduler`` a local cluster of ``workers`` processes (loopback only) is started and closed again; with
+``scheduler`` (``tcp://host:8786``) the run joins that cluster. Workers must see the model file and the
+partition folder at the same paths (a shared filesystem). Tasks are ordinary ``Client.submit`` calls: Dask
+places them, moves their results and re-runs the tasks of a worker that dies.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantgraph.errors import InputError
+from quantgraph.scale import layerwise
+from quantgraph.scale.store import load_manifest
+
+
+@dataclass
+class ScaleResult:
+    """Logits in global node order, and what moved: halo bytes per segment (packed, and as float32 would be)."""
+
+    logits: np.ndarray
+    bytes_per_layer: list[int]
+    float32_bytes_per_layer: list[int]
+    seconds_per_layer: list[float]
+    seconds: float
+    parts: int
+    workers: int
+    worker_peak_rss: dict[str, int] = field(default_factory=dict)
+
+
+def _distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise InputError(
+            "--engine dask needs dask.distributed, which is not installed",
+            'pip install "quantgraph[scale]" (or "dask[distributed]")',
+        ) from None
+    return distributed
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM; ru_maxrss would carry the parent's across exec)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def run_dask(
+    model: str | Path,
+    data: str | Path,
+    workers: int = 2,
+    scheduler: str | None = None,
+    threads: int | None = 1,
+    memory_limit: str | int | None = "auto",
+    retries: int = 3,
+    fault_file: str | None = None,
+    client: Any = None,
+) -> ScaleResult:
+    """Partitioned, layer-wise inference on Dask; the logits equal ``NativeModel.run`` on the whole graph."""
+    distributed = _distributed()
+    model_path = str(Path(model).resolve())
+    manifest = load_manifest(data)
+    seg_count = len(layerwise.segments(layerwise.model_for(model_path, threads)))
+    own_client = client is None
+    cluster = None
+    if client is None:
+        if scheduler:
+            client = distributed.Client(scheduler)
+        else:
+            if workers < 1:
+                raise InputError(
+                    f"--workers must be at least 1, got {workers}", "pass --workers N with N >= 1"
+                )
+            cluster = distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address=None, memory_limit=memory_limit,
+            )  # fmt: skip
+            client = distributed.Client(cluster)
+    try:
+        return _run(client, distributed, model_path, manifest, seg_count, threads, retries, fault_file)
+    finally:
+        if own_client:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _run(
+    client: Any,
+    distributed: Any,
+    model_path: str,
+    manifest: Any,
+    seg_count: int,
+    threads: int | None,
+    retries: int,
+    fault_file: str | None,
+) -> ScaleResult:
+    start = time.perf_counter()
+    parts = manifest.parts
+    folders = [str(manifest.folder(p).resolve()) for p in range(parts)]
+    keep: list[Any] = []  # every future stays referenced, so a lost result can be recomputed from its lineage
+    states = [
+        client.submit(layerwise.prepare_part, model_path, folders[p], p, threads, pure=False, retries=retries)
+        for p in range(parts)
+    ]
+    keep += states
+    distributed.wait(states)
+    model = layerwise.model_for(model_path, threads)
+    segs = layerwise.segments(model)
+    assert len(segs) == seg_count
+    seconds = []
+    for k, seg in enumerate(segs):
+        t0 = time.perf_counter()
+        new = []
+        for p in range(parts):
+            pieces = []
+            if seg.exchange is not None:
+                for q in manifest.halo_from(p):
+                    piece = client.submit(
+                        layerwise.halo_piece, states[q], seg, folders[p], pure=False, retries=retries
+                    )
+                    pieces.append(piece)
+            keep += pieces
+            fault = fault_file if (k == len(segs) - 1 and p == 0) else None
+            new.append(
+                client.submit(
+                    layerwise.run_segment,
+                    model_path,
+                    states[p],
+                    k,
+                    pieces,
+                    threads,
+                    fault,
+                    pure=False,
+                    retries=retries,
+                )  # fmt: skip
+            )
+        distributed.wait(new)  # the barrier between layers
+        keep += new
+        states = new
+        seconds.append(time.perf_counter() - t0)
+    outs = client.gather(
+        [client.submit(layerwise.outputs, model_path, s, threads, pure=False) for s in states]
+    )
+    finals = client.gather(states)
+    width = outs[0].shape[1] if outs and outs[0].ndim == 2 else 1
+    logits = np.zeros((manifest.num_nodes, width), dtype=outs[0].dtype if outs else np.float32)
+    for p, rows in enumerate(outs):
+        logits[layerwise.output_file(folders[p])] = rows.reshape(len(rows), width)
+    per_layer = [sum(s.received.get(k, 0) for s in finals) for k in range(len(segs))]
+    per_layer_f32 = [sum(s.received_float32.get(k, 0) for s in finals) for k in range(len(segs))]
+    rss = client.run(_peak_rss)
+    workers = len(client.scheduler_info()["workers"])
+    del keep
+    return ScaleResult(
+        logits, per_layer, per_layer_f32, seconds, time.perf_counter() - start, parts, workers, rss
+    )

@@ -1,0 +1,86 @@
+"""``--engine ray``: the same layer-wise tasks as ``engine_dask`` as Ray remote functions (NOT TESTED here).
+
+Ray was not installed on the machine this was written on, so this module only refuses cleanly when Ray is
+missing; the Ray path itself has not been run. Use ``--engine dask`` (tested) for results you rely on.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantgraph.errors import InputError
+from quantgraph.scale import layerwise
+from quantgraph.scale.engine_dask import ScaleResult
+from quantgraph.scale.store import load_manifest
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise InputError(
+            "--engine ray needs the ray package, which is not installed",
+            'pip install "quantgraph[ray]", or use --engine dask',
+        ) from None
+    return ray
+
+
+def _segment(model_path: str, state: Any, index: int, threads: int | None, *pieces: np.ndarray) -> Any:
+    """``layerwise.run_segment`` with the pieces as top-level arguments (Ray resolves only those)."""
+    return layerwise.run_segment(model_path, state, index, list(pieces), threads)
+
+
+def run_ray(
+    model: str | Path,
+    data: str | Path,
+    workers: int = 2,
+    scheduler: str | None = None,
+    threads: int | None = 1,
+) -> ScaleResult:
+    """Partitioned inference on Ray (``scheduler``: a Ray address such as ``ray://host:10001``; else local)."""
+    ray = _ray()
+    model_path = str(Path(model).resolve())
+    manifest = load_manifest(data)
+    ray.init(address=scheduler, num_cpus=None if scheduler else workers, ignore_reinit_error=True)
+    try:
+        start = time.perf_counter()
+        opts = {"max_retries": 3}
+        prepare = ray.remote(**opts)(layerwise.prepare_part)
+        piece = ray.remote(**opts)(layerwise.halo_piece)
+        segment = ray.remote(**opts)(_segment)
+        output = ray.remote(**opts)(layerwise.outputs)
+        folders = [str(manifest.folder(p).resolve()) for p in range(manifest.parts)]
+        states = [prepare.remote(model_path, folders[p], p, threads) for p in range(manifest.parts)]
+        ray.wait(states, num_returns=len(states))
+        segs = layerwise.segments(layerwise.model_for(model_path, threads))
+        seconds = []
+        for k, seg in enumerate(segs):
+            t0 = time.perf_counter()
+            new = []
+            for p in range(manifest.parts):
+                pieces = (
+                    [piece.remote(states[q], seg, folders[p]) for q in manifest.halo_from(p)]
+                    if seg.exchange is not None
+                    else []
+                )
+                new.append(segment.remote(model_path, states[p], k, threads, *pieces))
+            ray.wait(new, num_returns=len(new))
+            states = new
+            seconds.append(time.perf_counter() - t0)
+        outs = ray.get([output.remote(model_path, s, threads) for s in states])
+        finals = ray.get(states)
+    finally:
+        ray.shutdown()
+    width = outs[0].shape[1]
+    logits = np.zeros((manifest.num_nodes, width), dtype=outs[0].dtype)
+    for p, rows in enumerate(outs):
+        logits[layerwise.output_file(folders[p])] = rows
+    per_layer = [sum(s.received.get(k, 0) for s in finals) for k in range(len(segs))]
+    per_f32 = [sum(s.received_float32.get(k, 0) for s in finals) for k in range(len(segs))]
+    return ScaleResult(
+        logits, per_layer, per_f32, seconds, time.perf_counter() - start, manifest.parts, workers
+    )
