@@ -267,7 +267,7 @@ def test_fused_quantized_messages_equal_the_materialised_ones(kind):
     data = random_graph_data(seed=7)
     torch.manual_seed(0)
     compiled = qg.compile(TwoLayer(kind).eval(), data, policy="minmax", bits=8)
-    fused, unfused = compiled.to_onnx(options={"message_fusion": "on"}), compiled.to_onnx()
+    fused, unfused = compiled.to_onnx(), compiled.to_onnx(options={"message_fusion": "off"})
     if kind in ("gcn", "gat"):  # weighted messages: quantized per edge, now inside the loop
         assert "QuantizeLinear" in [n.op_type for n in _loop_bodies(fused)]
     wide = [_wide_gathers(m) for m in (fused, unfused)]  # [E, F] (and [E, H, F]) gathers outside the loops
@@ -298,15 +298,16 @@ def random_graph_data(seed: int) -> GraphData:
     return GraphData(x=torch.randn(40, 8, generator=g), edge_index=edges)
 
 
-def test_onnx_int_fuses_messages_by_default_and_qdq_does_not():
-    """Per-backend default: onnx-int compiles with message_fusion=on, onnx-qdq with off; both can be overridden."""
+def test_onnx_backends_fuse_messages_by_default():
+    """onnx-int and onnx-qdq compile with message_fusion=on by default; off overrides it (same outputs)."""
     data = random_graph_data(seed=3)
     torch.manual_seed(0)
     model = TwoLayer("gcn").eval()
     integer = qg.compile(model, data, policy="minmax", bits=8, backend="onnx-int")
     qdq = qg.compile(model, data, policy="minmax", bits=8, backend="onnx-qdq")
     assert integer.backend_options["message_fusion"] == "on"
-    assert qdq.backend_options["message_fusion"] == "off"
+    assert qdq.backend_options["message_fusion"] == "on"
+    assert _wide_gathers(qdq.to_onnx()) < _wide_gathers(qdq.to_onnx(options={"message_fusion": "off"}))
     forced = qg.compile(
         model, data, policy="minmax", bits=8, backend="onnx-int", options={"message_fusion": "off"}
     )
@@ -315,3 +316,26 @@ def test_onnx_int_fuses_messages_by_default_and_qdq_does_not():
     assert _wide_gathers(fused) < _wide_gathers(unfused)
     for a, b in zip(_run(fused, data.inputs(), 2), _run(unfused, data.inputs(), 2), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("graph_input", ["edges", "csr"])
+def test_loop_bodies_read_sorted_indices_and_reduce_into_the_accumulator(graph_input):
+    """Fused bodies gather no edge ids through the permutation (the indices are sorted once outside the
+    loop); every body adds/maxes its distinct rows with a reducing ScatterND (no GatherND + combine)."""
+    data = random_graph_data(seed=5)
+    torch.manual_seed(0)
+    compiled = qg.compile(
+        TwoLayer("gcn").eval(), data, policy="minmax", bits=8, options={"graph_input": graph_input}
+    )
+    for fusion in ("on", "off"):
+        model = compiled.to_onnx(options={"message_fusion": fusion})
+        perms = {n.output[1] for n in model.graph.node if n.op_type == "TopK"}
+        perms |= {i.name for i in model.graph.input if i.name.startswith(PERM_PREFIX)}
+        body = _loop_bodies(model)
+        through_perm = [n for n in body if n.op_type == "Gather" and n.input[0] in perms]
+        assert len(through_perm) == (0 if fusion == "on" else 2), fusion  # two layers, unfused: one each
+        scatters = [n for n in body if n.op_type == "ScatterND"]
+        assert scatters and all(a.s in (b"add", b"max") for n in scatters for a in n.attribute)
+        assert "GatherND" not in [n.op_type for n in body]
+        unfused = compiled.to_onnx(options={"message_fusion": "off"})
+        np.testing.assert_array_equal(_run(model, data.inputs(), 2)[0], _run(unfused, data.inputs(), 1)[0])

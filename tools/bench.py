@@ -102,9 +102,10 @@ A2Q_BITS = {1: 0.05, 2: 0.35, 3: 0.4, 4: 0.15, 8: 0.05}
 #: native e2e method -> the native model it runs with one kernel call per program step (no fusion plan)
 NATIVE_UNFUSED = {f"{m}_unfused": m for m in ("native_int8", "native_int4", "native_int2")}
 #: onnxruntime e2e method -> (backend, quantized, ONNX export options); the plain names use the defaults
-#: (segment aggregation of materialised ``[E, F]`` messages, x/edge_index inputs), ``_fused`` with the
-#: messages computed inside the segment loop (``message_fusion=on``), ``_scatter`` the old ScatterElements formulation, ``_csr`` the
-#: prepared-graph inputs (the sort order computed once per graph: the graph stage)
+#: (segment aggregation with the messages computed inside the segment loop, x/edge_index inputs), ``_fused``
+#: the same explicitly (``message_fusion=on``), ``_unfused`` with materialised ``[E, F]`` messages,
+#: ``_scatter`` the old ScatterElements formulation, ``_csr`` the prepared-graph inputs (the sort order
+#: computed once per graph: the graph stage)
 ORT_E2E: dict[str, tuple[str, bool, dict[str, str]]] = {
     f"{name}{suffix}": (backend, quantized, options)
     for name, backend, quantized in (
@@ -115,6 +116,7 @@ ORT_E2E: dict[str, tuple[str, bool, dict[str, str]]] = {
     for suffix, options in (
         ("", {}),
         ("_fused", {"message_fusion": "on"}),
+        ("_unfused", {"message_fusion": "off"}),
         ("_scatter", {"onnx_aggregation": "scatter"}),
         ("_csr", {"graph_input": "csr"}),
     )
@@ -131,7 +133,15 @@ E2E_METHODS = (
     "native_int8_rcm",
     *NATIVE_UNFUSED,
 )
-FP32_E2E = ("pyg_fp32", "torch_csr_fp32", "ort_fp32", "ort_fp32_fused", "ort_fp32_scatter", "ort_fp32_csr")
+FP32_E2E = (
+    "pyg_fp32",
+    "torch_csr_fp32",
+    "ort_fp32",
+    "ort_fp32_fused",
+    "ort_fp32_unfused",
+    "ort_fp32_scatter",
+    "ort_fp32_csr",
+)
 #: native e2e method -> (bits, integer aggregation i.e. skip_roles=["message"])
 NATIVE_VARIANTS = {
     "native_int8": (8, True),

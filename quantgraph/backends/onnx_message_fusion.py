@@ -1,4 +1,4 @@
-"""Per-edge messages computed inside the segment reduction (``message_fusion=on``: onnx-int's default; onnx-qdq's is ``off``).
+"""Per-edge messages computed inside the segment reduction (``message_fusion=on``, the default; ``off`` materialises them).
 
 The unfused export materialises every message as an ``[E, F]`` tensor (gather the source rows, weight
 them, quantize/dequantize) and the segment ``Loop`` then gathers those rows again in destination order.
@@ -10,7 +10,8 @@ When the message is an element-wise expression of
   ``ConstantOfShape`` is its repeated value),
 
 the ``Loop`` body rebuilds the expression on each level's ``[n_b, 2^b]`` block of destination-sorted
-edge slots: ``Gather(D, Gather(I, slots))`` instead of ``Gather(messages, slots)``. Every element is
+edge slots: ``Gather(D, Gather(I[perm], slots))`` instead of ``Gather(messages, perm[slots])`` (``I[perm]``
+made once outside the loop, so the body reads its indices contiguously). Every element is
 computed by the same ops from the same operands, and the reduction adds the same elements in the same
 order, so the result is bit-for-bit the unfused one; ``[E, F]`` is never materialised (the unused
 outer chain is pruned at export). Anything outside these forms keeps the unfused path.
@@ -105,9 +106,26 @@ def _row_shape(ctx: OnnxBuilder, rows: str) -> str:
     return ctx.op("Shape", [rows], dtype=INT64, rank=1, start=1)
 
 
-def emit(ctx: OnnxBuilder, message: MessagePlan, op: Callable[..., str], slots: str) -> str:
-    """The message on ``slots`` ([n_b, w] sorted-edge positions mapped to edge ids), built with ``op``."""
+def emit(
+    ctx: OnnxBuilder,
+    message: MessagePlan,
+    op: Callable[..., str],
+    slots: str,
+    sorted_index: Callable[[str], str],
+) -> str:
+    """The message on ``slots`` ([n_b, w] positions in destination-sorted edge order), built with ``op``.
+
+    ``sorted_index(I)``: the edge-aligned index ``I`` permuted into that order (an outer-graph value), so
+    each block reads its indices contiguously: ``Gather(D, Gather(I[perm], slots))`` equals
+    ``Gather(D, Gather(I, perm[slots]))`` value for value.
+    """
     built: dict[str, str] = {}
+    indices: dict[str, str] = {}  # one gather per distinct index (GCN reads src for h and for the norm)
+
+    def index_on_slots(name: str) -> str:
+        if name not in indices:
+            indices[name] = op("Gather", [sorted_index(name), slots], axis=0)
+        return indices[name]
 
     def rebuild(name: str) -> str:
         if name in built:
@@ -119,7 +137,7 @@ def emit(ctx: OnnxBuilder, message: MessagePlan, op: Callable[..., str], slots: 
         if node.op_type == "ConstantOfShape":
             out = ctx.scalar(_fill_value(node), ctx.dtype(name))
         elif node.op_type == "Gather":
-            out = op("Gather", [node.input[0], op("Gather", [node.input[1], slots], axis=0)], axis=0)
+            out = op("Gather", [node.input[0], index_on_slots(node.input[1])], axis=0)
         elif node.op_type in ("Reshape", "Unsqueeze"):  # [E] -> [E, 1]
             out = op("Unsqueeze", [rebuild(node.input[0]), ctx.ints([-1])])
         else:

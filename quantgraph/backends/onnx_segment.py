@@ -15,8 +15,8 @@ A scatter-reduce by a destination index (``quantgraph.scatter``, 1-D ``scatter_a
   Sums are exact for integers (every partial sum is a sub-sum of one node's messages, so the int32
   bound ``deg * max|m|`` of the overflow proof covers it); float sums differ from a sequential sum only
   by rounding. Nothing adds into shared memory, so the result is the same at any thread count.
-* **messages computed per block** (``message_fusion=on``; the onnx-int default, off for onnx-qdq:
-  measured no faster in onnxruntime for QDQ models, see docs/onnx_benchmarks.md): when the message is an element-wise
+* **messages computed per block** (``message_fusion=on``, the default of every ONNX backend: measured
+  faster in onnxruntime for FP32, QDQ and integer exports, see docs/onnx_benchmarks.md): when the message is an element-wise
   expression of edge-aligned gathers and constants (GCN's ``w_ij * h_j`` with its Q/DQ, GAT's attention
   times ``h_j``, SAGE's and GIN's ``h_j``), the loop body computes it on each block from the node rows
   (``onnx_message_fusion``), so no ``[E, F]`` message tensor exists; bit-for-bit the unfused result.
@@ -44,8 +44,9 @@ from quantgraph.backends.onnx_builder import OnnxBuilder
 INT64, BOOL, DOUBLE = TensorProto.INT64, TensorProto.BOOL, TensorProto.DOUBLE
 #: ``onnx_aggregation`` values
 AGGREGATIONS = ("segment", "scatter")
-#: ``message_fusion`` values (``on``: messages computed inside the segment loop, ``onnx_message_fusion``)
-MESSAGE_FUSION = ("off", "on")
+#: ``message_fusion`` values, the default first (``on``: messages computed inside the segment loop,
+#: ``onnx_message_fusion``; measured faster for the FP32, QDQ and integer exports, docs/onnx_benchmarks.md)
+MESSAGE_FUSION = ("on", "off")
 #: ``graph_input`` values: ``edges`` (x, edge_index; the sort runs inside the model) or ``csr``
 GRAPH_INPUTS = ("edges", "csr")
 #: model metadata key holding the base64 ONNX model that computes the prepared-graph inputs
@@ -183,10 +184,10 @@ def segment_reduce(
         out_shape = ctx.op("Concat", [rows, dims], dtype=INT64, rank=1, axis=0)
     if reduce == "max":
         init = ctx.fill(out_shape, _lowest(dtype), dtype, rank)
-        best = _bit_loop(ctx, prep, src, init, "ReduceMax", "Max", message)
+        best = _bit_loop(ctx, prep, src, init, "ReduceMax", "max", message)
         touched = _per_row(ctx, ctx.op("Greater", [prep.deg, ctx.scalar(0, INT64)], dtype=BOOL), rank)
         return ctx.op("Where", [touched, best, ctx.scalar(0, dtype)], rank=rank)
-    total = _bit_loop(ctx, prep, src, ctx.fill(out_shape, 0, dtype, rank), "ReduceSum", "Add", message)
+    total = _bit_loop(ctx, prep, src, ctx.fill(out_shape, 0, dtype, rank), "ReduceSum", "add", message)
     if reduce != "mean":
         return total
     count = _per_row(ctx, ctx.cast(ctx.op("Max", [prep.deg, ctx.scalar(1, INT64)]), dtype), rank)
@@ -205,6 +206,15 @@ def _lowest(dtype: int) -> float | int:
     return -math.inf if np.issubdtype(np_type, np.floating) else int(np.iinfo(np_type).min)
 
 
+def _sorted_by(ctx: OnnxBuilder, sort: SortPrep, index: str) -> str:
+    """``index[perm]`` (an edge-aligned [E] index in destination-sorted order), once per index and sort."""
+    key = ("sorted_by", sort.perm, ctx.value_key(index))
+    cached = ctx.segment_preps.get(key)
+    if cached is None:
+        cached = ctx.segment_preps[key] = ctx.op("Gather", [index, sort.perm], axis=0)
+    return cached
+
+
 def _bit_loop(
     ctx: OnnxBuilder,
     prep: NodePrep,
@@ -216,10 +226,11 @@ def _bit_loop(
 ) -> str:
     """A ``Loop`` over the bits of the in-degrees: iteration ``b`` takes, for every node whose degree has
     bit ``b`` set, the next ``2^b`` of its destination-sorted messages (after the higher bits' pieces),
-    gathers them as ``[n_b, 2^b, F]``, reduces axis 1 and combines the rows into the accumulator.
-    Every message is read exactly once; rows within an iteration are distinct (``ScatterND`` without
-    reduction), so the result is the same at any thread count. With a ``message`` plan the block's
-    messages are computed in the body from their operands (``onnx_message_fusion``) instead of gathered.
+    gathers them as ``[n_b, 2^b, F]``, reduces axis 1 and combines the rows into the accumulator
+    (``ScatterND`` with ``reduction=combine``). Every message is read exactly once; rows within an
+    iteration are distinct, so the result is the same at any thread count. With a ``message`` plan the
+    block's messages are computed in the body from their operands (``onnx_message_fusion``) instead of
+    gathered, their edge-aligned indices read from destination-sorted copies made once outside the loop.
     """
     dtype, rank = ctx.dtype(init), ctx.rank(init)
     body: list[onnx.NodeProto] = []
@@ -237,15 +248,15 @@ def _bit_loop(
     members = op("Compress", [prep.nodes, has_bit], axis=0)
     start = op("Gather", [op("Add", [prep.ptr, high]), members], axis=0)
     slots = op("Add", [op("Unsqueeze", [start, axis1]), op("Range", [ctx.scalar(0, INT64), width, one])])
-    edges = op("Gather", [prep.sort.perm, slots], axis=0)  # [n_b, 2^b] edge ids
     if message is None:
+        edges = op("Gather", [prep.sort.perm, slots], axis=0)  # [n_b, 2^b] edge ids
         gathered = op("Gather", [src, edges], axis=0)
-    else:
-        gathered = onnx_message_fusion.emit(ctx, message, op, edges)
+    else:  # edge-aligned indices read in sorted order: contiguous slots instead of random edge ids
+        gathered = onnx_message_fusion.emit(ctx, message, op, slots, lambda i: _sorted_by(ctx, prep.sort, i))
     reduced = op(reducer, [gathered, axis1], keepdims=0)
     rows = op("Unsqueeze", [members, axis1])
-    merged = op(combine, [op("GatherND", [acc_in, rows]), reduced])
-    acc_out = op("ScatterND", [acc_in, rows, merged])
+    # the rows of one level are distinct, so the reducing ScatterND is race-free (no GatherND + combine)
+    acc_out = op("ScatterND", [acc_in, rows, reduced], reduction=combine)
     cond_out = op("Identity", [cond_in])
     graph = helper.make_graph(
         body,
