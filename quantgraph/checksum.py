@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,15 @@ CHECKSUM_KEY = "sha256"
 
 class UnverifiedFileWarning(UserWarning):
     """A file written before checksums existed was read without one (the CLI prints it as one line)."""
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantgraph.checksum import file_sha256
 from quantgraph.errors import EnvironmentFailure, InputError
 
 SOURCE = Path(__file__).with_name("kernels.c")
@@ -155,14 +156,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_cache_dir(out_dir: Path) -> None:
     """The cache folder must be the user's own and not writable by group or others (a library planted there
     would run its constructor in this process)."""
@@ -190,7 +183,7 @@ def _cached_library_ok(out_dir: Path, key: str) -> bool:
     try:
         if not (path.is_file() and flags.is_file() and digest.is_file()) or path.is_symlink():
             return False
-        return _sha256(path) == digest.read_text(encoding="utf-8").strip()
+        return file_sha256(path) == digest.read_text(encoding="utf-8").strip()
     except OSError:
         return False
 
@@ -215,7 +208,7 @@ def _compile(cc: list[str], out_dir: Path, key: str) -> tuple[Path, list[str]] |
             errors.append("it wrote an empty library")
         if res is not None and res.returncode == 0:
             _write_atomic(out_dir / f"{key}.flags", (" ".join(extra) + "\n").encode())
-            _write_atomic(out_dir / f"{key}.sha256", (_sha256(Path(tmp)) + "\n").encode())
+            _write_atomic(out_dir / f"{key}.sha256", (file_sha256(Path(tmp)) + "\n").encode())
             os.replace(tmp, target)  # last: a library on disk always has its flags file
             return target, extra
         if res is not None:

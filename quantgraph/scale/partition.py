@@ -19,7 +19,6 @@ sizes, the halo counts between partitions and the SHA-256 of every file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from quantgraph.checksum import file_sha256
 from quantgraph.errors import InputError
 
 FORMAT = "quantgraph-partitions"
@@ -127,14 +127,6 @@ def local_graphs(edge_index: np.ndarray, membership: np.ndarray, parts: int) -> 
     return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def partition_graph(
     x: np.ndarray,
     edge_index: np.ndarray,
@@ -192,7 +184,7 @@ def partition_graph(
                     "halo": len(g["halo_owner"]),
                     "edges": int(g["edges"].shape[1]),
                     "halo_from": {str(q): int(c) for q, c in enumerate(halo_from) if c},
-                    "sha256": {name: _sha256(folder / name) for name in FILES},
+                    "sha256": {name: file_sha256(folder / name) for name in FILES},
                 }
             )
         manifest = {

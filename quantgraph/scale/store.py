@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from quantgraph.checksum import file_sha256
 from quantgraph.errors import InputError
-from quantgraph.scale.partition import FILES, FORMAT, VERSION, _sha256
+from quantgraph.scale.partition import FILES, FORMAT, VERSION
 
 FIX = "re-create it with `quantgraph partition GRAPH --parts K -o DIR`"
 
@@ -70,7 +71,7 @@ def load_manifest(path: str | os.PathLike[str], verify: bool = False) -> Manifes
             member = manifest.folder(p) / name
             if not member.is_file():
                 raise InputError(f"{member} is missing", FIX)
-            if verify and _sha256(member) != entry["sha256"][name]:
+            if verify and file_sha256(member) != entry["sha256"][name]:
                 raise InputError(f"{member} does not match the checksum in the manifest", FIX)
     return manifest
 
