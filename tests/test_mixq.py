@@ -130,9 +130,7 @@ def test_chosen_bits_reach_specs_ir_and_onnx(small_gcn, tmp_path):
     # one INT4 tensor per <= 4-bit point (a tensor read by two consumers may have two DequantizeLinear);
     # quantize-bias's int32 biases are stored narrower where their integers fit, and are not points
     int4 = {n.input[0] for n in dequantize if types[n.input[2]] == onnx.TensorProto.INT4}
-    assert len({t for t in int4 if "_bias_int" not in t}) == sum(
-        p["bits"] <= 4 for p in points
-    )
+    assert len({t for t in int4 if "_bias_int" not in t}) == sum(p["bits"] <= 4 for p in points)
     # a 2-bit activation is clamped to 4 levels before QuantizeLinear: (high - low) / scale == 3
     steps = []
     for n in proto.graph.node:

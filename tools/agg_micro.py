@@ -42,15 +42,34 @@ def main() -> None:
             lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
             qb = np.clip(q, lo, hi).astype(np.int8)
             x = qb if bits == 8 else K.pack(qb, bits)
-            t = best(partial(K.spmm, csr, x, bits, 0, threads=threads, num_features=f, weight_zero_point=-128))
-            st = [K.Stage(1e-4, 3, input_zero_point=5, bias=np.arange(f, dtype=np.int32), relu_in=True),
-                  K.Stage(0.7, -2, lo, hi)]
+            t = best(
+                partial(K.spmm, csr, x, bits, 0, threads=threads, num_features=f, weight_zero_point=-128)
+            )
+            st = [
+                K.Stage(1e-4, 3, input_zero_point=5, bias=np.arange(f, dtype=np.int32), relu_in=True),
+                K.Stage(0.7, -2, lo, hi),
+            ]
             dq = (0.01, 1) if f == 7 else None
-            te = best(partial(K.spmm_epilogue, csr, x, bits, 0, st, out_bits=bits, dequantize=dq,
-                              weight_zero_point=-128, threads=threads, num_features=f))
-            print(f"F={f:3d} int{bits}: {t * 1e3:7.2f} ms  {t / e * 1e9:5.2f} ns/edge  "
-                  f"({t / e * 1e9 * threads:5.2f} ns/edge/thread, row {x.shape[1]} B); "
-                  f"with 2-stage epilogue{' + dequantize' if dq else ''} {te * 1e3:7.2f} ms")
+            te = best(
+                partial(
+                    K.spmm_epilogue,
+                    csr,
+                    x,
+                    bits,
+                    0,
+                    st,
+                    out_bits=bits,
+                    dequantize=dq,
+                    weight_zero_point=-128,
+                    threads=threads,
+                    num_features=f,
+                )
+            )
+            print(
+                f"F={f:3d} int{bits}: {t * 1e3:7.2f} ms  {t / e * 1e9:5.2f} ns/edge  "
+                f"({t / e * 1e9 * threads:5.2f} ns/edge/thread, row {x.shape[1]} B); "
+                f"with 2-stage epilogue{' + dequantize' if dq else ''} {te * 1e3:7.2f} ms"
+            )
 
 
 if __name__ == "__main__":

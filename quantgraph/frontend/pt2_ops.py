@@ -61,7 +61,13 @@ def allowed(target: str) -> bool:
         if library == "quantgraph":
             # smp_multiplier: an identity marker (quantgraph/ir/smp_ops.py), no side effects
             return name in (
-                "gather", "scatter", "quantize", "dequantize", "requantize", "linear_int", "smp_multiplier"
+                "gather",
+                "scatter",
+                "quantize",
+                "dequantize",
+                "requantize",
+                "linear_int",
+                "smp_multiplier",
             )
         if library == "aten":
             return name in ATEN_OPS or (name.endswith("_") and name[:-1] in ATEN_OPS)

@@ -250,7 +250,13 @@ class GIN(_ProjectedInput):
     arch: ClassVar[str] = "gin"
 
     def __init__(
-        self, in_channels: int, out_channels: int, *, train_eps: bool = False, mlp_layers: int = 2, **kwargs: Any
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        train_eps: bool = False,
+        mlp_layers: int = 2,
+        **kwargs: Any,
     ) -> None:
         if mlp_layers not in (1, 2):
             raise InputError(f"gin mlp_layers={mlp_layers!r} is not supported", "use 1 or 2")
@@ -489,7 +495,13 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "train_eps": True,
         "mlp_layers": 1,
     },
-    "sage": {"hidden": 64, "dropout": 0.5, "input_dropout": 0.0, "project_input": True, "normalize_features": True},
+    "sage": {
+        "hidden": 64,
+        "dropout": 0.5,
+        "input_dropout": 0.0,
+        "project_input": True,
+        "normalize_features": True,
+    },
     "gin_graph": {"hidden": 64, "num_layers": 3, "dropout": 0.5, "pool": "mean"},
     "smp": {**_SMP_DEFAULTS, "constrained": True},  # the official FP32 command (README of SMP_GNN_Quant)
     "appnp": {**_SMP_DEFAULTS, "constrained": False},

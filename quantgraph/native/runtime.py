@@ -341,7 +341,10 @@ class NativeModel:
         propagations over one graph), so it is sorted once; None when there is none."""
         for s, d, r, w, graph_csr in getattr(self, "_csr_memo", []):
             same_w = (w is None and weights is None) or (
-                w is not None and weights is not None and w.dtype == weights.dtype and np.array_equal(w, weights)
+                w is not None
+                and weights is not None
+                and w.dtype == weights.dtype
+                and np.array_equal(w, weights)
             )
             if r == rows and same_w and np.array_equal(s, src) and np.array_equal(d, dst):
                 return graph_csr

@@ -46,7 +46,10 @@ PTQ = register_policy(
         "gets a range per in-degree bucket, each chosen by a relative-MSE clip search on the calibration graph",
         pipeline=PTQ_BUCKET_PASSES,
         qconfig=minmax_qconfig,
-        defaults={"calibration": "relative-mse", "group_roles": ("linear_out", "aggregation", "update", "output")},
+        defaults={
+            "calibration": "relative-mse",
+            "group_roles": ("linear_out", "aggregation", "update", "output"),
+        },
     )
 )
 
