@@ -24,6 +24,8 @@ def check_args(args: argparse.Namespace) -> None:
     _int_range(args, "search_epochs", 1, MAX_EPOCHS)
     _int_range(args, "batch_size", 1, 1 << 24)
     _int_range(args, "seed", 0, MAX_SEED)
+    _int_range(args, "sample_seed", 0, MAX_SEED)
+    _int_range(args, "sample_hops", 0, 64)
     _int_range(args, "threads", 1, MAX_THREADS)
     _int_range(args, "parts", 1, 1 << 20)
     _int_range(args, "workers", 1, 4096)

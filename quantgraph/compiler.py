@@ -21,6 +21,7 @@ from quantgraph.data import GraphData, validate_graph
 from quantgraph.errors import InputError
 from quantgraph.frontend import TracedGraph, trace, trace_exported
 from quantgraph.ir.meta import LAYER_KEY, QPARAMS_KEY, QSPEC_KEY, ROLE_KEY
+from quantgraph.ir.roles import Role
 from quantgraph.metrics import accuracy, argmax_agreement
 from quantgraph.options import (
     CALIBRATION,
@@ -38,6 +39,7 @@ from quantgraph.policies import get_policy
 from quantgraph.policies.base import GRAPH_PASSES, Policy, available_policies, without_roles
 from quantgraph.progress import stage
 from quantgraph.quant_error import kept_float_points, point_errors
+from quantgraph.sampling import check_sample_size, compare_ranges, sample_subgraph
 
 #: The FP32 reference: the graph passes, without the dropout a training-mode trace keeps.
 GRAPH_ONLY_PASSES = ("strip-dropout", *GRAPH_PASSES)
@@ -226,6 +228,9 @@ def compile(  # noqa: A001 - mirrors the CLI command
     task_data: dict[str, Any] | None = None,
     progress: bool = False,
     backend: str = "onnx-qdq",
+    calibration_sample: int | None = None,
+    sample_hops: int | None = None,
+    sample_seed: int | None = None,
 ) -> CompiledModel:
     """Trace ``model`` on ``data``, run the policy's passes and return the compiled model.
 
@@ -240,6 +245,12 @@ def compile(  # noqa: A001 - mirrors the CLI command
     ``backend``: "onnx-qdq" (Q/DQ around float ops), "onnx-int" (adds ``quantize-bias`` and
     ``fold-scales``: integer linear layers and aggregations; ``options["int_overflow"]``) or "native" (the
     same integer IR, for the native kernels: ``CompiledModel.to_native`` / ``export_native``).
+    ``calibration_sample``: calibrate (and, for QAT policies, train) on a seeded node-induced sample of
+    ``data`` instead (:func:`quantgraph.sampling.sample_subgraph`: that many seed nodes plus their
+    ``sample_hops``-hop in-neighbourhood, default the model's number of message-passing layers;
+    ``sample_seed`` defaults to ``options["seed"]``). The passes see only the sample; the report's accuracy,
+    the int32 in-degree proof and the export check use ``data``, and ``report["calibration_sample"]`` compares
+    the sampled calibration ranges with those of ``data``.
     """
     target = get_backend(backend)
     pol = get_policy(policy)
@@ -259,12 +270,33 @@ def compile(  # noqa: A001 - mirrors the CLI command
         pol.build_qconfig(bits, CALIBRATION.read(opts), PERCENTILE_TAIL.read(opts)) if pol.quantizes else {}
     )
     qconfig = without_roles(qconfig, SKIP_ROLES.read(opts))
+    if calibration_sample is not None:
+        check_sample_size(calibration_sample)
+        if calibration or (task_data is not None and "node" not in task_data) or data.batch is not None:
+            raise InputError(
+                "calibration_sample samples the nodes of the graph given as data; it cannot be combined with "
+                "other calibration graphs or graph-level data",
+                "leave calibration_sample out for graph classification, or drop the calibration graphs",
+            )
     width = None if isinstance(model, TracedGraph) else expected_feature_width(model)
     validate_graph(data.x, data.edge_index, expected_features=width, name=data.name)
     with stage("trace"):
         traced = _trace(model, data, training=TRACE_TRAINING.read(opts))
     _check_input_names(traced.input_names, data)
-    graphs = list(calibration) if calibration else [data]
+    fp32_module = _graph_only_copy(traced.graph_module)
+    sample = None
+    if calibration_sample is not None:
+        hops = message_passing_layers(fp32_module) if sample_hops is None else sample_hops
+        seed = SEED.read(opts) if sample_seed is None else sample_seed
+        with stage("calibration sample"):
+            sample = sample_subgraph(data, calibration_sample, hops, seed)
+        if any("train" in p.display_name for p in pass_list) and not sample.summary.get("train_nodes", 1):
+            raise InputError(
+                f"the calibration sample ({sample.summary['nodes']} nodes) holds no training node, so "
+                f"{pol.name} has nothing to train on",
+                "sample more seed nodes (--calibration-sample) or another --sample-seed",
+            )
+    graphs = [sample.data] if sample else (list(calibration) if calibration else [data])
     ctx = CompileContext(
         input_names=traced.input_names,
         dim_names=traced.dim_names,
@@ -273,13 +305,21 @@ def compile(  # noqa: A001 - mirrors the CLI command
         bits=bits,
         options=opts,
         progress=progress,
-        task_data=dict(task_data) if task_data is not None else {"node": data},
+        task_data=(
+            {"node": sample.data}
+            if sample
+            else (dict(task_data) if task_data is not None else {"node": data})
+        ),
+        degree_data=[data.inputs()] if sample else [],
     )
-    fp32_module = _graph_only_copy(traced.graph_module)
+    if sample is not None:
+        with stage("sampled vs full calibration ranges"):
+            comparison = _compare_calibration(traced, pass_list, ctx, graphs[0], data.inputs(), opts)
+    traced_module = traced.graph_module
     manager = PassManager(pass_list)
     with torch.random.fork_rng():  # seeded, without touching the caller's generator
         torch.manual_seed(SEED.read(opts))
-        result = manager(traced.graph_module, ctx)
+        result = manager(traced_module, ctx)
     compiled = CompiledModel(
         result.graph_module,
         fp32_module,
@@ -293,7 +333,47 @@ def compile(  # noqa: A001 - mirrors the CLI command
     with stage("report (accuracy, SQNR)"):
         compiled.report = _report(compiled, ctx, manager, pol.name, bits if pol.quantizes else 32, data)
     compiled.report["calibration"] = CALIBRATION.read(opts) or "minmax"
+    if sample is not None:
+        compiled.report["calibration_sample"] = {**sample.summary, "range_comparison": comparison}
     return compiled
+
+
+def message_passing_layers(gm: fx.GraphModule) -> int:
+    """The number of layers with an aggregation in a tagged graph (the receptive field in hops); 1 if none."""
+    layers = {n.meta.get(LAYER_KEY) for n in gm.graph.nodes if n.meta.get(ROLE_KEY) == Role.AGGREGATION}
+    return max(len(layers), 1)
+
+
+def _compare_calibration(
+    traced: TracedGraph,
+    pass_list: Sequence[PassBase],
+    ctx: CompileContext,
+    sample_inputs: GraphData,
+    full_inputs: dict[str, Tensor],
+    opts: dict[str, Any],
+) -> dict[str, Any]:
+    """The calibration ranges of the sample against the full graph's: the pipeline up to ``calibrate``, twice."""
+    names = [p.display_name for p in pass_list]
+    if "calibrate" not in names:
+        return {"available": False, "reason": "the pipeline has no calibrate pass"}
+    prefix = list(pass_list[: names.index("calibrate") + 1])
+    found = []
+    for inputs in (sample_inputs.inputs(), full_inputs):
+        run_ctx = CompileContext(
+            input_names=list(ctx.input_names),
+            dim_names=dict(ctx.dim_names),
+            calibration_data=[inputs],
+            qconfig=ctx.qconfig,
+            bits=ctx.bits,
+            options=opts,
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(SEED.read(opts))
+            gm = PassManager(prefix)(copy.deepcopy(traced.graph_module), run_ctx).graph_module
+        found.append({n.name: n for n in gm.graph.nodes if QPARAMS_KEY in n.meta})
+    sampled, full = ({k: n.meta[QPARAMS_KEY] for k, n in f.items()} for f in found)
+    roles = {k: n.meta[ROLE_KEY].value for k, n in found[1].items() if ROLE_KEY in n.meta}
+    return {"available": True, **compare_ranges(sampled, full, roles)}
 
 
 def _check_input_names(names: list[str], data: GraphData) -> None:
@@ -391,8 +471,9 @@ def _report(
         "error_by_degree": errors["error_by_degree"],
     }
     if annotated:
-        report["bitops"] = count_bitops(qdq, compiled.input_names, ctx.calibration_data[0])
-        conventions = bit_conventions(qdq, compiled.input_names, ctx.calibration_data[0])  # the papers'
+        counted = inputs if ctx.degree_data else ctx.calibration_data[0]  # a sample: count the whole graph
+        report["bitops"] = count_bitops(qdq, compiled.input_names, counted)
+        conventions = bit_conventions(qdq, compiled.input_names, counted)  # the papers'
         report["bitops"]["mixq_convention"] = conventions["mixq"]
         report["average_bits"] = conventions["average_bits"]
         report["sgquant_memory"] = conventions["sgquant_memory"]

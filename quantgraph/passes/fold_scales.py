@@ -104,7 +104,7 @@ class FoldScalesPass(PassBase):
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         overflow = self.option(ctx, "int_overflow")
-        degrees = max_in_degrees(gm, ctx.calibration_data, ctx.input_names)
+        degrees = max_in_degrees(gm, ctx.degree_data or ctx.calibration_data, ctx.input_names)
         reference = float64_reference(gm)
         ctx.qdq_module = copy.deepcopy(gm)
         builder = IntFormBuilder(gm, lambda node: degrees.get(node.name, 0))

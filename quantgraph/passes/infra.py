@@ -47,6 +47,8 @@ class CompileContext:
     task_data: dict[str, Any] = field(default_factory=dict)
     #: the Q/DQ form of an integer IR, kept by ``fold-scales`` before it rewrites (BitOPs count on it)
     qdq_module: fx.GraphModule | None = None
+    #: graphs whose in-degrees the int32 overflow proof covers when not the calibration graphs (a sample's graph)
+    degree_data: list[dict[str, Tensor]] = field(default_factory=list)
 
 
 class PassBase:
