@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantgraph.errors import InputError
+from quantgraph.errors import EnvironmentFailure, InputError
 from quantgraph.ir.int_ops import LINEAR_INT, REQUANTIZE
 from quantgraph.native import build
 from quantgraph.native import kernels as nk
@@ -596,3 +596,30 @@ def test_pack_kernel_equals_numpy_packing(bits):
         slow = nk.pack(q.astype(np.int64), bits)
         assert np.array_equal(fast, slow)
         assert np.array_equal(nk.unpack(fast, bits, f), q)
+
+
+def test_build_without_the_fastest_flags_warns_and_strict_mode_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A compiler that rejects -march=native gets a slower build, and says so (an error when strict)."""
+    real = build.find_compiler()
+    assert real is not None
+    picky = tmp_path / "pickycc"
+    picky.write_text(
+        '#!/bin/sh\nfor a in "$@"; do [ "$a" = -march=native ] && '
+        "{ echo 'error: unrecognized option -march=native' >&2; exit 1; }; done\n"
+        f'exec {real[0]} "$@"\n'
+    )
+    picky.chmod(0o755)
+    monkeypatch.setenv("CC", str(picky))
+    monkeypatch.setenv("QUANTGRAPH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(build.STRICT_ENV, raising=False)
+    monkeypatch.setattr(build, "_loaded", {})
+    with pytest.warns(build.NativeFallbackWarning, match="without -march=native .*unrecognized option"):
+        built = build.load()
+    assert "-march=native" not in built.flags and built.compiler[0] == str(picky)
+    monkeypatch.setattr(build, "_loaded", {})
+    monkeypatch.setenv(build.STRICT_ENV, "1")
+    with pytest.raises(EnvironmentFailure, match="without -march=native .*cached build") as info:
+        build.load()  # the cached fallback build is reported too
+    assert "\n" not in str(info.value)

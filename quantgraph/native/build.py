@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,14 @@ ISA_FLAG_SETS = {
     "portable": [["-fopenmp"], []],
 }
 NO_COMPILER = ("no C compiler found", "install gcc (apt install build-essential) or set CC")
+#: $QUANTGRAPH_NATIVE_STRICT=1: a build that had to drop flags of the ISA level's first (fastest) flag set is
+#: an error instead of a warning (for benchmarks and deployments that must not run the slow kernels).
+STRICT_ENV = "QUANTGRAPH_NATIVE_STRICT"
+
+
+class NativeFallbackWarning(UserWarning):
+    """The kernels were built without some of the fastest flags (e.g. no ``-march=native`` or OpenMP)."""
+
 
 _lock = threading.Lock()
 _loaded: dict[str, NativeLib] = {}  # per ISA
@@ -188,9 +197,10 @@ def _cached_library_ok(out_dir: Path, key: str) -> bool:
         return False
 
 
-def _compile(cc: list[str], out_dir: Path, key: str) -> tuple[Path, list[str]] | str:
-    """Compile with the first flag set that works: the final path and the extra flags used, or (no flag set
-    works) the last error line."""
+def _compile(cc: list[str], out_dir: Path, key: str) -> tuple[Path, list[str], str] | str:
+    """Compile with the first flag set that works: the final path, the extra flags used and the first
+    error line of the faster flag sets that failed ("" when the first worked), or (no flag set works) the
+    last error line."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{key}.so"
     errors: list[str] = []
@@ -210,7 +220,7 @@ def _compile(cc: list[str], out_dir: Path, key: str) -> tuple[Path, list[str]] |
             _write_atomic(out_dir / f"{key}.flags", (" ".join(extra) + "\n").encode())
             _write_atomic(out_dir / f"{key}.sha256", (file_sha256(Path(tmp)) + "\n").encode())
             os.replace(tmp, target)  # last: a library on disk always has its flags file
-            return target, extra
+            return target, extra, (errors[0] or "unknown error") if errors else ""
         if res is not None:
             lines = [ln for ln in (res.stderr or res.stdout).splitlines() if "error" in ln] or [""]
             errors.append(lines[0].strip())
@@ -342,6 +352,7 @@ def load() -> NativeLib:
             flags_file = out_dir / f"{key}.flags"
             if _cached_library_ok(out_dir, key):
                 extra = flags_file.read_text(encoding="utf-8").split()
+                reason = "cached build; delete the cache folder to rebuild and see the compiler's error"
                 break
             try:
                 result = _compile(cc, out_dir, key)
@@ -351,7 +362,7 @@ def load() -> NativeLib:
                     "set QUANTGRAPH_CACHE to a writable folder",
                 ) from None
             if not isinstance(result, str):
-                path, extra = result
+                path, extra, reason = result
                 break
             failures.append(f"{cc[0]}: {result}")
         else:
@@ -365,6 +376,7 @@ def load() -> NativeLib:
             raise InputError(
                 f"could not load the compiled kernels {path} ({exc})", f"delete {out_dir} and retry"
             ) from exc
+        _report_fallback(extra, reason, out_dir)
         _bind(lib)
         info = (ctypes.c_int32 * 4)()
         lib.qg_info(info)
@@ -377,6 +389,21 @@ def load() -> NativeLib:
             lib, path, (*BASE_FLAGS, *extra), bool(info[1]), bool(info[2]), int(info[3]), tuple(cc)
         )
         return _loaded[level]
+
+
+def _report_fallback(extra: list[str], reason: str, out_dir: Path) -> None:
+    """Warn (or, with $QUANTGRAPH_NATIVE_STRICT=1, fail) when the build lacks flags of the fastest set."""
+    missing = [flag for flag in flag_sets()[0] if flag not in extra]
+    if not missing:
+        return
+    problem = (
+        f"the native kernels were built without {' '.join(missing)} ({reason}): "
+        "the integer kernels run slower than they can on this CPU"
+    )
+    fix = f"install a gcc or clang that accepts {' '.join(missing)} (or set CC), then delete {out_dir}"
+    if os.environ.get(STRICT_ENV, "").strip() not in ("", "0"):
+        raise EnvironmentFailure(problem, fix)
+    warnings.warn(f"{problem}; {fix}", NativeFallbackWarning, stacklevel=3)
 
 
 def available() -> bool:
