@@ -376,16 +376,17 @@ def train_graph_classifier(
     penalty: Penalty | None = None,
     restore_best: bool = True,
     on_epoch: Callable[[int], None] | None = None,
+    select: str = "acc",
 ) -> TrainResult:
     """Mini-batch graph classification with Adam and best-validation selection.
 
     ``collate(list_of_graphs)`` must return an object with ``x``, ``edge_index``, ``batch`` and ``y`` (one
     label per graph); the default :func:`collate_graphs` works for any graph objects with ``x``,
     ``edge_index`` and ``y``. Training graphs are reshuffled every epoch (from the seeded global RNG).
-    ``penalty`` (added to every batch's loss), ``restore_best`` and ``on_epoch`` work as in
+    ``penalty`` (added to every batch's loss), ``restore_best``, ``on_epoch`` and ``select`` work as in
     :func:`train_node_classifier`.
     """
-    _check_hparams(epochs, lr, patience)
+    _check_hparams(epochs, lr, patience, select)
     if len(train_graphs) == 0 or len(val_graphs) == 0:
         raise InputError(
             "graph-classification training needs training and validation graphs",
@@ -432,7 +433,7 @@ def train_graph_classifier(
                     "val_loss": val_loss,
                 }
             )
-            if _is_better(val_acc, val_loss, best_acc, best_loss):
+            if _is_better(val_acc, val_loss, best_acc, best_loss, select):
                 best_acc, best_loss, best_epoch, best_state = val_acc, val_loss, epoch, _snapshot(model)
             bar.update(epoch, val_acc, best_acc)
             if on_epoch is not None:

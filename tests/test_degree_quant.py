@@ -178,6 +178,19 @@ def test_compiled_degree_quant_has_no_trace_of_masking(small_gcn, tmp_path):
     assert compiled.report["qat"]["epochs_run"] == 5
 
 
+def test_qat_selects_on_validation_loss_when_asked(small_gcn):
+    model, data = small_gcn
+    for select in ("acc", "loss"):
+        options = {"epochs": 12, "seed": 0, "select": select}
+        qat = qg_compile(model, data, policy="degree-quant", bits=4, options=options).report["qat"]
+        best = qat["history"][qat["best_epoch"] - 1]
+        key, pick = ("val_loss", min) if select == "loss" else ("val_acc", max)
+        assert best[key] == pick(h[key] for h in qat["history"])
+        assert qat["select"] == select
+    with pytest.raises(InputError, match="select"):
+        qg_compile(model, data, policy="degree-quant", bits=4, options={"epochs": 1, "select": "f1"})
+
+
 def test_qat_needs_labels(small_gcn):
     model, data = small_gcn
     unlabelled = make_csbm(num_nodes=100, num_features=16, seed=1)

@@ -1,7 +1,8 @@
 """Quantization-aware training inside ``compile``: fine-tune the prepared IR on the labelled data.
 
-The checkpoint (weights and fake-quant ranges) with the best validation accuracy is kept; test
-accuracy is never used for selection. Options: ``EPOCHS``, ``LR``, ``WEIGHT_DECAY``, ``SEED``, ``BATCH_SIZE``
+The checkpoint (weights and fake-quant ranges) with the best validation accuracy is kept (``select=loss``:
+the lowest validation loss); test accuracy is never used for selection. Options: ``EPOCHS``, ``SELECT``,
+``LR``, ``WEIGHT_DECAY``, ``SEED``, ``BATCH_SIZE``
 (declared here; ``search-bits`` shares them).
 
 Defaults depend on the task. Node classification: lr 0.005, weight decay 5e-4 (Degree-Quant's). Graph
@@ -18,7 +19,7 @@ from quantgraph.options import SEED, Option
 from quantgraph.passes.infra import CompileContext, PassBase, PassResult
 from quantgraph.passes.prepare_qat import require_fake_quant
 from quantgraph.passes.registry import register_pass
-from quantgraph.training import train_graph_classifier, train_node_classifier
+from quantgraph.training import SELECT_ON, train_graph_classifier, train_node_classifier
 
 NODE_TASK_DEFAULTS = {"lr": 0.005, "weight_decay": 5e-4}
 GRAPH_TASK_DEFAULTS = {"lr": 0.001, "weight_decay": 0.0}
@@ -29,6 +30,13 @@ WEIGHT_DECAY = Option(
     "weight_decay", float, None, "weight decay (unset: 5e-4 for node tasks, 0 for graph tasks)"
 )
 BATCH_SIZE = Option("batch_size", int, 32, "graphs per mini-batch (graph classification)")
+SELECT = Option(
+    "select",
+    str,
+    "acc",
+    "checkpoint selection on validation: acc (best accuracy, ties on loss) or loss (lowest loss)",
+    choices=SELECT_ON,
+)
 TRAINING_OPTIONS = (LR, WEIGHT_DECAY, SEED, BATCH_SIZE)
 
 
@@ -67,7 +75,7 @@ class TrainQATPass(PassBase):
 
     name = "train-qat"
     description = "quantization-aware fine-tuning with best-validation checkpoint selection"
-    options = (EPOCHS, *TRAINING_OPTIONS)
+    options = (EPOCHS, SELECT, *TRAINING_OPTIONS)
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         require_fake_quant(gm, self.name)
@@ -75,6 +83,7 @@ class TrainQATPass(PassBase):
 
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         hp = training_hyperparameters(ctx, self.option(ctx, "epochs"))
+        hp["select"] = self.option(ctx, "select")
         graphs = ctx.task_data.get("graphs")
         if graphs is not None:
             train, val = graphs["train"], graphs["val"]
