@@ -27,6 +27,7 @@ from quantgraph.options import (
     CALIBRATION,
     COMPILE_OPTIONS,
     PERCENTILE_TAIL,
+    REDUCE_RANGE,
     SEED,
     SKIP_ROLES,
     TRACE_TRAINING,
@@ -36,7 +37,13 @@ from quantgraph.options import (
 )
 from quantgraph.passes import CompileContext, PassBase, PassManager, available_passes, get_pass
 from quantgraph.policies import get_policy
-from quantgraph.policies.base import GRAPH_PASSES, Policy, available_policies, without_roles
+from quantgraph.policies.base import (
+    GRAPH_PASSES,
+    Policy,
+    available_policies,
+    with_reduced_weight_range,
+    without_roles,
+)
 from quantgraph.progress import stage
 from quantgraph.quant_error import kept_float_points, point_errors
 from quantgraph.sampling import check_sample_size, compare_ranges, sample_subgraph
@@ -270,6 +277,8 @@ def compile(  # noqa: A001 - mirrors the CLI command
         pol.build_qconfig(bits, CALIBRATION.read(opts), PERCENTILE_TAIL.read(opts)) if pol.quantizes else {}
     )
     qconfig = without_roles(qconfig, SKIP_ROLES.read(opts))
+    if REDUCE_RANGE.read(opts):
+        qconfig = with_reduced_weight_range(qconfig)
     if calibration_sample is not None:
         check_sample_size(calibration_sample)
         if calibration or (task_data is not None and "node" not in task_data) or data.batch is not None:

@@ -173,4 +173,10 @@ PERCENTILE_TAIL = Option(
 )
 SKIP_ROLES = Option("skip_roles", str_list, (), "roles left unquantized (comma-separated, e.g. message)")
 TRACE_TRAINING = Option("trace_training", bool, False, "trace the model in training mode (keeps dropout)")
-COMPILE_OPTIONS = (SEED, CALIBRATION, PERCENTILE_TAIL, SKIP_ROLES, TRACE_TRAINING)
+REDUCE_RANGE = Option(
+    "reduce_range",
+    bool,
+    False,
+    "8-bit weights use 7 bits ([-64, 63]) so x86 CPUs without VNNI run them exactly in onnxruntime/OpenVINO",
+)
+COMPILE_OPTIONS = (SEED, CALIBRATION, PERCENTILE_TAIL, SKIP_ROLES, TRACE_TRAINING, REDUCE_RANGE)

@@ -36,6 +36,9 @@ def accuracy_note(report: dict[str, Any]) -> str | None:
     ir, ort = acc.get("quantized"), acc.get("onnx")
     if ir is None or ort is None or abs(ir - ort) < 1e-9:
         return None
+    saturation = onnx.get("int8_saturation", {}).get("warning")
+    if saturation:
+        return f"IR {_pct(ir)} vs onnxruntime {_pct(ort)}: {saturation}."
     agreement = onnx.get("argmax_agreement")
     step = onnx.get("max_abs_error")
     return (
@@ -159,7 +162,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
         label = row.get("label") or f"layer {row['layer']} · {row['role']}"
         table.add_row(f"SQNR {label}", "", f"{_db(row['sqnr_db'])} dB")
     console.print(table)
-    note = accuracy_note(report)
+    note = accuracy_note(report) or report.get("onnx", {}).get("int8_saturation", {}).get("warning")
     if note:
         console.print(note, highlight=False)
     for line in training_summary(report):

@@ -27,7 +27,7 @@ from quantgraph.passes.prepare_qat import fake_quant_nodes
 from quantgraph.policies import get_policy
 from quantgraph.training import train_node_classifier
 
-from .conftest import data_root
+from .conftest import HOST_EXACT, data_root
 
 
 def test_protection_probability_follows_degree_cdf():
@@ -248,7 +248,7 @@ def test_graph_level_gin_exports_for_unseen_graph_sizes(tmp_path):
             bits=bits,
             calibration=[collate(splits["train"])],
             task_data=task,
-            options={"epochs": 2},
+            options={"epochs": 2, **HOST_EXACT},
         )
         compiled.export_onnx(tmp_path / f"g{bits}.onnx", test)
         proto = onnx.load(str(tmp_path / f"g{bits}.onnx"))

@@ -13,7 +13,7 @@ import quantgraph as qg
 from quantgraph.backends.verify import verify_onnx
 from quantgraph.data import GraphData
 
-from .conftest import TwoLayer, random_graph
+from .conftest import HOST_EXACT, TwoLayer, random_graph
 
 warnings.filterwarnings("ignore", category=UserWarning)
 #: ops onnxruntime fuses a Q/DQ'd linear layer into
@@ -44,7 +44,11 @@ def test_every_linear_layer_becomes_an_integer_kernel(kind, options, tmp_path):
     torch.manual_seed(0)
     x, edge_index = random_graph(60, 300, features=8, seed=1)
     compiled = qg.compile(
-        TwoLayer(kind).eval(), GraphData(x=x, edge_index=edge_index), policy="minmax", bits=8, options=options
+        TwoLayer(kind).eval(),
+        GraphData(x=x, edge_index=edge_index),
+        policy="minmax",
+        bits=8,
+        options={**options, **HOST_EXACT},
     )
     model = compiled.to_onnx()
     assert verify_onnx(model, compiled, compiled.data)["argmax_agreement"] == 1.0

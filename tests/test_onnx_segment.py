@@ -22,7 +22,7 @@ from quantgraph.backends.verify import compare_integers, verify_onnx, with_prepa
 from quantgraph.data import GraphData
 from quantgraph.frontend import trace
 
-from .conftest import TwoLayer
+from .conftest import HOST_EXACT, TwoLayer
 
 warnings.filterwarnings("ignore", category=UserWarning)
 REDUCTIONS = ("sum", "mean", "max")
@@ -210,7 +210,7 @@ def test_prepare_graph_cli_writes_the_sort_order(tmp_path):
     data = GraphData(x=torch.randn(30, 8, generator=g), edge_index=torch.randint(0, 30, (2, 90), generator=g))
     torch.manual_seed(0)
     compiled = qg.compile(
-        TwoLayer("gcn").eval(), data, policy="minmax", bits=8, options={"graph_input": "csr"}
+        TwoLayer("gcn").eval(), data, policy="minmax", bits=8, options={"graph_input": "csr", **HOST_EXACT}
     )
     path = tmp_path / "m.onnx"
     compiled.export_onnx(path, data)

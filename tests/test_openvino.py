@@ -21,7 +21,7 @@ import torch
 import quantgraph as qg
 from quantgraph.data import GraphData
 
-from .conftest import TwoLayer, random_graph
+from .conftest import HOST_EXACT, TwoLayer, random_graph
 
 ov = pytest.importorskip("openvino", reason="OpenVINO is an optional extra: pip install -e '.[openvino]'")
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -45,7 +45,10 @@ def test_openvino_runs_fp32_qdq_and_integer_exports(kind, graph):
     core = ov.Core()
     torch.manual_seed(0)
     for backend in ("onnx-qdq", "onnx-int"):
-        compiled = qg.compile(TwoLayer(kind).eval(), graph, policy="minmax", bits=8, backend=backend)
+        # OpenVINO's AVX2 int8 kernels saturate as onnxruntime's do: 7-bit weights on such hosts (HOST_EXACT)
+        compiled = qg.compile(
+            TwoLayer(kind).eval(), graph, policy="minmax", bits=8, backend=backend, options=HOST_EXACT
+        )
         exports = {"quantized": (compiled.to_onnx(), compiled.run(graph).numpy())}
         if backend == "onnx-qdq":
             exports["fp32"] = (compiled.to_onnx(quantized=False), compiled.run_fp32(graph).numpy())
@@ -58,7 +61,9 @@ def test_openvino_runs_fp32_qdq_and_integer_exports(kind, graph):
                 # requantize in float32. Either way a value on a rounding tie may land one output step away.
                 step = _output_step(model)
                 assert np.abs(out - ref).max() <= step * 1.001, (kind, np.abs(out - ref).max(), step)
-                assert (np.abs(out - ref) > step / 2).mean() <= 0.03
+                # measured: at most 3% of the values on an AVX-512 VNNI host; 4.5% (9 of 200) for GCN onnx-int
+                # on an AVX2 host, whose 7-bit weights (HOST_EXACT) give other accumulators, hence other ties
+                assert (np.abs(out - ref) > step / 2).mean() <= 0.05
                 assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.95
 
 

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
+from quantgraph.cpu import REDUCED_WEIGHT_RANGE, int8_dot_saturates
 from quantgraph.errors import QuantGraphError
 from quantgraph.ir.meta import SOURCE_KEY
 from quantgraph.metrics import accuracy, argmax_agreement
@@ -147,6 +149,39 @@ def _worst_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out - ref).abs().max()) if ref.numel() else 0.0
 
 
+def full_range_int8_weights(model: onnx.ModelProto) -> list[str]:
+    """Int8 weight matrices (dequantized or fed to MatMulInteger) with values outside [-64, 63]."""
+    weight_inputs = {
+        n.input[i]
+        for n in model.graph.node
+        for i in ((0,) if n.op_type == "DequantizeLinear" else (1,) if n.op_type == "MatMulInteger" else ())
+        if len(n.input) > i
+    }
+    lo, hi = REDUCED_WEIGHT_RANGE
+    found = []
+    for init in model.graph.initializer:
+        # matrices only: a bias small enough for int8 is added after the GEMM, not multiplied in it
+        if init.data_type == onnx.TensorProto.INT8 and len(init.dims) >= 2 and init.name in weight_inputs:
+            values = numpy_helper.to_array(init)
+            if values.size and (values.min() < lo or values.max() > hi):
+                found.append(init.name)
+    return found
+
+
+def saturation_check(model: onnx.ModelProto) -> dict[str, Any]:
+    """Whether this host's int8 kernels can saturate on the model's weights, and the fix."""
+    host = int8_dot_saturates()
+    weights = full_range_int8_weights(model)
+    check: dict[str, Any] = {"host_saturates_u8s8": host, "full_range_int8_weights": len(weights)}
+    if host and weights:
+        check["warning"] = (
+            f"this CPU has no VNNI: onnxruntime adds u8 x s8 products in a saturating int16, so {len(weights)} "
+            "int8 weight tensors with values beyond [-64, 63] can give wrong outputs here; compile with "
+            "--option reduce_range=true (7-bit weights) to run exactly on such CPUs"
+        )
+    return check
+
+
 def verify_onnx(model: onnx.ModelProto, compiled: CompiledModel, data: GraphData) -> dict[str, Any]:
     """Check the model and compare onnxruntime's logits with the IR's on ``data``."""
     try:
@@ -171,4 +206,5 @@ def verify_onnx(model: onnx.ModelProto, compiled: CompiledModel, data: GraphData
         "accuracy": accuracy(ort_logits, data.y, data.test_mask),
         "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
         "ir_version": model.ir_version,
+        "int8_saturation": saturation_check(model),
     }

@@ -72,6 +72,18 @@ def without_roles(qconfig: dict[Role, QuantSpec], names: Sequence[str] | None) -
     return {role: spec for role, spec in qconfig.items() if role not in skipped}
 
 
+def with_reduced_weight_range(qconfig: dict[Role, QuantSpec]) -> dict[Role, QuantSpec]:
+    """``qconfig`` with 8-bit weights narrowed to 7 bits ([-64, 63], still stored as int8).
+
+    onnxruntime's ``reduce_range``: on x86 CPUs without VNNI the int8 kernels add u8 x s8 products in
+    pairs into a saturating int16 (:mod:`quantgraph.cpu`); 7-bit weights keep every pair sum in range.
+    """
+    return {
+        role: spec.with_bits(7) if role == Role.WEIGHT and spec.bits == 8 and spec.signed else spec
+        for role, spec in qconfig.items()
+    }
+
+
 def _builtin_policies() -> None:
     import quantgraph.policies.builtin  # noqa: F401  (registers the built-in policies)
 

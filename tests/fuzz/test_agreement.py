@@ -17,6 +17,8 @@ import quantgraph as qg
 from quantgraph.backends.verify import VERIFY_THREADS, compare_integers, ort_session, run_onnx
 from quantgraph.data import GraphData
 
+from ..conftest import HOST_EXACT
+
 pytest.importorskip("torch_geometric")
 from torch_geometric.nn import GCNConv, GINConv, SAGEConv  # noqa: E402
 
@@ -106,11 +108,11 @@ def test_ir_agrees_with_every_backend_on_random_graphs(arch, request, tmp_path):
     torch.manual_seed(0)
     model = Net(arch).eval()
     calib = _calibration()
-    qdq = qg.compile(model, calib, policy="minmax", bits=8)
+    qdq = qg.compile(model, calib, policy="minmax", bits=8, options=HOST_EXACT)
     qdq_session = {t: ort_session(qdq.to_onnx(), t) for t in VERIFY_THREADS}
-    integer = qg.compile(model, calib, policy="minmax", bits=8, backend="onnx-int")
+    integer = qg.compile(model, calib, policy="minmax", bits=8, backend="onnx-int", options=HOST_EXACT)
     int_model = integer.to_onnx()
-    native = qg.compile(model, calib, policy="minmax", bits=8, backend="native")
+    native = qg.compile(model, calib, policy="minmax", bits=8, backend="native", options=HOST_EXACT)
     off_by_step = 0
     for kind, seed in _cases(request.config):
         graph = make_graph(kind, seed)
