@@ -115,6 +115,17 @@ class NativeModel:
         self._stage_params = {  # decoded once: multipliers, zero points and biases of every fused stage
             id(f): self._stages(f) for f in self._plan if isinstance(f, FusedStep)
         }
+        self._epilogues: dict[tuple[int, int, int], kernels.Epilogue] = {}  # see _epilogue
+        self._linear_params = {  # int32 bias and weight zero points of every GEMM, converted once
+            s.out: (
+                None
+                if s.kwargs["bias"] is None
+                else self.array(s.kwargs["bias"]).astype(np.int32).reshape(-1),
+                np.ascontiguousarray(self.array(s.kwargs["weight_zero_point"]), dtype=np.int32).reshape(-1),
+            )
+            for s in self.program.steps
+            if s.op == "native.linear"
+        }
 
     # ---------------------------------------------------------------------------------------------- files
     @classmethod
@@ -459,45 +470,57 @@ class NativeModel:
             dq = (float(np.float32(scale)), int(zero))
         return stages, dq
 
+    def _epilogue(self, f: FusedStep, rows: int, cols: int) -> kernels.Epilogue:
+        """``f``'s epilogue for ``[rows, cols]`` results, checked and laid out once per shape."""
+        key = (id(f), rows, cols)
+        epi = self._epilogues.get(key)
+        if epi is None:
+            stages, dq = self._stage_params[id(f)]
+            if len(self._epilogues) > 64:  # many graph sizes: keep the memory bounded
+                self._epilogues.clear()
+            epi = self._epilogues[key] = kernels.prepare_epilogue(rows, cols, stages, f.out_bits, dq)
+        return epi
+
     def _fused(self, f: FusedStep, values: dict[str, Any], perm: np.ndarray | None) -> Any:
-        stages, dq = self._stage_params[id(f)]
+        dq = self._stage_params[id(f)][1]
         out_kw = {"out_bits": f.out_bits, "dequantize": dq, "threads": self.threads}
         head, kw = f.head, f.head.kwargs
         if head.op == "native.linear":
-            bias = None if kw["bias"] is None else self.array(kw["bias"]).astype(np.int32).reshape(-1)
-            zb = self.array(kw["weight_zero_point"])
+            bias, zb = self._linear_params[head.out]
+            weight = self._weights[head.out]
+            cols = weight.out_features
             if f.input_quantize is not None:
                 q = f.input_quantize.kwargs
                 name = f.input_quantize.args[0]["value"]
                 x = np.ascontiguousarray(self._numpy(f.input_quantize.args[0], values), dtype=np.float32)
                 xq = (q["scale"], q["zero_point"], q["qmin"], q["qmax"])
                 row_index = perm if name in self._quantized_in_gemm else None
+                rows = x.shape[0] if row_index is None or x.ndim != 2 else len(row_index)
                 out = kernels.gemm_epilogue(
-                    x, self._weights[head.out], int(kw["zero_point"]), zb, bias, stages, input_quant=xq,
+                    x, weight, int(kw["zero_point"]), zb, bias, self._epilogue(f, rows, cols), input_quant=xq,
                     row_index=row_index, **out_kw,
                 )  # fmt: skip
             else:
                 x = self._int8(head.args[0], values)
                 out = kernels.gemm_epilogue(
-                    x, self._weights[head.out], int(kw["zero_point"]), zb, bias, stages, **out_kw
+                    x, weight, int(kw["zero_point"]), zb, bias, self._epilogue(f, x.shape[0], cols), **out_kw
                 )
-            cols = self._weights[head.out].out_features
         elif head.op == "native.aggregate":
             graph_csr: GraphCSR = values[head.args[0]["value"]]
             feats, num_features = self._aggregate_input(head, values)
-            out = kernels.spmm_epilogue(
-                graph_csr.csr, feats, int(kw["bits"]), int(kw["zero_point"]), stages,
-                weight_zero_point=graph_csr.weight_zero_point, num_features=num_features,
-                message=self._message(head), **out_kw,
-            )  # fmt: skip
             cols = num_features
+            out = kernels.spmm_epilogue(
+                graph_csr.csr, feats, int(kw["bits"]), int(kw["zero_point"]),
+                self._epilogue(f, graph_csr.csr.num_rows, cols), weight_zero_point=graph_csr.weight_zero_point,
+                num_features=num_features, message=self._message(head), **out_kw,
+            )  # fmt: skip
         else:
             x = self._numpy(head.args[0], values)
             x = np.ascontiguousarray(x if x.dtype in (np.int8, np.int32) else x.astype(np.int32))
             if x.ndim != 2:
                 return self._unfused(f, values)
-            out = kernels.rows_epilogue(x, stages, **out_kw)
             cols = x.shape[1]
+            out = kernels.rows_epilogue(x, self._epilogue(f, x.shape[0], cols), **out_kw)
         if f.out_bits != 8 and dq is None:
             return PackedRows(out, f.out_bits, int(cols))
         return torch.from_numpy(out)
