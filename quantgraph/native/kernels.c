@@ -265,6 +265,30 @@ static void stage_requant(int32_t *restrict t, int64_t F, int64_t row, const qg_
         _mm256_mask_storeu_epi32(t + f, k, _mm512_cvtpd_epi32(v));
     }
     return;
+#elif defined(__AVX2__)
+    /* 4 values per step as above (round with the current mode, no exceptions: nearbyint), scalar tail */
+    const __m256d H = _mm256_set1_pd(hi), Q = _mm256_set1_pd(qmin);
+    const __m256d M0 = _mm256_set1_pd(mp[0]), Z0 = _mm256_set1_pd((double)zp[0]);
+    int64_t f = 0;
+    for (; f + 4 <= F; f += 4) {
+        const __m256d v0 = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(t + f)));
+        const __m256d m = mcol ? _mm256_loadu_pd(mp + f) : M0;
+        const __m256d z = zcol ? _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(zp + f))) : Z0;
+        __m256d v = _mm256_add_pd(_mm256_round_pd(_mm256_mul_pd(v0, m), _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC), z);
+        v = _mm256_min_pd(v, H);
+        v = _mm256_max_pd(v, Q);
+        if (relu) v = _mm256_max_pd(v, z);
+        _mm_storeu_si128((__m128i *)(t + f), _mm256_cvtpd_epi32(v));
+    }
+    for (; f < F; ++f) {
+        const double z_ = (double)zp[zcol ? f : 0];
+        double v = nearbyint((double)t[f] * mp[mcol ? f : 0]) + z_;
+        v = v > hi ? hi : v;
+        v = v < qmin ? qmin : v;
+        if (relu) v = v < z_ ? z_ : v;
+        t[f] = (int32_t)v;
+    }
+    return;
 #endif
     if (mcol && zcol) {
         QG_STAGE_LOOP(mp[f], (double)zp[f])
@@ -2059,39 +2083,42 @@ static const int8_t *quantize_row(const float *restrict x, int64_t K, const floa
  * Sparse input rows of the GEMM: a row whose entries mostly equal the zero point za contributes only through
  * the others, C[n] = bias[n] + sum_{k: A[k] != za} (A[k] - za) * (B[k, n] - zb[n]), the same integers as the
  * dense sum (modulo 2**32 like it). The sparse_row_* scans return the count of such entries with their k and
- * A[k] - za, or -1 once the count exceeds cap (the row is then computed dense). Float rows are quantized only
- * where x != 0 (callers use this path only when 0 quantizes to za).
+ * A[k] - za, or -1 when the count exceeds cap (the row is then computed dense). Float rows are quantized only
+ * where x != 0 (callers use this path only when 0 quantizes to za); their buffers hold K + 8 entries.
  */
 static int64_t sparse_row_f32(const float *restrict x, int64_t K, const float *xq, int32_t za, int64_t cap,
-                              int32_t *restrict kk, int32_t *restrict dd) {
-    int64_t n = 0, k = 0;
+                              const uint8_t *lut, int32_t *restrict cand, int32_t *restrict kk,
+                              int32_t *restrict dd) {
+    /* pass 1: the k with x != 0 (NaN included), left-packed 8 at a time without branches (lut[m]: the lanes
+     * set in m, in order); pass 2: their quantized values, kept where != za */
+    int64_t nc = 0, k = 0;
 #if defined(__AVX2__) && defined(__GNUC__)
     const __m256 zero = _mm256_setzero_ps();
     for (; k + 8 <= K; k += 8) {
-        unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + k), zero, _CMP_NEQ_UQ));
-        while (m) {
-            const int64_t j = k + __builtin_ctz(m);
-            m &= m - 1;
-            const int32_t d = (int32_t)quantize_one(x[j], xq) - za;
-            if (d) {
-                if (n == cap) return -1;
-                kk[n] = (int32_t)j;
-                dd[n++] = d;
-            }
-        }
+        const unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + k), zero, _CMP_NEQ_UQ));
+        int64_t lanes;
+        memcpy(&lanes, lut + 8 * m, 8);
+        const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32((int32_t)k),
+                                             _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(lanes)));
+        _mm256_storeu_si256((__m256i *)(cand + nc), idx);
+        nc += __builtin_popcount(m);
     }
+#else
+    (void)lut;
 #endif
     for (; k < K; ++k) {
-        if (x[k] != 0.0f) {
-            const int32_t d = (int32_t)quantize_one(x[k], xq) - za;
-            if (d) {
-                if (n == cap) return -1;
-                kk[n] = (int32_t)k;
-                dd[n++] = d;
-            }
-        }
+        cand[nc] = (int32_t)k;
+        nc += x[k] != 0.0f;
     }
-    return n;
+    int64_t n = 0;
+    for (int64_t c = 0; c < nc; ++c) {
+        const int32_t j = cand[c];
+        const int32_t d = (int32_t)quantize_one(x[j], xq) - za;
+        kk[n] = j;
+        dd[n] = d;
+        n += d != 0;
+    }
+    return n > cap ? -1 : n;
 }
 
 static int64_t sparse_row_i8(const int8_t *restrict a, int64_t K, int32_t za, int64_t cap, int32_t *restrict kk,
@@ -2112,8 +2139,37 @@ static int64_t sparse_row_i8(const int8_t *restrict a, int64_t K, int32_t za, in
 static void sparse_out(const int32_t *kk, const int32_t *dd, int64_t nnz, const int8_t *brm, int64_t Np,
                        const uint32_t *bterm, const uint32_t *zbv, int64_t N, uint32_t *restrict acc,
                        int32_t *restrict crow) {
-    memset(acc, 0, (size_t)Np * sizeof(uint32_t));
     uint32_t dsum = 0;
+#if defined(__AVX2__)
+    int narrow = Np <= 64;
+    for (int64_t j = 0; j < nnz && narrow; ++j) narrow = dd[j] >= -255 && dd[j] <= 255;
+    if (narrow) { /* up to 64 columns: 16-bit products widened into 8 ymm lanes of int32 held in registers */
+        const int64_t nb = Np / 16;
+        __m256i sum[8];
+        QG_UNROLL
+        for (int c = 0; c < 8; ++c) sum[c] = _mm256_setzero_si256();
+        for (int64_t j = 0; j < nnz; ++j) {
+            const __m256i dv = _mm256_set1_epi16((int16_t)dd[j]);
+            const int8_t *br = brm + (int64_t)kk[j] * Np;
+            dsum += (uint32_t)dd[j];
+            QG_UNROLL
+            for (int c = 0; c < 4; ++c) {
+                if (c < nb) {
+                    const __m256i p =
+                        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(br + 16 * c))), dv);
+                    sum[2 * c] = _mm256_add_epi32(sum[2 * c], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(p)));
+                    sum[2 * c + 1] = _mm256_add_epi32(sum[2 * c + 1], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(p, 1)));
+                }
+            }
+        }
+        QG_UNROLL
+        for (int c = 0; c < 8; ++c)
+            if (c < 2 * nb) _mm256_storeu_si256((__m256i *)(acc + 8 * c), sum[c]);
+        for (int64_t f = 0; f < N; ++f) crow[f] = (int32_t)(acc[f] + bterm[f] - zbv[f] * dsum);
+        return;
+    }
+#endif
+    memset(acc, 0, (size_t)Np * sizeof(uint32_t));
     for (int64_t j = 0; j < nnz; ++j) {
         const int32_t d = dd[j];
         const int8_t *restrict br = brm + (int64_t)kk[j] * Np;
@@ -2228,6 +2284,12 @@ static int gemm_core(const int8_t *a, const float *af, const float *xq, const in
     const int64_t cap = QG_VNNI ? K / 8 : K / 4;
     const int8_t *brm = NULL;
     uint32_t *bterm = NULL;
+    uint8_t lut[256 * 8]; /* lut[8 m + i]: the i-th lane set in the 8-bit mask m (sparse_row_f32) */
+    for (int m = 0; m < 256; ++m)
+        for (int i = 0, j = 0; i < 8; ++i) {
+            lut[8 * m + i] = 0;
+            if (m >> i & 1) lut[8 * m + j++] = (uint8_t)i;
+        }
     if (cap > 0 && (!af || (int32_t)quantize_one(0.0f, xq) == za)) {
         brm = packed + gemm_i8_vnni_size(K, N);
         bterm = (uint32_t *)qg_alloc((size_t)Np * sizeof(uint32_t));
@@ -2252,7 +2314,7 @@ static int gemm_core(const int8_t *a, const float *af, const float *xq, const in
         uint32_t *rowsum = (uint32_t *)qg_alloc(GEMM_MB * sizeof(uint32_t));
         int32_t *cbuf = epi ? (int32_t *)qg_alloc((size_t)(GEMM_MB * ldcb) * sizeof(int32_t)) : NULL;
         int8_t *qrow = af ? (int8_t *)qg_alloc((size_t)K + 64) : NULL;
-        int32_t *kk = brm ? (int32_t *)qg_alloc((size_t)(2 * cap) * sizeof(int32_t)) : NULL;
+        int32_t *kk = brm ? (int32_t *)qg_alloc((size_t)(3 * (K + 8)) * sizeof(int32_t)) : NULL;
         uint32_t *sacc = brm ? (uint32_t *)qg_alloc((size_t)Np * sizeof(uint32_t)) : NULL;
         const int ok = au && rowsum && (!epi || cbuf) && (!af || qrow) && (!brm || (kk && sacc));
         if (!ok) {
@@ -2276,10 +2338,11 @@ static int gemm_core(const int8_t *a, const float *af, const float *xq, const in
             int64_t i0 = 0; /* rows [0, i0) sparse, [i0, mb) dense (from the first row that is not sparse) */
             for (; brm && i0 < mb; ++i0) {
                 const int64_t src = row_index ? row_index[m0 + i0] : m0 + i0;
-                const int64_t nnz = af ? sparse_row_f32(af + src * lda, K, xq, za, cap, kk, kk + cap)
-                                       : sparse_row_i8(a + src * lda, K, za, cap, kk, kk + cap);
+                int32_t *dd = kk + (K + 8), *cand = kk + 2 * (K + 8);
+                const int64_t nnz = af ? sparse_row_f32(af + src * lda, K, xq, za, cap, lut, cand, kk, dd)
+                                       : sparse_row_i8(a + src * lda, K, za, cap, kk, dd);
                 if (nnz < 0) break;
-                sparse_out(kk, kk + cap, nnz, brm, Np, bterm, zbv, N, sacc, cb + i0 * ldo);
+                sparse_out(kk, dd, nnz, brm, Np, bterm, zbv, N, sacc, cb + i0 * ldo);
             }
             const int64_t md = mb - i0;
             int32_t *cd = cb + i0 * ldo;
