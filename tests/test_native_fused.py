@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from quantgraph.native import kernels as K
+from quantgraph.native.runtime import NativeModel
 
 pytestmark = pytest.mark.skipif(not __import__("quantgraph.native.build", fromlist=["x"]).available(),
                                 reason="no C compiler")  # fmt: skip
@@ -161,10 +162,13 @@ def test_fused_plan_of_gcn_folds_every_elementwise_step(bits: int, skip: tuple[s
 
 @pytest.mark.parametrize("bits", [8, 4, 2])
 @pytest.mark.parametrize("order", ["none", "degree", "rcm"])
-def test_fused_and_renumbered_runs_equal_the_ir(bits: int, order: str) -> None:
+@pytest.mark.parametrize("narrow_rows", [16, 0], ids=["narrow-int8", "all-packed"])
+def test_fused_and_renumbered_runs_equal_the_ir(bits: int, order: str, narrow_rows: int) -> None:
+    """Also with the narrow 4/2-bit rows (hidden 16, 5 classes) aggregated from int8 storage or packed."""
     import torch
 
-    compiled, native, _ = _gcn(bits)
+    compiled, cached, _ = _gcn(bits)
+    native = NativeModel(cached.program, threads=2, narrow_rows=narrow_rows)
     from .test_native_backend import _power_law
 
     other = _power_law(700, seed=7, features=24)  # not the calibration graph
@@ -368,3 +372,15 @@ def test_gcn_on_bag_of_words_inputs_equals_the_ir() -> None:
         inputs = graph.inputs()
         assert torch.equal(native.run(inputs), compiled.run(inputs))
         assert torch.equal(native.run(inputs, native.prepare(inputs, order="degree")), compiled.run(inputs))
+
+
+def test_narrow_packed_rows_are_stored_int8_unless_messages_are_quantized() -> None:
+    from quantgraph.native.fusion import FusedStep
+
+    _, native, _ = _gcn(4)
+    packed_step = next(f for f in native._plan if isinstance(f, FusedStep) and f.out_bits == 4)
+    assert native._out_bits(packed_step, 16) == 8 and native._out_bits(packed_step, 17) == 4
+    assert NativeModel(native.program, narrow_rows=0)._out_bits(packed_step, 16) == 4
+    _, with_messages, _ = _gcn(4, ())
+    steps = [f for f in with_messages._plan if isinstance(f, FusedStep) and f.out_bits == 4]
+    assert steps and all(f.reader_message and with_messages._out_bits(f, 7) == 4 for f in steps)

@@ -986,6 +986,60 @@ static uint32_t accumulate_weighted_avx2_i8(const spmm_args *a, int64_t e0, int6
     return wsum;
 }
 
+/* The first 16 bytes at packed row e (only its x_stride <= 8 bytes are used): a zero-padded copy near the end. */
+static QG_ALWAYS_INLINE __m128i packed16(const spmm_args *a, int64_t e, int64_t e_end) {
+    if (e + QG_PREFETCH_DIST < e_end) QG_PREFETCH(a->x + col_at(a, e + QG_PREFETCH_DIST) * a->x_stride);
+    const int64_t off = col_at(a, e) * a->x_stride;
+    if (off + 16 <= a->n_src * a->x_stride) return _mm_loadu_si128((const __m128i *)(a->x + off));
+    uint8_t tmp[16] = {0};
+    memcpy(tmp, a->x + off, (size_t)a->x_stride);
+    return _mm_loadu_si128((const __m128i *)tmp);
+}
+
+/*
+ * Weighted packed rows of at most 16 lanes (e.g. F = 7 at 4 or 2 bits): each edge's fields are spread into byte
+ * lanes in the layout of accumulate_weighted (field j of byte k in lane j * Fb + k, as value + 8 / + 2), then
+ * summed as accumulate_weighted_avx2_i8 does (32-bit lanes, acc += w * lane mod 2**32): the same integers as the
+ * lane loops. Returns sum of w.
+ */
+static uint32_t accumulate_weighted_avx2_packed(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc) {
+    const int64_t Fb = a->x_stride, L = lanes_of(a);
+    const int64_t e_end = a->indptr[a->n_rows];
+    const int four = a->bits == 4;
+    const __m128i flip = _mm_set1_epi8((char)(four ? 0x88 : 0xAA));
+    const __m128i fmask = _mm_set1_epi8((char)(four ? 15 : 3));
+    uint8_t sel[4][16]; /* sel[j]: bytes [0, Fb) of field plane j to lanes [j * Fb, (j + 1) * Fb) */
+    for (int j = 0; j < 4; ++j)
+        for (int l = 0; l < 16; ++l) sel[j][l] = l >= j * Fb && l < (j + 1) * Fb ? (uint8_t)(l - j * Fb) : 0x80;
+    const __m128i S0 = _mm_loadu_si128((const __m128i *)sel[0]), S1 = _mm_loadu_si128((const __m128i *)sel[1]);
+    const __m128i S2 = _mm_loadu_si128((const __m128i *)sel[2]), S3 = _mm_loadu_si128((const __m128i *)sel[3]);
+    uint32_t wsum = 0;
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+    for (int64_t e = e0; e < e1; ++e) {
+        const int32_t w = weight_at(a, e);
+        wsum += (uint32_t)w;
+        const __m256i W = _mm256_set1_epi32(w);
+        const __m128i b = _mm_xor_si128(packed16(a, e, e_end), flip);
+        __m128i v;
+        if (four) {
+            v = _mm_or_si128(_mm_shuffle_epi8(_mm_and_si128(b, fmask), S0),
+                             _mm_shuffle_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), fmask), S1));
+        } else {
+            v = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(_mm_and_si128(b, fmask), S0),
+                                          _mm_shuffle_epi8(_mm_and_si128(_mm_srli_epi16(b, 2), fmask), S1)),
+                             _mm_or_si128(_mm_shuffle_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), fmask), S2),
+                                          _mm_shuffle_epi8(_mm_and_si128(_mm_srli_epi16(b, 6), fmask), S3)));
+        }
+        s0 = _mm256_add_epi32(s0, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(v), W));
+        if (L > 8) s1 = _mm256_add_epi32(s1, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)), W));
+    }
+    uint32_t lanes[16];
+    _mm256_storeu_si256((__m256i *)lanes, s0);
+    _mm256_storeu_si256((__m256i *)(lanes + 8), s1);
+    memcpy(acc, lanes, (size_t)L * sizeof(uint32_t));
+    return wsum;
+}
+
 /* Unweighted int8 rows with F <= 16: signed 16-bit partial sums flushed every FLUSH_I8 edges (same contract
  * as accumulate_unweighted). */
 static int accumulate_unweighted_avx2_i8(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc,
@@ -1411,6 +1465,7 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
 #endif
 #if QG_AVX2_ROWS
     const int avx2_i8 = a->bits == 8 && a->F <= 16;
+    const int avx2_packed = a->bits != 8 && lanes_of(a) <= 16;
 #endif
 #if QG_VNNI_ROWS
     vnni_rows vr;
@@ -1449,6 +1504,8 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
 #if QG_AVX2_ROWS
             if (avx2_i8)
                 wsum = accumulate_weighted_avx2_i8(a, e0, e1, acc);
+            else if (avx2_packed)
+                wsum = accumulate_weighted_avx2_packed(a, e0, e1, acc);
             else
 #endif
                 wsum = narrow_flush > 1 ? accumulate_weighted_narrow(a, e0, e1, acc, (int16_t *)part, narrow_flush)
