@@ -2335,8 +2335,9 @@ static int gemm_core(const int8_t *a, const float *af, const float *xq, const in
         zbv[n] = z;
         colterm[n] = bi - (shift + (uint32_t)za) * cs + (uint32_t)K * (uint32_t)za * z;
     }
-    /* sparse rows (see sparse_row_f32): when a zero input quantizes to za, or for int8 rows, a row with at most
-     * cap entries != za is summed from the rows of B (row-major copy brm) instead of the dense tile */
+    /* sparse rows (see sparse_row_f32): when a zero input quantizes to za, or for int8 rows of outputs wide enough
+     * that the dense tile costs more than the scalar scan (N > 16), a row with at most cap entries != za is summed
+     * from the rows of B (row-major copy brm) instead of the dense tile */
     const int64_t Np = 16 * Nb;
     const int64_t cap = QG_VNNI ? K / 8 : K / 4;
     const int8_t *brm = NULL;
@@ -2347,7 +2348,7 @@ static int gemm_core(const int8_t *a, const float *af, const float *xq, const in
             lut[8 * m + i] = 0;
             if (m >> i & 1) lut[8 * m + j++] = (uint8_t)i;
         }
-    if (cap > 0 && (!af || (int32_t)quantize_one(0.0f, xq) == za)) {
+    if (cap > 0 && (af ? (int32_t)quantize_one(0.0f, xq) == za : Np >= 32)) {
         brm = packed + gemm_i8_vnni_size(K, N);
         bterm = (uint32_t *)qg_alloc((size_t)Np * sizeof(uint32_t));
         if (!bterm) {
