@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from quantgraph.native import kernels as K
+from quantgraph.native.runtime import NativeModel
 
 pytestmark = pytest.mark.skipif(not __import__("quantgraph.native.build", fromlist=["x"]).available(),
                                 reason="no C compiler")  # fmt: skip
@@ -161,10 +162,13 @@ def test_fused_plan_of_gcn_folds_every_elementwise_step(bits: int, skip: tuple[s
 
 @pytest.mark.parametrize("bits", [8, 4, 2])
 @pytest.mark.parametrize("order", ["none", "degree", "rcm"])
-def test_fused_and_renumbered_runs_equal_the_ir(bits: int, order: str) -> None:
+@pytest.mark.parametrize("narrow_rows", [16, 0], ids=["narrow-int8", "all-packed"])
+def test_fused_and_renumbered_runs_equal_the_ir(bits: int, order: str, narrow_rows: int) -> None:
+    """Also with the narrow 4/2-bit rows (hidden 16, 5 classes) aggregated from int8 storage or packed."""
     import torch
 
-    compiled, native, _ = _gcn(bits)
+    compiled, cached, _ = _gcn(bits)
+    native = NativeModel(cached.program, threads=2, narrow_rows=narrow_rows)
     from .test_native_backend import _power_law
 
     other = _power_law(700, seed=7, features=24)  # not the calibration graph
@@ -266,3 +270,117 @@ def test_unknown_isa_level_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUANTGRAPH_NATIVE_ISA", "avx9000")
     with pytest.raises(InputError, match="QUANTGRAPH_NATIVE_ISA='avx9000' is not an ISA level"):
         build.load()
+
+
+# ------------------------------------------------------------------------------------------ sparse GEMM input rows
+
+
+def _sparse_rows(rng: np.random.Generator, m: int, k: int, zero: float, dense_rows: list[int]) -> np.ndarray:
+    """Rows with a handful of entries != ``zero`` (at most k / 16), except ``dense_rows``; some entries tiny."""
+    x = np.full((m, k), zero, dtype=np.float32)
+    for i in range(m):
+        nnz = k if i in dense_rows else int(rng.integers(0, max(1, k // 16) + 1))
+        cols = rng.choice(k, nnz, replace=False)
+        x[i, cols] = rng.uniform(-4, 4, nnz).astype(np.float32)
+    x[rng.integers(0, m, 20), rng.integers(0, k, 20)] = 1e-4  # nonzero, but quantizes to the zero point
+    return x
+
+
+@pytest.mark.parametrize("k, n", [(301, 37), (1433, 64), (64, 7), (130, 130)])
+def test_gemm_sparse_input_rows_equal_the_dense_sum(k: int, n: int) -> None:
+    """Rows that are mostly the zero point (bag-of-words inputs) are summed from the weight rows of their other
+    entries: the same integers as the dense GEMM, for sparse, dense and mixed 48-row tasks, odd widths, a zero
+    point != 0, per-column weight zero points, any thread count; float inputs quantized in the GEMM or int8."""
+    rng = np.random.default_rng(k + n)
+    m = 150
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    w[0, :] = -128
+    pw = K.pack_weight(w)
+    zb = rng.integers(-128, 128, n).astype(np.int32)
+    bias = rng.integers(-(2**20), 2**20, n).astype(np.int32)
+    stages = [K.Stage(rng.uniform(1e-5, 1e-4, n), rng.integers(-2, 2, n), -128, 127, axis=1)]
+    for zp, dense_rows in ((3, []), (3, [0, 49, 50, 51, 149]), (-128, [10, 97]), (0, list(range(48, 96)))):
+        x = _sparse_rows(rng, m, k, 0.0, dense_rows)
+        x[5, :4] = [1e9, -1e9, 0.02, -0.0]  # clamped both ways, and -0.0
+        quant = (0.05, zp, -128, 127)
+        qx = K.quantize(x, *quant)
+        ref = (qx.astype(np.int64) - zp) @ (w.astype(np.int64) - zb[None, :]) + bias
+        assert np.abs(ref).max() < 2**31
+        want = _unfused(ref.astype(np.int32), stages)
+        for threads in (1, 2, 3):
+            got = K.gemm_epilogue(x, pw, zp, zb, bias, stages, input_quant=quant, threads=threads)
+            np.testing.assert_array_equal(
+                got, want, err_msg=f"zp {zp}, dense rows {dense_rows}, {threads} threads"
+            )
+            np.testing.assert_array_equal(K.gemm_i8(qx, pw, zp, zb, bias, threads=threads), ref)
+        # the GEMM's zero point differs from the quantizer's: zero entries count, the dense path is exact
+        other = (qx.astype(np.int64) - (zp + 1)) @ (w.astype(np.int64) - zb[None, :]) + bias
+        got = K.gemm_epilogue(x, pw, zp + 1, zb, bias, stages, input_quant=quant)
+        np.testing.assert_array_equal(got, _unfused(other.astype(np.int32), stages))
+    # int8 rows far from a zero point outside int8 (|a - za| > 255: 32-bit products)
+    qa = np.full((60, k), 127, dtype=np.int8)
+    qa[::2, : k // 2] = -128
+    ref = (qa.astype(np.int64) - 200) @ (w.astype(np.int64) - 1)
+    np.testing.assert_array_equal(K.gemm_i8(qa, pw, 200, 1), ref)
+    qa = np.full((60, k), -7, dtype=np.int8)
+    qa[rng.integers(0, 60, 30), rng.integers(0, k, 30)] = 127
+    ref = (qa.astype(np.int64) + 7) @ (w.astype(np.int64) - zb[None, :])
+    np.testing.assert_array_equal(K.gemm_i8(qa, pw, -7, zb, threads=2), ref)
+
+
+def test_prepared_epilogue_is_reused_and_checked() -> None:
+    rng = np.random.default_rng(8)
+    x = rng.integers(-128, 128, (40, 9)).astype(np.int8)
+    stages = _chain(rng, 40, 9, (-8, 7))
+    epi = K.prepare_epilogue(40, 9, stages, out_bits=4)
+    want = K.rows_epilogue(x, stages, out_bits=4)
+    for _ in range(2):
+        np.testing.assert_array_equal(K.rows_epilogue(x, epi, out_bits=4), want)
+    with pytest.raises(Exception, match="prepared for"):
+        K.rows_epilogue(x[:20], epi, out_bits=4)
+    with pytest.raises(Exception, match="differ from"):
+        K.rows_epilogue(x, epi, out_bits=8)
+
+
+def test_gcn_on_bag_of_words_inputs_equals_the_ir() -> None:
+    """Cora-like inputs (wide, row-normalised, ~1 % nonzero, a few dense rows): the fused run, whose first GEMM
+    takes the sparse-row path, gives the IR's logits, on the calibration graph and on another graph."""
+    import torch
+
+    import quantgraph as qg
+    from quantgraph.data.graph import GraphData
+    from quantgraph.models import build_model
+
+    from .test_native_backend import _power_law
+
+    def bag_of_words(seed: int, n: int) -> GraphData:
+        g = _power_law(n, seed=seed)
+        gen = torch.Generator().manual_seed(seed)
+        x = (torch.rand(n, 500, generator=gen) < 0.012).float()
+        x[:3] = torch.rand(3, 500, generator=gen)  # dense rows
+        x = x / x.sum(1, keepdim=True).clamp(min=1)
+        return GraphData(x=x, edge_index=g.edge_index, name="bag-of-words")
+
+    torch.manual_seed(0)
+    data = bag_of_words(1, 300)
+    model = build_model("gcn", 500, 5, hidden=16, normalize_features=False).eval()
+    compiled = qg.compile(
+        model, data, policy="minmax", bits=8, backend="native", options={"skip_roles": ["message"]}
+    )
+    native = compiled.to_native(data, threads=2)
+    for graph in (data, bag_of_words(2, 450)):
+        inputs = graph.inputs()
+        assert torch.equal(native.run(inputs), compiled.run(inputs))
+        assert torch.equal(native.run(inputs, native.prepare(inputs, order="degree")), compiled.run(inputs))
+
+
+def test_narrow_packed_rows_are_stored_int8_unless_messages_are_quantized() -> None:
+    from quantgraph.native.fusion import FusedStep
+
+    _, native, _ = _gcn(4)
+    packed_step = next(f for f in native._plan if isinstance(f, FusedStep) and f.out_bits == 4)
+    assert native._out_bits(packed_step, 16) == 8 and native._out_bits(packed_step, 17) == 4
+    assert NativeModel(native.program, narrow_rows=0)._out_bits(packed_step, 16) == 4
+    _, with_messages, _ = _gcn(4, ())
+    steps = [f for f in with_messages._plan if isinstance(f, FusedStep) and f.out_bits == 4]
+    assert steps and all(f.reader_message and with_messages._out_bits(f, 7) == 4 for f in steps)

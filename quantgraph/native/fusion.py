@@ -5,7 +5,8 @@ into the kernel that produces their input, without changing any integer:
 
 * ``native.requantize`` steps that are the only reader of the previous value join the epilogue of the
   ``native.aggregate`` / ``native.linear`` / ``native.requantize`` before them (at most ``MAX_STAGES``);
-* a chain whose only reader is a 4/2-bit ``native.aggregate`` is stored packed by the producing kernel;
+* a chain whose only reader is a 4/2-bit ``native.aggregate`` is stored packed by the producing kernel (rows
+  of at most ``NativeModel.narrow_rows`` features stay int8: see ``NativeModel._out_bits``);
 * a chain whose only reader is a per-tensor ``quantgraph.dequantize`` writes float32 itself;
 * a ``native.quantize`` of a feature input read only by a ``native.linear`` runs inside the GEMM.
 
@@ -33,6 +34,7 @@ class FusedStep:
     input_quantize: Step | None = None
     dequantize: Step | None = None
     out_bits: int = 8
+    reader_message: bool = False  # the 4/2-bit aggregation reading the packed output quantizes messages
 
     @property
     def out(self) -> str:
@@ -96,6 +98,7 @@ def plan(program: Program) -> list[Step | FusedStep]:
         if nxt is not None and nxt.op == "native.aggregate" and int(nxt.kwargs["bits"]) < 8:
             if _value_arg(nxt.args[1]) == f.out:
                 f.out_bits = int(nxt.kwargs["bits"])
+                f.reader_message = nxt.kwargs.get("message") is not None
         elif nxt is not None and nxt.op == DEQUANTIZE and _value_arg(nxt.args[0]) == f.out:
             if (
                 len(nxt.args) == 4

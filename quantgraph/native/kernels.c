@@ -265,6 +265,30 @@ static void stage_requant(int32_t *restrict t, int64_t F, int64_t row, const qg_
         _mm256_mask_storeu_epi32(t + f, k, _mm512_cvtpd_epi32(v));
     }
     return;
+#elif defined(__AVX2__)
+    /* 4 values per step as above (round with the current mode, no exceptions: nearbyint), scalar tail */
+    const __m256d H = _mm256_set1_pd(hi), Q = _mm256_set1_pd(qmin);
+    const __m256d M0 = _mm256_set1_pd(mp[0]), Z0 = _mm256_set1_pd((double)zp[0]);
+    int64_t f = 0;
+    for (; f + 4 <= F; f += 4) {
+        const __m256d v0 = _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(t + f)));
+        const __m256d m = mcol ? _mm256_loadu_pd(mp + f) : M0;
+        const __m256d z = zcol ? _mm256_cvtepi32_pd(_mm_loadu_si128((const __m128i *)(zp + f))) : Z0;
+        __m256d v = _mm256_add_pd(_mm256_round_pd(_mm256_mul_pd(v0, m), _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC), z);
+        v = _mm256_min_pd(v, H);
+        v = _mm256_max_pd(v, Q);
+        if (relu) v = _mm256_max_pd(v, z);
+        _mm_storeu_si128((__m128i *)(t + f), _mm256_cvtpd_epi32(v));
+    }
+    for (; f < F; ++f) {
+        const double z_ = (double)zp[zcol ? f : 0];
+        double v = nearbyint((double)t[f] * mp[mcol ? f : 0]) + z_;
+        v = v > hi ? hi : v;
+        v = v < qmin ? qmin : v;
+        if (relu) v = v < z_ ? z_ : v;
+        t[f] = (int32_t)v;
+    }
+    return;
 #endif
     if (mcol && zcol) {
         QG_STAGE_LOOP(mp[f], (double)zp[f])
@@ -962,6 +986,60 @@ static uint32_t accumulate_weighted_avx2_i8(const spmm_args *a, int64_t e0, int6
     return wsum;
 }
 
+/* The first 16 bytes at packed row e (only its x_stride <= 8 bytes are used): a zero-padded copy near the end. */
+static QG_ALWAYS_INLINE __m128i packed16(const spmm_args *a, int64_t e, int64_t e_end) {
+    if (e + QG_PREFETCH_DIST < e_end) QG_PREFETCH(a->x + col_at(a, e + QG_PREFETCH_DIST) * a->x_stride);
+    const int64_t off = col_at(a, e) * a->x_stride;
+    if (off + 16 <= a->n_src * a->x_stride) return _mm_loadu_si128((const __m128i *)(a->x + off));
+    uint8_t tmp[16] = {0};
+    memcpy(tmp, a->x + off, (size_t)a->x_stride);
+    return _mm_loadu_si128((const __m128i *)tmp);
+}
+
+/*
+ * Weighted packed rows of at most 16 lanes (e.g. F = 7 at 4 or 2 bits): each edge's fields are spread into byte
+ * lanes in the layout of accumulate_weighted (field j of byte k in lane j * Fb + k, as value + 8 / + 2), then
+ * summed as accumulate_weighted_avx2_i8 does (32-bit lanes, acc += w * lane mod 2**32): the same integers as the
+ * lane loops. Returns sum of w.
+ */
+static uint32_t accumulate_weighted_avx2_packed(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc) {
+    const int64_t Fb = a->x_stride, L = lanes_of(a);
+    const int64_t e_end = a->indptr[a->n_rows];
+    const int four = a->bits == 4;
+    const __m128i flip = _mm_set1_epi8((char)(four ? 0x88 : 0xAA));
+    const __m128i fmask = _mm_set1_epi8((char)(four ? 15 : 3));
+    uint8_t sel[4][16]; /* sel[j]: bytes [0, Fb) of field plane j to lanes [j * Fb, (j + 1) * Fb) */
+    for (int j = 0; j < 4; ++j)
+        for (int l = 0; l < 16; ++l) sel[j][l] = l >= j * Fb && l < (j + 1) * Fb ? (uint8_t)(l - j * Fb) : 0x80;
+    const __m128i S0 = _mm_loadu_si128((const __m128i *)sel[0]), S1 = _mm_loadu_si128((const __m128i *)sel[1]);
+    const __m128i S2 = _mm_loadu_si128((const __m128i *)sel[2]), S3 = _mm_loadu_si128((const __m128i *)sel[3]);
+    uint32_t wsum = 0;
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+    for (int64_t e = e0; e < e1; ++e) {
+        const int32_t w = weight_at(a, e);
+        wsum += (uint32_t)w;
+        const __m256i W = _mm256_set1_epi32(w);
+        const __m128i b = _mm_xor_si128(packed16(a, e, e_end), flip);
+        __m128i v;
+        if (four) {
+            v = _mm_or_si128(_mm_shuffle_epi8(_mm_and_si128(b, fmask), S0),
+                             _mm_shuffle_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), fmask), S1));
+        } else {
+            v = _mm_or_si128(_mm_or_si128(_mm_shuffle_epi8(_mm_and_si128(b, fmask), S0),
+                                          _mm_shuffle_epi8(_mm_and_si128(_mm_srli_epi16(b, 2), fmask), S1)),
+                             _mm_or_si128(_mm_shuffle_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), fmask), S2),
+                                          _mm_shuffle_epi8(_mm_and_si128(_mm_srli_epi16(b, 6), fmask), S3)));
+        }
+        s0 = _mm256_add_epi32(s0, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(v), W));
+        if (L > 8) s1 = _mm256_add_epi32(s1, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)), W));
+    }
+    uint32_t lanes[16];
+    _mm256_storeu_si256((__m256i *)lanes, s0);
+    _mm256_storeu_si256((__m256i *)(lanes + 8), s1);
+    memcpy(acc, lanes, (size_t)L * sizeof(uint32_t));
+    return wsum;
+}
+
 /* Unweighted int8 rows with F <= 16: signed 16-bit partial sums flushed every FLUSH_I8 edges (same contract
  * as accumulate_unweighted). */
 static int accumulate_unweighted_avx2_i8(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc,
@@ -1387,6 +1465,7 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
 #endif
 #if QG_AVX2_ROWS
     const int avx2_i8 = a->bits == 8 && a->F <= 16;
+    const int avx2_packed = a->bits != 8 && lanes_of(a) <= 16;
 #endif
 #if QG_VNNI_ROWS
     vnni_rows vr;
@@ -1425,6 +1504,8 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
 #if QG_AVX2_ROWS
             if (avx2_i8)
                 wsum = accumulate_weighted_avx2_i8(a, e0, e1, acc);
+            else if (avx2_packed)
+                wsum = accumulate_weighted_avx2_packed(a, e0, e1, acc);
             else
 #endif
                 wsum = narrow_flush > 1 ? accumulate_weighted_narrow(a, e0, e1, acc, (int16_t *)part, narrow_flush)
@@ -1902,9 +1983,11 @@ int pack_i8(const int8_t *q, int64_t rows, int64_t cols, int64_t q_stride, int b
  * (g = jb / 4, nb = min(4, Nb - 4 * g) blocks); a panel stores, for each quad of k (kb = k / 4), its nb blocks of
  * 64 bytes one after the other, each block holding B[k, n] at (n % 16) * 4 + k % 4:
  *     offset = g * Kb * 256 + kb * nb * 64 + (jb % 4) * 64 + (n % 16) * 4 + k % 4,   Kb = ceil(K / 4).
- * Padding is zero. colsum[n] = sum_k B[k, n].
+ * Padding is zero. colsum[n] = sum_k B[k, n]. After it (at byte gemm_i8_vnni_size) a row-major copy of B,
+ * [K, 16 * Nb] with zero padding, for the sparse input rows of the GEMM (sparse_out).
  */
-int64_t gemm_i8_packed_size(int64_t K, int64_t N) { return ((N + 15) / 16) * ((K + 3) / 4) * 64; }
+static int64_t gemm_i8_vnni_size(int64_t K, int64_t N) { return ((N + 15) / 16) * ((K + 3) / 4) * 64; }
+int64_t gemm_i8_packed_size(int64_t K, int64_t N) { return gemm_i8_vnni_size(K, N) + K * 16 * ((N + 15) / 16); }
 
 #define GEMM_NR 4 /* column blocks per panel */
 
@@ -1926,6 +2009,7 @@ int gemm_i8_pack(const int8_t *b, int64_t K, int64_t N, int layout, int64_t ldb,
         for (int64_t k = 0; k < K; ++k) {
             const int8_t v = layout == 0 ? b[k * ldb + n] : b[n * ldb + k];
             packed[packed_block(n / 16, k / 4, Kb, Nb) + (n % 16) * 4 + k % 4] = v;
+            packed[gemm_i8_vnni_size(K, N) + k * 16 * Nb + n] = v;
             s += (uint32_t)(int32_t)v;
         }
         colsum[n] = (int32_t)s;
@@ -2019,17 +2103,211 @@ static inline uint32_t vnni_row(const int8_t *a, int64_t K, uint8_t *au) {
 }
 #endif
 
-/* One float32 row quantized as quantize_f32 does (xq = {scale, zero point, qmin, qmax}) into q; returns q. */
+/* One float32 value quantized as quantize_f32 does (xq = {scale, zero point, qmin, qmax}). */
+static inline int8_t quantize_one(float x, const float *xq) {
+    float v = nearbyintf(x / xq[0]) + xq[1];
+    v = v > xq[3] ? xq[3] : v;
+    v = v < xq[2] ? xq[2] : v;
+    return (int8_t)(int32_t)v;
+}
+
+/* One float32 row quantized as quantize_f32 does into q; returns q. The AVX2 body computes the same IEEE
+ * operations eight at a time (min/max take their operands in the order that keeps a NaN as the scalar code
+ * does; the int8 is the low byte of the truncated int32, as the scalar cast). */
 static const int8_t *quantize_row(const float *restrict x, int64_t K, const float *xq, int8_t *restrict q) {
-    const float scale = xq[0], zp = xq[1], qmin = xq[2], qmax = xq[3];
-    for (int64_t k = 0; k < K; ++k) {
-        float v = nearbyintf(x[k] / scale) + zp;
-        v = v > qmax ? qmax : v;
-        v = v < qmin ? qmin : v;
-        q[k] = (int8_t)(int32_t)v;
+    int64_t k = 0;
+#if defined(__AVX2__)
+    const __m256 vs = _mm256_set1_ps(xq[0]), vz = _mm256_set1_ps(xq[1]);
+    const __m256 vlo = _mm256_set1_ps(xq[2]), vhi = _mm256_set1_ps(xq[3]);
+    const __m256i low = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12,
+                                         -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (; k + 8 <= K; k += 8) {
+        __m256 v = _mm256_div_ps(_mm256_loadu_ps(x + k), vs);
+        v = _mm256_add_ps(_mm256_round_ps(v, _MM_FROUND_CUR_DIRECTION | _MM_FROUND_NO_EXC), vz);
+        v = _mm256_min_ps(vhi, v); /* (qmax < v) ? qmax : v */
+        v = _mm256_max_ps(vlo, v); /* (qmin > v) ? qmin : v */
+        const __m256i b = _mm256_shuffle_epi8(_mm256_cvttps_epi32(v), low);
+        const int32_t lo4 = _mm256_extract_epi32(b, 0), hi4 = _mm256_extract_epi32(b, 4);
+        memcpy(q + k, &lo4, 4);
+        memcpy(q + k + 4, &hi4, 4);
     }
+#endif
+    for (; k < K; ++k) q[k] = quantize_one(x[k], xq);
     return q;
 }
+
+/*
+ * Sparse input rows of the GEMM: a row whose entries mostly equal the zero point za contributes only through
+ * the others, C[n] = bias[n] + sum_{k: A[k] != za} (A[k] - za) * (B[k, n] - zb[n]), the same integers as the
+ * dense sum (modulo 2**32 like it). The sparse_row_* scans return the count of such entries with their k and
+ * A[k] - za, or -1 when the count exceeds cap (the row is then computed dense). Float rows are quantized only
+ * where x != 0 (callers use this path only when 0 quantizes to za); their buffers hold K + 8 entries.
+ */
+static int64_t sparse_row_f32(const float *restrict x, int64_t K, const float *xq, int32_t za, int64_t cap,
+                              const uint8_t *lut, int32_t *restrict cand, int32_t *restrict kk,
+                              int32_t *restrict dd) {
+    /* pass 1: the k with x != 0 (NaN included), left-packed 8 at a time without branches (lut[m]: the lanes
+     * set in m, in order); pass 2: their quantized values, kept where != za */
+    int64_t nc = 0, k = 0;
+#if defined(__AVX2__) && defined(__GNUC__)
+    const __m256 zero = _mm256_setzero_ps();
+    for (; k + 8 <= K; k += 8) {
+        const unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + k), zero, _CMP_NEQ_UQ));
+        int64_t lanes;
+        memcpy(&lanes, lut + 8 * m, 8);
+        const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32((int32_t)k),
+                                             _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(lanes)));
+        _mm256_storeu_si256((__m256i *)(cand + nc), idx);
+        nc += __builtin_popcount(m);
+    }
+#else
+    (void)lut;
+#endif
+    for (; k < K; ++k) {
+        cand[nc] = (int32_t)k;
+        nc += x[k] != 0.0f;
+    }
+    int64_t n = 0;
+    for (int64_t c = 0; c < nc; ++c) {
+        const int32_t j = cand[c];
+        const int32_t d = (int32_t)quantize_one(x[j], xq) - za;
+        kk[n] = j;
+        dd[n] = d;
+        n += d != 0;
+    }
+    return n > cap ? -1 : n;
+}
+
+static int64_t sparse_row_i8(const int8_t *restrict a, int64_t K, int32_t za, int64_t cap, int32_t *restrict kk,
+                             int32_t *restrict dd) {
+    int64_t n = 0;
+    for (int64_t k = 0; k < K; ++k) {
+        const int32_t d = (int32_t)a[k] - za;
+        if (d) {
+            if (n == cap) return -1;
+            kk[n] = (int32_t)k;
+            dd[n++] = d;
+        }
+    }
+    return n;
+}
+
+/* crow[n] = bterm[n] + sum_j dd[j] * (brm[kk[j], n] - zb[n]) for n < N, brm = B row-major [K, Np]. */
+static void sparse_out(const int32_t *kk, const int32_t *dd, int64_t nnz, const int8_t *brm, int64_t Np,
+                       const uint32_t *bterm, const uint32_t *zbv, int64_t N, uint32_t *restrict acc,
+                       int32_t *restrict crow) {
+    uint32_t dsum = 0;
+#if defined(__AVX2__)
+    int narrow = Np <= 64;
+    for (int64_t j = 0; j < nnz && narrow; ++j) narrow = dd[j] >= -255 && dd[j] <= 255;
+    if (narrow) { /* up to 64 columns: 16-bit products widened into 8 ymm lanes of int32 held in registers */
+        const int64_t nb = Np / 16;
+        __m256i sum[8];
+        QG_UNROLL
+        for (int c = 0; c < 8; ++c) sum[c] = _mm256_setzero_si256();
+        for (int64_t j = 0; j < nnz; ++j) {
+            const __m256i dv = _mm256_set1_epi16((int16_t)dd[j]);
+            const int8_t *br = brm + (int64_t)kk[j] * Np;
+            dsum += (uint32_t)dd[j];
+            QG_UNROLL
+            for (int c = 0; c < 4; ++c) {
+                if (c < nb) {
+                    const __m256i p =
+                        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(br + 16 * c))), dv);
+                    sum[2 * c] = _mm256_add_epi32(sum[2 * c], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(p)));
+                    sum[2 * c + 1] = _mm256_add_epi32(sum[2 * c + 1], _mm256_cvtepi16_epi32(_mm256_extracti128_si256(p, 1)));
+                }
+            }
+        }
+        QG_UNROLL
+        for (int c = 0; c < 8; ++c)
+            if (c < 2 * nb) _mm256_storeu_si256((__m256i *)(acc + 8 * c), sum[c]);
+        for (int64_t f = 0; f < N; ++f) crow[f] = (int32_t)(acc[f] + bterm[f] - zbv[f] * dsum);
+        return;
+    }
+#endif
+    memset(acc, 0, (size_t)Np * sizeof(uint32_t));
+    for (int64_t j = 0; j < nnz; ++j) {
+        const int32_t d = dd[j];
+        const int8_t *restrict br = brm + (int64_t)kk[j] * Np;
+        dsum += (uint32_t)d;
+        if (d >= -255 && d <= 255) { /* |d * b| <= 32640: exact 16-bit products */
+            const int16_t d16 = (int16_t)d;
+            QG_IVDEP
+            for (int64_t f = 0; f < Np; ++f) acc[f] += (uint32_t)(int32_t)(int16_t)(d16 * (int16_t)br[f]);
+        } else {
+            const uint32_t ud = (uint32_t)d;
+            QG_IVDEP
+            for (int64_t f = 0; f < Np; ++f) acc[f] += ud * (uint32_t)(int32_t)br[f];
+        }
+    }
+    for (int64_t f = 0; f < N; ++f) crow[f] = (int32_t)(acc[f] + bterm[f] - zbv[f] * dsum);
+}
+
+#if !QG_VNNI && defined(__AVX2__)
+#define QG_AVX2_GEMM 1
+#define AVX2_MR 6 /* rows per AVX2 micro-kernel: 6 x 2 ymm accumulators + 2 weight vectors + 1 broadcast */
+/*
+ * AVX2 micro-kernel (no VNNI): 8 output columns (half h of column block jb) of up to AVX2_MR rows of a16 (A as
+ * int16, row stride Kp). Per quad of k, the packed block's two 16-byte quarters (4 columns x 4 k each) are
+ * sign-extended to int16 and vpmaddwd'ed with the row's four int16 values broadcast: each int32 lane sums two
+ * exact products (|a * b| <= 16384), lane pairs are added once at the end. C = acc + colterm - zb * rowsum.
+ */
+static QG_ALWAYS_INLINE void avx2_tile(const int MR, const int16_t *a16, int64_t Kp, const int8_t *pk,
+                                       int64_t kb_stride, int64_t Kb, const uint32_t *colterm, const uint32_t *zbv,
+                                       const uint32_t *rowsum, int64_t mr_valid, int32_t *c, int64_t ldc, int64_t n0,
+                                       int64_t N) {
+    __m256i acc0[AVX2_MR], acc1[AVX2_MR];
+    QG_UNROLL
+    for (int i = 0; i < MR; ++i) acc0[i] = acc1[i] = _mm256_setzero_si256();
+    for (int64_t kb = 0; kb < Kb; ++kb) {
+        const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(pk + kb * kb_stride)));
+        const __m256i b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(pk + kb * kb_stride + 16)));
+        QG_UNROLL
+        for (int i = 0; i < MR; ++i) {
+            int64_t a4;
+            memcpy(&a4, a16 + i * Kp + 4 * kb, 8);
+            const __m256i av = _mm256_set1_epi64x(a4);
+            acc0[i] = _mm256_add_epi32(acc0[i], _mm256_madd_epi16(av, b0));
+            acc1[i] = _mm256_add_epi32(acc1[i], _mm256_madd_epi16(av, b1));
+        }
+    }
+    const int64_t left = N - n0;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)(left < 8 ? left : 8)), lane);
+    const __m256i ct = _mm256_loadu_si256((const __m256i *)(colterm + n0));
+    const __m256i zz = _mm256_loadu_si256((const __m256i *)(zbv + n0));
+    QG_UNROLL
+    for (int i = 0; i < MR; ++i) {
+        if (i < mr_valid) {
+            /* hadd: [n0 n1 n4 n5 | n2 n3 n6 n7]; 0xD8 puts the 64-bit pairs in column order */
+            const __m256i s = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc0[i], acc1[i]), 0xD8);
+            const __m256i rs = _mm256_set1_epi32((int32_t)rowsum[i]);
+            const __m256i v = _mm256_sub_epi32(_mm256_add_epi32(s, ct), _mm256_mullo_epi32(zz, rs));
+            _mm256_maskstore_epi32(c + i * ldc + n0, mask, v);
+        }
+    }
+}
+
+/* All tiles of md rows of a16 against every 8-column half block of the packed weight. */
+static void avx2_task(const int16_t *a16, int64_t Kp, int64_t md, const int8_t *packed, int64_t Kb, int64_t Nb,
+                      const uint32_t *colterm, const uint32_t *zbv, const uint32_t *rowsum, int32_t *c, int64_t ldc,
+                      int64_t N) {
+    for (int64_t jb = 0; jb < Nb; ++jb) {
+        const int64_t g = jb / GEMM_NR;
+        const int64_t nb = Nb - g * GEMM_NR < GEMM_NR ? Nb - g * GEMM_NR : GEMM_NR;
+        for (int64_t h = 0; h < 2 && 16 * jb + 8 * h < N; ++h) {
+            const int8_t *pk = packed + packed_block(jb, 0, Kb, Nb) + 32 * h;
+            const int64_t n0 = 16 * jb + 8 * h;
+            for (int64_t i0 = 0; i0 < md; i0 += AVX2_MR)
+                avx2_tile(AVX2_MR, a16 + i0 * Kp, Kp, pk, nb * 64, Kb, colterm, zbv, rowsum + i0, md - i0,
+                          c + i0 * ldc, ldc, n0, N);
+        }
+    }
+}
+#else
+#define QG_AVX2_GEMM 0
+#endif
 
 /* The GEMM behind gemm_i8 / gemm_i8_epilogue: int32 output c, or the epilogue epi per row. */
 static int gemm_core(const int8_t *a, const float *af, const float *xq, const int64_t *row_index, int64_t M,
@@ -2057,6 +2335,29 @@ static int gemm_core(const int8_t *a, const float *af, const float *xq, const in
         zbv[n] = z;
         colterm[n] = bi - (shift + (uint32_t)za) * cs + (uint32_t)K * (uint32_t)za * z;
     }
+    /* sparse rows (see sparse_row_f32): when a zero input quantizes to za, or for int8 rows of outputs wide enough
+     * that the dense tile costs more than the scalar scan (N > 16), a row with at most cap entries != za is summed
+     * from the rows of B (row-major copy brm) instead of the dense tile */
+    const int64_t Np = 16 * Nb;
+    const int64_t cap = QG_VNNI ? K / 8 : K / 4;
+    const int8_t *brm = NULL;
+    uint32_t *bterm = NULL;
+    uint8_t lut[256 * 8]; /* lut[8 m + i]: the i-th lane set in the 8-bit mask m (sparse_row_f32) */
+    for (int m = 0; m < 256; ++m)
+        for (int i = 0, j = 0; i < 8; ++i) {
+            lut[8 * m + i] = 0;
+            if (m >> i & 1) lut[8 * m + j++] = (uint8_t)i;
+        }
+    if (cap > 0 && (af ? (int32_t)quantize_one(0.0f, xq) == za : Np >= 32)) {
+        brm = packed + gemm_i8_vnni_size(K, N);
+        bterm = (uint32_t *)qg_alloc((size_t)Np * sizeof(uint32_t));
+        if (!bterm) {
+            free(colterm);
+            free(zbv);
+            return QG_ENOMEM;
+        }
+        for (int64_t n = 0; n < Np; ++n) bterm[n] = n < N && bias ? (uint32_t)bias[n] : 0u;
+    }
     const int64_t n_tasks = (M + GEMM_MB - 1) / GEMM_MB;
     const int T = qg_threads(threads);
     int status = QG_OK;
@@ -2065,19 +2366,22 @@ static int gemm_core(const int8_t *a, const float *af, const float *xq, const in
 #pragma omp parallel num_threads(T) if (n_tasks > 1)
 #endif
     {
-        /* the task's A rows: u8(a + 128) (VNNI) or a itself, zero-padded to Kp, and their plain sums */
-        uint8_t *au = (uint8_t *)qg_alloc((size_t)(GEMM_MB * Kp));
+        /* the task's dense A rows: u8(a + 128) (VNNI), int16 (AVX2) or a itself, zero-padded to Kp, and their
+         * plain sums */
+        uint8_t *au = (uint8_t *)qg_alloc((size_t)(GEMM_MB * Kp) * (QG_AVX2_GEMM ? 2 : 1));
         uint32_t *rowsum = (uint32_t *)qg_alloc(GEMM_MB * sizeof(uint32_t));
         int32_t *cbuf = epi ? (int32_t *)qg_alloc((size_t)(GEMM_MB * ldcb) * sizeof(int32_t)) : NULL;
         int8_t *qrow = af ? (int8_t *)qg_alloc((size_t)K + 64) : NULL;
-        const int ok = au && rowsum && (!epi || cbuf) && (!af || qrow);
+        int32_t *kk = brm ? (int32_t *)qg_alloc((size_t)(3 * (K + 8)) * sizeof(int32_t)) : NULL;
+        uint32_t *sacc = brm ? (uint32_t *)qg_alloc((size_t)Np * sizeof(uint32_t)) : NULL;
+        const int ok = au && rowsum && (!epi || cbuf) && (!af || qrow) && (!brm || (kk && sacc));
         if (!ok) {
 #ifdef _OPENMP
 #pragma omp atomic write
 #endif
             status = QG_ENOMEM;
         } else {
-            memset(au, 0, (size_t)(GEMM_MB * Kp)); /* pad bytes (and spare rows) stay zero */
+            memset(au, 0, (size_t)(GEMM_MB * Kp) * (QG_AVX2_GEMM ? 2 : 1)); /* pad bytes (and spare rows) stay 0 */
             memset(rowsum, 0, GEMM_MB * sizeof(uint32_t));
         }
 #ifdef _OPENMP
@@ -2089,16 +2393,41 @@ static int gemm_core(const int8_t *a, const float *af, const float *xq, const in
             const int64_t mb = M - m0 < GEMM_MB ? M - m0 : GEMM_MB;
             int32_t *cb = epi ? cbuf : c + m0 * ldc;
             const int64_t ldo = epi ? ldcb : ldc;
+            int64_t i0 = 0; /* rows [0, i0) sparse, [i0, mb) dense (from the first row that is not sparse) */
+            for (; brm && i0 < mb; ++i0) {
+                const int64_t src = row_index ? row_index[m0 + i0] : m0 + i0;
+                int32_t *dd = kk + (K + 8), *cand = kk + 2 * (K + 8);
+                const int64_t nnz = af ? sparse_row_f32(af + src * lda, K, xq, za, cap, lut, cand, kk, dd)
+                                       : sparse_row_i8(a + src * lda, K, za, cap, kk, dd);
+                if (nnz < 0) break;
+                sparse_out(kk, dd, nnz, brm, Np, bterm, zbv, N, sacc, cb + i0 * ldo);
+            }
+            const int64_t md = mb - i0;
+            int32_t *cd = cb + i0 * ldo;
 #if QG_VNNI
-            for (int64_t i = 0; i < mb; ++i) {
-                const int64_t src = row_index ? row_index[m0 + i] : m0 + i;
+            for (int64_t i = 0; i < md; ++i) {
+                const int64_t src = row_index ? row_index[m0 + i0 + i] : m0 + i0 + i;
                 const int8_t *ar = af ? quantize_row(af + src * lda, K, xq, qrow) : a + src * lda;
                 rowsum[i] = vnni_row(ar, K, au + i * Kp);
             }
-            vnni_task(au, Kp, mb, packed, Kb, Nb, colterm, zbv, rowsum, cb, ldo, N);
+            if (md) vnni_task(au, Kp, md, packed, Kb, Nb, colterm, zbv, rowsum, cd, ldo, N);
+#elif QG_AVX2_GEMM
+            int16_t *a16 = (int16_t *)au;
+            for (int64_t i = 0; i < md; ++i) {
+                const int64_t src = row_index ? row_index[m0 + i0 + i] : m0 + i0 + i;
+                const int8_t *ar = af ? quantize_row(af + src * lda, K, xq, qrow) : a + src * lda;
+                int16_t *restrict r16 = a16 + i * Kp;
+                uint32_t sum = 0;
+                for (int64_t k = 0; k < K; ++k) {
+                    r16[k] = (int16_t)ar[k];
+                    sum += (uint32_t)(int32_t)ar[k];
+                }
+                rowsum[i] = sum;
+            }
+            if (md) avx2_task(a16, Kp, md, packed, Kb, Nb, colterm, zbv, rowsum, cd, ldo, N);
 #else
-            for (int64_t i = 0; i < mb; ++i) {
-                const int64_t src = row_index ? row_index[m0 + i] : m0 + i;
+            for (int64_t i = 0; i < md; ++i) {
+                const int64_t src = row_index ? row_index[m0 + i0 + i] : m0 + i0 + i;
                 const int8_t *ar = af ? quantize_row(af + src * lda, K, xq, qrow) : a + src * lda;
                 uint32_t s = 0;
                 for (int64_t k = 0; k < K; ++k) {
@@ -2107,9 +2436,9 @@ static int gemm_core(const int8_t *a, const float *af, const float *xq, const in
                 }
                 rowsum[i] = s;
             }
-            for (int64_t i = 0; i < mb; ++i) {
+            for (int64_t i = 0; i < md; ++i) {
                 const int8_t *ar = (const int8_t *)(au + i * Kp); /* shift == 0: the bytes are A itself */
-                int32_t *crow = cb + i * ldo;
+                int32_t *crow = cd + i * ldo;
                 for (int64_t jb = 0; jb < Nb; ++jb) {
                     uint32_t acc[16] = {0};
                     for (int64_t kb = 0; kb < Kb; ++kb) {
@@ -2132,7 +2461,10 @@ static int gemm_core(const int8_t *a, const float *af, const float *xq, const in
         free(rowsum);
         free(cbuf);
         free(qrow);
+        free(kk);
+        free(sacc);
     }
+    free(bterm);
     free(colterm);
     free(zbv);
     return status;

@@ -755,10 +755,30 @@ class _EpilogueC(ctypes.Structure):
     ]  # fmt: skip
 
 
-def _epilogue(
-    rows: int, cols: int, stages: list[Stage], out_bits: int, dequantize: tuple[float, int] | None
-) -> tuple[_EpilogueC, np.ndarray, list[np.ndarray]]:
-    """The C epilogue of ``stages`` for a ``[rows, cols]`` result, its output array and the arrays it points to."""
+@dataclass(frozen=True)
+class Epilogue:
+    """``stages`` (then packing or dequantize) checked and laid out once for ``[rows, cols]`` results.
+
+    Pass it in place of the stage list to ``spmm_epilogue`` / ``rows_epilogue`` / ``gemm_epilogue`` to skip
+    that work on every call (``NativeModel`` keeps one per fused step and graph size).
+    """
+
+    rows: int
+    cols: int
+    out_bits: int
+    dequantize: tuple[float, int] | None
+    struct: bytes  # the _EpilogueC without its output pointer
+    keep: tuple[np.ndarray, ...]  # the parameter arrays it points to
+
+
+def prepare_epilogue(
+    rows: int,
+    cols: int,
+    stages: list[Stage],
+    out_bits: int = 8,
+    dequantize: tuple[float, int] | None = None,
+) -> Epilogue:
+    """The checked C epilogue of ``stages`` for ``[rows, cols]`` results (see ``Epilogue``)."""
     if not 1 <= len(stages) <= MAX_STAGES:
         raise InputError(f"an epilogue takes 1 to {MAX_STAGES} stages, got {len(stages)}", "split the chain")
     epi = _EpilogueC()
@@ -782,19 +802,49 @@ def _epilogue(
         )  # fmt: skip
     epi.n_stages = len(stages)
     if dequantize is not None:
-        out = np.empty((rows, cols), dtype=np.float32)
-        epi.out_kind, epi.dq_scale, epi.dq_zero = 32, float(np.float32(dequantize[0])), int(dequantize[1])
+        dq = (float(np.float32(dequantize[0])), int(dequantize[1]))
+        epi.out_kind, epi.dq_scale, epi.dq_zero = 32, dq[0], dq[1]
+        bits = 8
     else:
+        dq = None
         bits = _check_bits(out_bits)
-        out = (
-            np.empty((rows, cols), dtype=np.int8)
-            if bits == 8
-            else aligned_empty((rows, row_bytes(cols, bits)), np.uint8)
-        )
         epi.out_kind = bits
+    return Epilogue(int(rows), int(cols), bits, dq, bytes(epi), tuple(keep))
+
+
+def _epilogue(
+    rows: int,
+    cols: int,
+    stages: list[Stage] | Epilogue,
+    out_bits: int,
+    dequantize: tuple[float, int] | None,
+) -> tuple[_EpilogueC, np.ndarray, Epilogue]:
+    """The C epilogue of ``stages`` for a ``[rows, cols]`` result, its output array and the prepared epilogue
+    (which holds the arrays it points to)."""
+    if isinstance(stages, Epilogue):
+        prepared = stages
+        if (prepared.rows, prepared.cols) != (rows, cols):
+            raise InputError(
+                f"the epilogue was prepared for [{prepared.rows}, {prepared.cols}] results, not [{rows}, {cols}]",
+                "prepare it for this shape",
+            )
+        dq = None if dequantize is None else (float(np.float32(dequantize[0])), int(dequantize[1]))
+        if dq != prepared.dequantize or (dq is None and out_bits != prepared.out_bits):
+            raise InputError(
+                "out_bits / dequantize differ from those the epilogue was prepared with", "pass the same ones"
+            )
+    else:
+        prepared = prepare_epilogue(rows, cols, stages, out_bits, dequantize)
+    epi = _EpilogueC.from_buffer_copy(prepared.struct)
+    if prepared.dequantize is not None:
+        out = np.empty((rows, cols), dtype=np.float32)
+    elif prepared.out_bits == 8:
+        out = np.empty((rows, cols), dtype=np.int8)
+    else:
+        out = aligned_empty((rows, row_bytes(cols, prepared.out_bits)), np.uint8)
     epi.out = out.ctypes.data
     epi.out_stride = out.strides[0] if out.ndim == 2 and rows else out.shape[-1] * out.itemsize
-    return epi, out, keep
+    return epi, out, prepared
 
 
 def spmm_epilogue(
@@ -802,7 +852,7 @@ def spmm_epilogue(
     q: Any,
     bits: int,
     zero_point: int,
-    stages: list[Stage],
+    stages: list[Stage] | Epilogue,
     *,
     out_bits: int = 8,
     dequantize: tuple[float, int] | None = None,
@@ -829,7 +879,7 @@ def spmm_epilogue(
 
 def rows_epilogue(
     x: Any,
-    stages: list[Stage],
+    stages: list[Stage] | Epilogue,
     *,
     out_bits: int = 8,
     dequantize: tuple[float, int] | None = None,
@@ -853,7 +903,7 @@ def gemm_epilogue(
     a_zero_point: int,
     b_zero_point: Any,
     bias: Any,
-    stages: list[Stage],
+    stages: list[Stage] | Epilogue,
     *,
     out_bits: int = 8,
     dequantize: tuple[float, int] | None = None,

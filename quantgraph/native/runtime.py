@@ -81,6 +81,7 @@ class NativeModel:
     profile: list[StepTime] = field(default_factory=list)
     order: str = "none"  # node order of prepare: none, degree or rcm (see NativeModel.prepare)
     fuse: bool = True  # run the fusion plan (False: one kernel call per program step, e.g. to measure it)
+    narrow_rows: int = 16  # 4/2-bit rows of at most this many features are aggregated from int8 (0: never)
 
     def __post_init__(self) -> None:
         check_program(self.program)  # allow-listed ops, argument kinds, arrays: before anything runs
@@ -114,6 +115,17 @@ class NativeModel:
         }
         self._stage_params = {  # decoded once: multipliers, zero points and biases of every fused stage
             id(f): self._stages(f) for f in self._plan if isinstance(f, FusedStep)
+        }
+        self._epilogues: dict[tuple[int, int, int], kernels.Epilogue] = {}  # see _epilogue
+        self._linear_params = {  # int32 bias and weight zero points of every GEMM, converted once
+            s.out: (
+                None
+                if s.kwargs["bias"] is None
+                else self.array(s.kwargs["bias"]).astype(np.int32).reshape(-1),
+                np.ascontiguousarray(self.array(s.kwargs["weight_zero_point"]), dtype=np.int32).reshape(-1),
+            )
+            for s in self.program.steps
+            if s.op == "native.linear"
         }
 
     # ---------------------------------------------------------------------------------------------- files
@@ -370,14 +382,32 @@ class NativeModel:
             )
         return np.ascontiguousarray(value, dtype=np.int8)
 
-    def _aggregate_input(self, step: Step, values: dict[str, Any]) -> tuple[np.ndarray, int]:
-        """The aggregation's features as the kernel reads them (packed at 4/2 bits) and their width."""
+    def _aggregate_input(self, step: Step, values: dict[str, Any]) -> tuple[np.ndarray, int, int]:
+        """The aggregation's features as the kernel reads them, their width and the bits of their storage.
+
+        4/2-bit features are packed, except narrow rows (``_narrow_int8``): the int8 kernels then sum the same
+        values, so the integers are those of the packed aggregation.
+        """
         value = values[step.args[1]["value"]]
         if isinstance(value, PackedRows):  # packed by the kernel that produced them
-            return value.data, value.num_features
+            return value.data, value.num_features, value.bits
         q = self._int8(step.args[1], values)
         bits = int(step.kwargs["bits"])
-        return (q if bits == 8 else kernels.pack(q, bits, check=False, threads=self.threads)), q.shape[1]
+        if bits == 8 or self._narrow_int8(q.shape[1] if q.ndim == 2 else 0, step.kwargs.get("message")):
+            return q, q.shape[1], 8
+        return kernels.pack(q, bits, check=False, threads=self.threads), q.shape[1], bits
+
+    def _narrow_int8(self, width: int, message: Any) -> bool:
+        """Whether 4/2-bit rows of ``width`` features are aggregated from int8 storage: rows of at most
+        ``narrow_rows`` features fit a cache line either way, and the byte kernels skip unpacking every edge
+        (docs/benchmarks.md measures both); aggregations with a message quantizer keep their packed kernels."""
+        return 0 < width <= self.narrow_rows and message is None
+
+    def _out_bits(self, f: FusedStep, cols: int) -> int:
+        """The storage bits of a fused step's output of ``cols`` features (see ``_narrow_int8``)."""
+        if f.out_bits != 8 and self._narrow_int8(cols, True if f.reader_message else None):
+            return 8
+        return f.out_bits
 
     @staticmethod
     def _message(step: Step) -> kernels.MessageQuant | None:
@@ -395,8 +425,8 @@ class NativeModel:
         graph_csr: GraphCSR = values[step.args[0]["value"]]
         csr, wz = graph_csr.csr, graph_csr.weight_zero_point
         kw = step.kwargs
-        bits, zx = int(kw["bits"]), int(kw["zero_point"])
-        feats, num_features = self._aggregate_input(step, values)
+        zx = int(kw["zero_point"])
+        feats, num_features, bits = self._aggregate_input(step, values)
         message = self._message(step)
         if kw["requant"] is None:
             out = kernels.spmm(
@@ -459,47 +489,63 @@ class NativeModel:
             dq = (float(np.float32(scale)), int(zero))
         return stages, dq
 
+    def _epilogue(self, f: FusedStep, rows: int, cols: int, out_bits: int) -> kernels.Epilogue:
+        """``f``'s epilogue for ``[rows, cols]`` results, checked and laid out once per shape."""
+        key = (id(f), rows, cols, out_bits)
+        epi = self._epilogues.get(key)
+        if epi is None:
+            stages, dq = self._stage_params[id(f)]
+            if len(self._epilogues) > 64:  # many graph sizes: keep the memory bounded
+                self._epilogues.clear()
+            epi = self._epilogues[key] = kernels.prepare_epilogue(rows, cols, stages, out_bits, dq)
+        return epi
+
     def _fused(self, f: FusedStep, values: dict[str, Any], perm: np.ndarray | None) -> Any:
-        stages, dq = self._stage_params[id(f)]
-        out_kw = {"out_bits": f.out_bits, "dequantize": dq, "threads": self.threads}
+        dq = self._stage_params[id(f)][1]
+        out_kw: dict[str, Any] = {"dequantize": dq, "threads": self.threads}
         head, kw = f.head, f.head.kwargs
         if head.op == "native.linear":
-            bias = None if kw["bias"] is None else self.array(kw["bias"]).astype(np.int32).reshape(-1)
-            zb = self.array(kw["weight_zero_point"])
+            bias, zb = self._linear_params[head.out]
+            weight = self._weights[head.out]
+            cols = weight.out_features
+            out_kw["out_bits"] = out_bits = self._out_bits(f, cols)
             if f.input_quantize is not None:
                 q = f.input_quantize.kwargs
                 name = f.input_quantize.args[0]["value"]
                 x = np.ascontiguousarray(self._numpy(f.input_quantize.args[0], values), dtype=np.float32)
                 xq = (q["scale"], q["zero_point"], q["qmin"], q["qmax"])
                 row_index = perm if name in self._quantized_in_gemm else None
+                rows = x.shape[0] if row_index is None or x.ndim != 2 else len(row_index)
+                epi = self._epilogue(f, rows, cols, out_bits)
                 out = kernels.gemm_epilogue(
-                    x, self._weights[head.out], int(kw["zero_point"]), zb, bias, stages, input_quant=xq,
-                    row_index=row_index, **out_kw,
+                    x, weight, int(kw["zero_point"]), zb, bias, epi, input_quant=xq, row_index=row_index,
+                    **out_kw,
                 )  # fmt: skip
             else:
                 x = self._int8(head.args[0], values)
-                out = kernels.gemm_epilogue(
-                    x, self._weights[head.out], int(kw["zero_point"]), zb, bias, stages, **out_kw
-                )
-            cols = self._weights[head.out].out_features
+                epi = self._epilogue(f, x.shape[0], cols, out_bits)
+                out = kernels.gemm_epilogue(x, weight, int(kw["zero_point"]), zb, bias, epi, **out_kw)
         elif head.op == "native.aggregate":
             graph_csr: GraphCSR = values[head.args[0]["value"]]
-            feats, num_features = self._aggregate_input(head, values)
+            feats, num_features, bits = self._aggregate_input(head, values)
+            cols = num_features
+            out_kw["out_bits"] = out_bits = self._out_bits(f, cols)
             out = kernels.spmm_epilogue(
-                graph_csr.csr, feats, int(kw["bits"]), int(kw["zero_point"]), stages,
+                graph_csr.csr, feats, bits, int(kw["zero_point"]),
+                self._epilogue(f, graph_csr.csr.num_rows, cols, out_bits),
                 weight_zero_point=graph_csr.weight_zero_point, num_features=num_features,
                 message=self._message(head), **out_kw,
             )  # fmt: skip
-            cols = num_features
         else:
             x = self._numpy(head.args[0], values)
             x = np.ascontiguousarray(x if x.dtype in (np.int8, np.int32) else x.astype(np.int32))
             if x.ndim != 2:
                 return self._unfused(f, values)
-            out = kernels.rows_epilogue(x, stages, **out_kw)
             cols = x.shape[1]
-        if f.out_bits != 8 and dq is None:
-            return PackedRows(out, f.out_bits, int(cols))
+            out_kw["out_bits"] = out_bits = self._out_bits(f, cols)
+            out = kernels.rows_epilogue(x, self._epilogue(f, x.shape[0], cols, out_bits), **out_kw)
+        if out_bits != 8 and dq is None:
+            return PackedRows(out, out_bits, int(cols))
         return torch.from_numpy(out)
 
     def _unfused(self, f: FusedStep, values: dict[str, Any]) -> Any:
