@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from quantgraph.compiler import compile as qg_compile
+from quantgraph.cpu import int8_dot_saturates
 from quantgraph.data import collate
 from quantgraph.data.task import Task, load_task
 from quantgraph.errors import InputError
@@ -72,13 +73,17 @@ FINE_TUNE_OVERRIDES: dict[tuple[str, str, int], dict[str, float]] = {
 }
 
 
+#: compile options every method gets (``--reduce-range``: 7-bit weights for x86 CPUs without VNNI)
+RUN_OPTIONS: dict[str, object] = {}
+
+
 def _compile_exported(model: torch.nn.Module, task: Task, tmp: Path, policy: str, options: dict, **kwargs):
     """Compile ``model`` on the task's graph with seeded ``options``, export ONNX (verified in onnxruntime)."""
     compiled = qg_compile(
         model,
         task.data,
         policy=policy,
-        options=options,
+        options={**options, **RUN_OPTIONS},
         calibration=task.calibration(),
         task_data=task.task_data(),
         **kwargs,
@@ -93,13 +98,25 @@ def _compiled(policy: str, bits: int, **options) -> Callable:
         compiled = _compile_exported(
             model, task, tmp, policy, {**options, **override, "seed": seed}, bits=bits
         )
-        return {"acc": compiled.report["accuracy"]["onnx"], **bit_figures(compiled.report)}
+        return {
+            "acc": compiled.report["accuracy"]["onnx"],
+            **bit_figures(compiled.report),
+            **ir_figure(compiled),
+        }
 
     return run
 
 
 #: per-seed figures of a quantized model beside its accuracy (``<method> <key>`` in the logs)
 BIT_FIGURES = ("bits_elements", "bits_a2q", "bits_sgquant", "bitops_ours_x", "bitops_mixq_x")
+
+
+def ir_figure(compiled) -> dict[str, float]:
+    """The IR's test accuracy (%) beside onnxruntime's: they differ where the runtime's kernels do."""
+    quantized = compiled.report["accuracy"].get("quantized")
+    return (
+        {"ir_acc": 100 * quantized} if quantized is not None and compiled.report.get("average_bits") else {}
+    )
 
 
 def bit_figures(report: dict) -> dict[str, float]:
@@ -398,6 +415,11 @@ def main(argv: list[str] | None = None) -> int:
         help="output stem (<out>.md, <out>.json); default: a new docs/results_run/run-<UTC time>",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--reduce-range",
+        action="store_true",
+        help="compile with reduce_range (7-bit weights): exact INT8 in onnxruntime on x86 CPUs without VNNI",
+    )
     p.add_argument("--from-logs", nargs="+", help="only rebuild the table from the printed per-seed lines")
     args = p.parse_args(argv)
     command = "python tools/reproduce.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -422,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.reduce_range:
+        RUN_OPTIONS["reduce_range"] = True
     methods = [method(m) for m in args.methods.split(",")]
     start = time.perf_counter()
     per_cell: dict[tuple[str, str, str], list[float]] = {}
@@ -449,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "command": command,
         "seeds": args.seeds,
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip()
+        + ("; int8 kernels without VNNI (u8 x s8 pair sums saturate)" if int8_dot_saturates() else ""),
         "torch": torch.__version__,
         "seconds": time.perf_counter() - start,
         "rows": rows,
