@@ -1339,6 +1339,72 @@ static int accumulate_msg_lut(const spmm_args *a, int64_t e0, int64_t e1, uint32
     return 0;
 }
 
+#if !QG_AVX512BW && defined(__AVX2__)
+#define QG_MSG_AVX2 1
+/* QG_MSG of 8 raw field values v (int32) for the edge weight wd, as the scalar path: wd * (v - zx) in float64
+ * (an exact integer), one rounding in the multiply by m, clamped to [lo, hi], rounded half to even by the
+ * 1.5 * 2**52 addition; the 8 low 32-bit words, in order. */
+static QG_ALWAYS_INLINE __m256i msg8_avx2(__m256i v, __m256d zx, __m256d wd, __m256d m, __m256d lo, __m256d hi) {
+    const __m256d magic = _mm256_set1_pd(QG_ROUND_MAGIC);
+    __m256d a = _mm256_sub_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(v)), zx);
+    __m256d b = _mm256_sub_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)), zx);
+    a = _mm256_add_pd(_mm256_max_pd(_mm256_min_pd(_mm256_mul_pd(_mm256_mul_pd(wd, a), m), hi), lo), magic);
+    b = _mm256_add_pd(_mm256_max_pd(_mm256_min_pd(_mm256_mul_pd(_mm256_mul_pd(wd, b), m), hi), lo), magic);
+    const __m256 low = _mm256_shuffle_ps(_mm256_castpd_ps(a), _mm256_castpd_ps(b), _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_permute4x64_epi64(_mm256_castps_si256(low), 0xD8);
+}
+
+static QG_ALWAYS_INLINE void add_lanes8(uint32_t *restrict p, __m256i v) {
+    _mm256_storeu_si256((__m256i *)p, _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)p), v));
+}
+
+/* 8 bytes of the row at byte offset `off` of x, from its byte k of n: a full load while it stays inside x (the
+ * bytes past the row land in lanes that are never read back), else the row's own bytes and zeros. */
+static QG_ALWAYS_INLINE __m128i load8_row(const spmm_args *a, int64_t off, int64_t k, int64_t n) {
+    if (k + 8 <= n || off + k + 8 <= a->n_src * a->x_stride) return _mm_loadl_epi64((const __m128i *)(a->x + off + k));
+    uint8_t buf[8] = {0};
+    for (int64_t i = k; i < n; ++i) buf[i - k] = a->x[off + i];
+    return _mm_loadl_epi64((const __m128i *)buf);
+}
+
+/* accumulate_msg_direct with AVX2: 8 lanes per step, the same float64 arithmetic as QG_MSG */
+static void accumulate_msg_direct_avx2(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc) {
+    const qg_msg *g = &a->msg;
+    const int64_t e_end = a->indptr[a->n_rows];
+    const int64_t S = g->S, Fb = a->x_stride, F = a->F;
+    const __m256d m = _mm256_set1_pd(g->m), lo = _mm256_set1_pd(g->lo), hi = _mm256_set1_pd(g->hi);
+    const __m256d zx = _mm256_set1_pd((double)a->zx);
+    const int weighted = a->w8 || a->w16;
+    __m256d wd = _mm256_set1_pd(1.0);
+    memset(acc, 0, (size_t)g->lanes * sizeof(uint32_t));
+    for (int64_t e = e0; e < e1; ++e) {
+        prefetch_row(a, e, e_end);
+        if (weighted) wd = _mm256_set1_pd(weight_d(a, e));
+        const int64_t off = col_at(a, e) * a->x_stride;
+        if (a->bits == 8) {
+            for (int64_t f = 0; f < F; f += 8) {
+                const __m256i v = _mm256_cvtepi8_epi32(load8_row(a, off, f, F));
+                add_lanes8(acc + f, msg8_avx2(v, zx, wd, m, lo, hi));
+            }
+        } else {
+            const int per = 8 / a->bits;
+            const __m256i mask = _mm256_set1_epi32((1 << a->bits) - 1), sign = _mm256_set1_epi32(1 << (a->bits - 1));
+            for (int64_t k = 0; k < Fb; k += 8) {
+                const __m256i b = _mm256_cvtepu8_epi32(load8_row(a, off, k, Fb));
+                for (int j = 0; j < per; ++j) {
+                    const __m256i c = _mm256_and_si256(_mm256_srli_epi32(b, a->bits * j), mask);
+                    const __m256i v = _mm256_sub_epi32(_mm256_xor_si256(c, sign), sign);
+                    add_lanes8(acc + j * S + k, msg8_avx2(v, zx, wd, m, lo, hi));
+                }
+            }
+        }
+    }
+}
+#else
+#define QG_MSG_AVX2 0
+#endif
+
+#if !QG_MSG_AVX2
 /* Direct rows (no table): acc[lane] += q - z, evaluated per product in float64, 32-bit lanes. */
 static void accumulate_msg_direct(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc) {
     const qg_msg *g = &a->msg;
@@ -1387,6 +1453,7 @@ static void accumulate_msg_direct(const spmm_args *a, int64_t e0, int64_t e1, ui
         }
     }
 }
+#endif
 
 /*
  * Natural-order int32 row from the lanes: lane minus (offset + zx) * sum(w), where offset undoes the
@@ -1484,7 +1551,11 @@ static void spmm_rows(const spmm_args *a, int64_t r0, int64_t r1, uint32_t *acc,
                 else
                     finish_wide(a, acc, a->msg.S, corr, dst);
             } else {
+#if QG_MSG_AVX2
+                accumulate_msg_direct_avx2(a, e0, e1, acc);
+#else
                 accumulate_msg_direct(a, e0, e1, acc);
+#endif
                 finish_wide(a, acc, a->msg.S, 0u, dst);
             }
         } else if (a->w8 || a->w16) {
@@ -1663,6 +1734,10 @@ static int msg_setup(spmm_args *a, double m, int32_t z, int32_t qmin, int32_t qm
     g->hi = (double)qmax - (double)z;
     /* 8 bits with int16 weights build a 256-entry table per edge: worth it for wide rows only */
     g->lut = (int64_t)qmax - (int64_t)qmin <= 255 && !(a->bits == 8 && a->w16 && a->F < QG_MSG_TABLE_MIN_F);
+#if QG_MSG_AVX2
+    /* 8 float64 products per AVX2 step beat the scalar byte look-ups of wide rows (docs/benchmarks.md) */
+    if (a->F >= (a->bits == 2 ? 64 : 16)) g->lut = 0;
+#endif
     g->tab_len = a->bits == 8 ? 256 : (a->bits == 4 ? 16 : 4);
     g->S = (a->x_stride + 31) / 32 * 32; /* keeps every lane block 64-byte aligned (16-bit lanes) */
     g->lanes = a->bits == 8 ? (a->F + 63) / 64 * 64 : (8 / a->bits) * g->S;
