@@ -261,6 +261,27 @@ def test_spmm_message_quantizer_matches_reference(bits: int, weights: str | None
 
 
 @pytest.mark.parametrize("bits", [8, 4, 2])
+def test_spmm_message_quantizer_short_rows_match_reference(bits: int) -> None:
+    """Rows of 1–17 features (AVX2 keeps rows of at most 16 in registers, one or two 8-field chunks; packed
+    rows are unpacked in feature order), with and without weights, the last row at the array's end."""
+    rng = _rng(300 + bits)
+    n, e = 90, 1200
+    ei = _graph(rng, n, e)
+    for f in (1, 3, 7, 8, 9, 13, 16, 17):
+        q = _values(rng, (n, f), bits)
+        zx = int(rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1)))
+        for w, zw in ((None, 0), (rng.integers(-128, 128, e).astype(np.int8), -3)):
+            csr = nk.CSR.from_edge_index(ei, n, w)
+            for mq in MESSAGES[:5]:
+                got = nk.spmm(
+                    csr, nk.pack(q, bits), bits, zx, weight_zero_point=zw, num_features=f, message=mq
+                )
+                np.testing.assert_array_equal(
+                    got, _message_reference(ei, n, q, zx, w, zw, mq), err_msg=f"F={f}, {mq}"
+                )
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
 def test_spmm_message_quantizer_extreme_zero_points(bits: int) -> None:
     """Products far beyond int32 (exact in float64 below 2**53) and message zero points at the int32 limits:
     every sum wraps modulo 2**32 like the int64 reference cast to int32."""

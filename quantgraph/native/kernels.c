@@ -1367,6 +1367,54 @@ static QG_ALWAYS_INLINE __m128i load8_row(const spmm_args *a, int64_t off, int64
     return _mm_loadl_epi64((const __m128i *)buf);
 }
 
+/* Short rows (F <= 16): the row's sums stay in registers across its edges. */
+static void accumulate_msg_short_avx2(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc) {
+    const qg_msg *g = &a->msg;
+    const int64_t e_end = a->indptr[a->n_rows];
+    const int64_t S = g->S, Fb = a->x_stride, F = a->F;
+    const __m256d m = _mm256_set1_pd(g->m), lo = _mm256_set1_pd(g->lo), hi = _mm256_set1_pd(g->hi);
+    const __m256d zx = _mm256_set1_pd((double)a->zx);
+    const int weighted = a->w8 || a->w16;
+    __m256d wd = _mm256_set1_pd(1.0);
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+    if (a->bits == 8) {
+        for (int64_t e = e0; e < e1; ++e) {
+            prefetch_row(a, e, e_end);
+            if (weighted) wd = _mm256_set1_pd(weight_d(a, e));
+            const int64_t off = col_at(a, e) * a->x_stride;
+            s0 = _mm256_add_epi32(s0, msg8_avx2(_mm256_cvtepi8_epi32(load8_row(a, off, 0, F)), zx, wd, m, lo, hi));
+            if (F > 8)
+                s1 = _mm256_add_epi32(s1, msg8_avx2(_mm256_cvtepi8_epi32(load8_row(a, off, 8, F)), zx, wd, m, lo, hi));
+        }
+        _mm256_storeu_si256((__m256i *)acc, s0);
+        _mm256_storeu_si256((__m256i *)(acc + 8), s1);
+        return;
+    }
+    /* packed: the 8 fields of chunk c in natural order, shifted out of the 32-bit word at byte c * bits
+     * (feature f sits at bit f * bits of the row), each chunk's sums laid out as the lanes at the end */
+    const int per = 8 / a->bits;
+    const __m256i mask = _mm256_set1_epi32((1 << a->bits) - 1), sign = _mm256_set1_epi32(1 << (a->bits - 1));
+    const __m256i shift = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(a->bits));
+    const int two = F > 8;
+    for (int64_t e = e0; e < e1; ++e) {
+        prefetch_row(a, e, e_end);
+        if (weighted) wd = _mm256_set1_pd(weight_d(a, e));
+        const int64_t off = col_at(a, e) * a->x_stride;
+        const __m256i w0 = _mm256_set1_epi32(_mm_cvtsi128_si32(load8_row(a, off, 0, Fb)));
+        const __m256i f0 = _mm256_and_si256(_mm256_srlv_epi32(w0, shift), mask);
+        s0 = _mm256_add_epi32(s0, msg8_avx2(_mm256_sub_epi32(_mm256_xor_si256(f0, sign), sign), zx, wd, m, lo, hi));
+        if (two) {
+            const __m256i w1 = _mm256_set1_epi32(_mm_cvtsi128_si32(load8_row(a, off, a->bits, Fb)));
+            const __m256i f1 = _mm256_and_si256(_mm256_srlv_epi32(w1, shift), mask);
+            s1 = _mm256_add_epi32(s1, msg8_avx2(_mm256_sub_epi32(_mm256_xor_si256(f1, sign), sign), zx, wd, m, lo, hi));
+        }
+    }
+    uint32_t sums[16];
+    _mm256_storeu_si256((__m256i *)sums, s0);
+    _mm256_storeu_si256((__m256i *)(sums + 8), s1);
+    for (int64_t f = 0; f < F; ++f) acc[(f % per) * S + f / per] = sums[f];
+}
+
 /* accumulate_msg_direct with AVX2: 8 lanes per step, the same float64 arithmetic as QG_MSG */
 static void accumulate_msg_direct_avx2(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc) {
     const qg_msg *g = &a->msg;
@@ -1376,6 +1424,10 @@ static void accumulate_msg_direct_avx2(const spmm_args *a, int64_t e0, int64_t e
     const __m256d zx = _mm256_set1_pd((double)a->zx);
     const int weighted = a->w8 || a->w16;
     __m256d wd = _mm256_set1_pd(1.0);
+    if (F <= 16) {
+        accumulate_msg_short_avx2(a, e0, e1, acc);
+        return;
+    }
     memset(acc, 0, (size_t)g->lanes * sizeof(uint32_t));
     for (int64_t e = e0; e < e1; ++e) {
         prefetch_row(a, e, e_end);
@@ -1735,8 +1787,7 @@ static int msg_setup(spmm_args *a, double m, int32_t z, int32_t qmin, int32_t qm
     /* 8 bits with int16 weights build a 256-entry table per edge: worth it for wide rows only */
     g->lut = (int64_t)qmax - (int64_t)qmin <= 255 && !(a->bits == 8 && a->w16 && a->F < QG_MSG_TABLE_MIN_F);
 #if QG_MSG_AVX2
-    /* 8 float64 products per AVX2 step beat the scalar byte look-ups of wide rows (docs/benchmarks.md) */
-    if (a->F >= (a->bits == 2 ? 64 : 16)) g->lut = 0;
+    g->lut = 0; /* 8 float64 products per AVX2 step beat the scalar byte look-ups (docs/benchmarks.md) */
 #endif
     g->tab_len = a->bits == 8 ? 256 : (a->bits == 4 ? 16 : 4);
     g->S = (a->x_stride + 31) / 32 * 32; /* keeps every lane block 64-byte aligned (16-bit lanes) */
