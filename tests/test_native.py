@@ -380,6 +380,13 @@ def test_spmm_requantize_with_message_quantizer(bits: int) -> None:
         np.testing.assert_array_equal(fused, np.maximum(nk.requantize(acc, m_col, -4, -128, 127, axis=1), -4))
 
 
+def test_quantize_of_nan_raises_nan_input() -> None:
+    x = np.array([[0.5, np.nan, -1.0]], dtype=np.float32)
+    with pytest.raises(nk.NaNInput, match="NaN"):
+        nk.quantize(x, 0.1, 0, -128, 127)
+    np.testing.assert_array_equal(nk.quantize(np.nan_to_num(x), 0.1, 0, -128, 127), [[5, 0, -10]])
+
+
 def test_message_quantizer_bad_inputs_raise_one_line_input_errors() -> None:
     csr = nk.CSR.from_edge_index(np.array([[0, 1], [1, 0]]), 2)
     q = np.zeros((2, 4), dtype=np.int8)

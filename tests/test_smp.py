@@ -329,3 +329,25 @@ def test_readme_commands_train_and_compile_smp(planetoid_root, tmp_path):
                  "--epochs", "2", "-o", str(out), "--report", str(rep), "--quiet"]) == 0  # fmt: skip
     report = json.loads(rep.read_text())
     assert report["policy"] == "smp" and report["bits"] == 2 and report["onnx"]["argmax_agreement"] == 1.0
+
+
+def _ir_quantize(x: torch.Tensor, kw: dict) -> torch.Tensor:
+    params = (torch.tensor(kw["scale"], dtype=torch.float32), torch.tensor(kw["zero_point"]))
+    return torch.ops.quantgraph.quantize(x, *params, torch.tensor(kw["qmin"]), torch.tensor(kw["qmax"]), 0)
+
+
+@pytest.mark.slow  # a compile: traces and trains (> 5 s on 2 shared cores)
+def test_intermediate_quantizes_run_natively_and_a_nan_gets_the_ir_result(smp_and_graph):
+    model, data = smp_and_graph
+    compiled = qg_compile(model, data, policy="smp", bits=8, options={"epochs": 1}, backend="native")
+    native = compiled.to_native(data)
+    quantizes = [s for s in native.program.steps if s.op == "native.quantize"]
+    inner = [s for s in quantizes if s.args[0]["value"] not in native.program.inputs]
+    assert len(inner) >= 3, [s.out for s in quantizes]  # the propagation steps' X and Δ, not only x
+    step = inner[0]
+    x = torch.randn(6, 4) * 3
+    finite = native._quantize(step, {step.args[0]["value"]: x})
+    assert finite.dtype == torch.int8 and torch.equal(finite.to(torch.int32), _ir_quantize(x, step.kwargs))
+    x[1, 2] = float("nan")
+    fallback = native._quantize(step, {step.args[0]["value"]: x})
+    assert fallback.dtype == torch.int32 and torch.equal(fallback, _ir_quantize(x, step.kwargs))

@@ -1,5 +1,5 @@
-"""Micro-benchmark of the native CSR aggregation per edge (issue 19): ns/edge by width and bits, and the
-machine's stream bandwidth, on a one-sided power-law graph. ``python tools/agg_micro.py [N E threads]``."""
+"""Micro-benchmark of the native CSR aggregation per edge (issues 19, 15): ns/edge by width and bits (plain, with
+an epilogue, with a message quantizer), and the machine's stream bandwidth, on a one-sided power-law graph. ``python tools/agg_micro.py [N E threads]``."""
 
 from __future__ import annotations
 
@@ -65,10 +65,17 @@ def main() -> None:
                     num_features=f,
                 )
             )
+            tm = best(
+                partial(
+                    K.spmm, csr, x, bits, 0, threads=threads, num_features=f, weight_zero_point=-128,
+                    message=K.MessageQuant(1 / 300, 3, lo, hi),
+                )
+            )  # fmt: skip
             print(
                 f"F={f:3d} int{bits}: {t * 1e3:7.2f} ms  {t / e * 1e9:5.2f} ns/edge  "
                 f"({t / e * 1e9 * threads:5.2f} ns/edge/thread, row {x.shape[1]} B); "
-                f"with 2-stage epilogue{' + dequantize' if dq else ''} {te * 1e3:7.2f} ms"
+                f"with 2-stage epilogue{' + dequantize' if dq else ''} {te * 1e3:7.2f} ms; "
+                f"with a {bits}-bit message quantizer {tm * 1e3:7.2f} ms"
             )
 
 

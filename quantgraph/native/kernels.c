@@ -99,6 +99,7 @@
 #define QG_OK 0
 #define QG_EBADARG (-1)
 #define QG_ENOMEM (-2)
+#define QG_ENAN (-3) /* a NaN input: its element of the output is unspecified, the others are written */
 
 /* scaling modes of requantize parameters */
 #define QG_PER_TENSOR 0
@@ -1994,21 +1995,23 @@ int quantize_f32(const float *x, int64_t rows, int64_t cols, int64_t x_stride, f
     if (rows == 0 || cols == 0) return QG_OK;
     if (!x || !out) return QG_EBADARG;
     const int T = qg_threads(threads);
+    int nan = 0;
     (void)T;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(T) schedule(static) if (rows * cols > 32768)
+#pragma omp parallel for num_threads(T) schedule(static) if (rows * cols > 32768) reduction(| : nan)
 #endif
     for (int64_t i = 0; i < rows; ++i) {
         const float *restrict xr = x + i * x_stride;
         int8_t *restrict o = out + i * out_stride;
         for (int64_t f = 0; f < cols; ++f) {
             float v = nearbyintf(xr[f] / scale) + zp;
+            nan |= v != v;
             v = v > qmax ? qmax : v;
             v = v < qmin ? qmin : v;
-            o[f] = (int8_t)(int32_t)v;
+            o[f] = v == v ? (int8_t)(int32_t)v : (int8_t)0;
         }
     }
-    return QG_OK;
+    return nan ? QG_ENAN : QG_OK;
 }
 
 /*

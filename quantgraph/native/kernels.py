@@ -28,7 +28,12 @@ from quantgraph.native.build import load
 
 BITS = (8, 4, 2)
 _MODES = {"tensor": 0, "row": 1, "col": 2}
-_ERRORS = {-1: "invalid argument", -2: "out of memory"}
+_ERRORS = {-1: "invalid argument", -2: "out of memory", -3: "NaN in the input"}
+QG_ENAN = -3
+
+
+class NaNInput(InputError):
+    """``quantize`` met a NaN: a NaN has no integer image (the IR's quantize casts it to int32 -2**31)."""
 
 
 def _ptr(a: np.ndarray | None) -> int | None:
@@ -619,6 +624,7 @@ def quantize(
     """int8 ``clamp(round_half_even(x / scale) + zero_point, qmin, qmax)`` of float32 ``x``, computed in float32.
 
     Bit-exact with ``quantgraph::quantize`` per tensor (the same float32 division, rounding and clamps).
+    A NaN in ``x`` raises :class:`NaNInput`.
     """
     lib = load().lib
     a = _array(x, "x")
@@ -635,6 +641,8 @@ def quantize(
         _ptr(a2), a2.shape[0], a2.shape[1], a2.shape[1], s, float(zero_point), float(qmin), float(qmax),
         _ptr(out), a2.shape[1], _threads(threads),
     )  # fmt: skip
+    if status == QG_ENAN:
+        raise NaNInput("x holds NaN, which has no int8 image", "check the inputs of the quantize")
     _raise(status, "quantize")
     return out.reshape(a.shape)
 

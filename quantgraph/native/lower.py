@@ -10,7 +10,7 @@ become native kernels:
 * ``native.linear``: ``requantize(linear_int(x, ...))``: the int8 GEMM plus requantize.
 * ``native.requantize``: any other ``requantize`` of an int32 value, with the zero-point subtraction, int32
   bias add and ReLU (``clamp_min(., 0)``) before it fused in.
-* ``native.quantize``: a per-tensor ``quantize`` of the float32 input features.
+* ``native.quantize``: a per-tensor ``quantize`` of float32 features (inputs or intermediate values).
 
 Steps that depend only on the graph's structure and sizes form the ``graph`` stage (edge normalisation,
 quantized edge weights, CSRs): the runtime runs them once per graph. Node counts read off a feature input's
@@ -347,13 +347,13 @@ class _Lowering:
                 self._place(node, [step])
 
     def match_quantize(self, node: fx.Node) -> Step | None:
-        """A per-tensor quantize of float32 input features into at most 8 bits.
+        """A per-tensor quantize of float32 features (inputs or intermediate values) into at most 8 bits.
 
-        Only graph inputs, which are checked to be finite: an intermediate NaN (e.g. GAT's softmax over an
-        all-zero 4-bit denominator) has no int8 image, so those quantizes keep the IR op's semantics.
+        An intermediate NaN (e.g. GAT's softmax over an all-zero 4-bit denominator) has no int8 image: the
+        runtime then returns the IR op's int32 result for that run (``NativeModel._quantize``).
         """
         x, scale, zp = node.args[:3]
-        if not isinstance(x, fx.Node) or x.op != "placeholder":
+        if not isinstance(x, fx.Node) or x.op == "get_attr":
             return None
         v = self.values.get(x)
         s = self.const(scale) if isinstance(scale, fx.Node) else None

@@ -579,9 +579,16 @@ class NativeModel:
         return torch.from_numpy(mixed_bits.spmm_mixed(graph.csr, rows, graph.weights, threads=self.threads))
 
     def _quantize(self, step: Step, values: dict[str, Any]) -> Tensor:
+        """int8 per-tensor quantize; on a NaN, the IR op's int32 result (NaN becomes -2**31 there), so the
+        steps after it see what they would see in the IR."""
         kw = step.kwargs
         x = np.ascontiguousarray(self._numpy(step.args[0], values), dtype=np.float32)
-        q = kernels.quantize(x, kw["scale"], kw["zero_point"], kw["qmin"], kw["qmax"], threads=self.threads)
+        try:
+            q = kernels.quantize(x, kw["scale"], kw["zero_point"], kw["qmin"], kw["qmax"], threads=self.threads)
+        except kernels.NaNInput:
+            params = (torch.tensor(kw["scale"], dtype=torch.float32), torch.tensor(kw["zero_point"]))
+            bounds = (torch.tensor(kw["qmin"]), torch.tensor(kw["qmax"]))
+            return torch.ops.quantgraph.quantize(torch.from_numpy(x), *params, *bounds, 0)
         return torch.from_numpy(q)
 
 
