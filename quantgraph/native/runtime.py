@@ -584,7 +584,9 @@ class NativeModel:
         kw = step.kwargs
         x = np.ascontiguousarray(self._numpy(step.args[0], values), dtype=np.float32)
         try:
-            q = kernels.quantize(x, kw["scale"], kw["zero_point"], kw["qmin"], kw["qmax"], threads=self.threads)
+            q = kernels.quantize(
+                x, kw["scale"], kw["zero_point"], kw["qmin"], kw["qmax"], threads=self.threads
+            )
         except kernels.NaNInput:
             params = (torch.tensor(kw["scale"], dtype=torch.float32), torch.tensor(kw["zero_point"]))
             bounds = (torch.tensor(kw["qmin"]), torch.tensor(kw["qmax"]))
