@@ -1342,17 +1342,35 @@ static int accumulate_msg_lut(const spmm_args *a, int64_t e0, int64_t e1, uint32
 
 #if !QG_AVX512BW && defined(__AVX2__)
 #define QG_MSG_AVX2 1
+/* The message quantizer's constants as float64 lanes: zx, m and the clamp bounds [lo, hi]. */
+typedef struct {
+    __m256d zx, m, lo, hi;
+} msg_avx2;
+
+static QG_ALWAYS_INLINE msg_avx2 msg_avx2_of(const spmm_args *a) {
+    const msg_avx2 c = {_mm256_set1_pd((double)a->zx), _mm256_set1_pd(a->msg.m), _mm256_set1_pd(a->msg.lo),
+                        _mm256_set1_pd(a->msg.hi)};
+    return c;
+}
+
 /* QG_MSG of 8 raw field values v (int32) for the edge weight wd, as the scalar path: wd * (v - zx) in float64
  * (an exact integer), one rounding in the multiply by m, clamped to [lo, hi], rounded half to even by the
  * 1.5 * 2**52 addition; the 8 low 32-bit words, in order. */
-static QG_ALWAYS_INLINE __m256i msg8_avx2(__m256i v, __m256d zx, __m256d wd, __m256d m, __m256d lo, __m256d hi) {
+static QG_ALWAYS_INLINE __m256i msg8_avx2(__m256i v, __m256d wd, const msg_avx2 *c) {
     const __m256d magic = _mm256_set1_pd(QG_ROUND_MAGIC);
-    __m256d a = _mm256_sub_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(v)), zx);
-    __m256d b = _mm256_sub_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)), zx);
-    a = _mm256_add_pd(_mm256_max_pd(_mm256_min_pd(_mm256_mul_pd(_mm256_mul_pd(wd, a), m), hi), lo), magic);
-    b = _mm256_add_pd(_mm256_max_pd(_mm256_min_pd(_mm256_mul_pd(_mm256_mul_pd(wd, b), m), hi), lo), magic);
+    __m256d a = _mm256_sub_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(v)), c->zx);
+    __m256d b = _mm256_sub_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)), c->zx);
+    a = _mm256_add_pd(_mm256_max_pd(_mm256_min_pd(_mm256_mul_pd(_mm256_mul_pd(wd, a), c->m), c->hi), c->lo), magic);
+    b = _mm256_add_pd(_mm256_max_pd(_mm256_min_pd(_mm256_mul_pd(_mm256_mul_pd(wd, b), c->m), c->hi), c->lo), magic);
     const __m256 low = _mm256_shuffle_ps(_mm256_castpd_ps(a), _mm256_castpd_ps(b), _MM_SHUFFLE(2, 0, 2, 0));
     return _mm256_permute4x64_epi64(_mm256_castps_si256(low), 0xD8);
+}
+
+/* Signed values of the `bits`-bit codes in the low bits of each int32 lane of v (higher bits are dropped). */
+static QG_ALWAYS_INLINE __m256i signed_fields(__m256i v, int bits) {
+    const __m256i sign = _mm256_set1_epi32(1 << (bits - 1));
+    const __m256i codes = _mm256_and_si256(v, _mm256_set1_epi32((1 << bits) - 1));
+    return _mm256_sub_epi32(_mm256_xor_si256(codes, sign), sign);
 }
 
 static QG_ALWAYS_INLINE void add_lanes8(uint32_t *restrict p, __m256i v) {
@@ -1368,48 +1386,39 @@ static QG_ALWAYS_INLINE __m128i load8_row(const spmm_args *a, int64_t off, int64
     return _mm_loadl_epi64((const __m128i *)buf);
 }
 
-/* Short rows (F <= 16): the row's sums stay in registers across its edges. */
+/* Short rows (F <= 16): the row's sums stay in registers across its edges. Packed rows: the 8 fields of chunk c
+ * in feature order, shifted out of the 32-bit word at byte c * bits (feature f sits at bit f * bits of the row),
+ * laid out as the lanes at the end. */
 static void accumulate_msg_short_avx2(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc) {
-    const qg_msg *g = &a->msg;
     const int64_t e_end = a->indptr[a->n_rows];
-    const int64_t S = g->S, Fb = a->x_stride, F = a->F;
-    const __m256d m = _mm256_set1_pd(g->m), lo = _mm256_set1_pd(g->lo), hi = _mm256_set1_pd(g->hi);
-    const __m256d zx = _mm256_set1_pd((double)a->zx);
-    const int weighted = a->w8 || a->w16;
+    const int64_t S = a->msg.S, Fb = a->x_stride, F = a->F;
+    const msg_avx2 c = msg_avx2_of(a);
+    const int weighted = a->w8 || a->w16, two = F > 8, bits = a->bits;
+    const __m256i shift = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(bits));
     __m256d wd = _mm256_set1_pd(1.0);
     __m256i s0 = _mm256_setzero_si256(), s1 = s0;
-    if (a->bits == 8) {
-        for (int64_t e = e0; e < e1; ++e) {
-            prefetch_row(a, e, e_end);
-            if (weighted) wd = _mm256_set1_pd(weight_d(a, e));
-            const int64_t off = col_at(a, e) * a->x_stride;
-            s0 = _mm256_add_epi32(s0, msg8_avx2(_mm256_cvtepi8_epi32(load8_row(a, off, 0, F)), zx, wd, m, lo, hi));
-            if (F > 8)
-                s1 = _mm256_add_epi32(s1, msg8_avx2(_mm256_cvtepi8_epi32(load8_row(a, off, 8, F)), zx, wd, m, lo, hi));
-        }
-        _mm256_storeu_si256((__m256i *)acc, s0);
-        _mm256_storeu_si256((__m256i *)(acc + 8), s1);
-        return;
-    }
-    /* packed: the 8 fields of chunk c in natural order, shifted out of the 32-bit word at byte c * bits
-     * (feature f sits at bit f * bits of the row), each chunk's sums laid out as the lanes at the end */
-    const int per = 8 / a->bits;
-    const __m256i mask = _mm256_set1_epi32((1 << a->bits) - 1), sign = _mm256_set1_epi32(1 << (a->bits - 1));
-    const __m256i shift = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(a->bits));
-    const int two = F > 8;
     for (int64_t e = e0; e < e1; ++e) {
         prefetch_row(a, e, e_end);
         if (weighted) wd = _mm256_set1_pd(weight_d(a, e));
         const int64_t off = col_at(a, e) * a->x_stride;
+        if (bits == 8) {
+            s0 = _mm256_add_epi32(s0, msg8_avx2(_mm256_cvtepi8_epi32(load8_row(a, off, 0, F)), wd, &c));
+            if (two) s1 = _mm256_add_epi32(s1, msg8_avx2(_mm256_cvtepi8_epi32(load8_row(a, off, 8, F)), wd, &c));
+            continue;
+        }
         const __m256i w0 = _mm256_set1_epi32(_mm_cvtsi128_si32(load8_row(a, off, 0, Fb)));
-        const __m256i f0 = _mm256_and_si256(_mm256_srlv_epi32(w0, shift), mask);
-        s0 = _mm256_add_epi32(s0, msg8_avx2(_mm256_sub_epi32(_mm256_xor_si256(f0, sign), sign), zx, wd, m, lo, hi));
+        s0 = _mm256_add_epi32(s0, msg8_avx2(signed_fields(_mm256_srlv_epi32(w0, shift), bits), wd, &c));
         if (two) {
-            const __m256i w1 = _mm256_set1_epi32(_mm_cvtsi128_si32(load8_row(a, off, a->bits, Fb)));
-            const __m256i f1 = _mm256_and_si256(_mm256_srlv_epi32(w1, shift), mask);
-            s1 = _mm256_add_epi32(s1, msg8_avx2(_mm256_sub_epi32(_mm256_xor_si256(f1, sign), sign), zx, wd, m, lo, hi));
+            const __m256i w1 = _mm256_set1_epi32(_mm_cvtsi128_si32(load8_row(a, off, bits, Fb)));
+            s1 = _mm256_add_epi32(s1, msg8_avx2(signed_fields(_mm256_srlv_epi32(w1, shift), bits), wd, &c));
         }
     }
+    if (bits == 8) {
+        _mm256_storeu_si256((__m256i *)acc, s0);
+        _mm256_storeu_si256((__m256i *)(acc + 8), s1);
+        return;
+    }
+    const int per = 8 / bits;
     uint32_t sums[16];
     _mm256_storeu_si256((__m256i *)sums, s0);
     _mm256_storeu_si256((__m256i *)(sums + 8), s1);
@@ -1418,38 +1427,30 @@ static void accumulate_msg_short_avx2(const spmm_args *a, int64_t e0, int64_t e1
 
 /* accumulate_msg_direct with AVX2: 8 lanes per step, the same float64 arithmetic as QG_MSG */
 static void accumulate_msg_direct_avx2(const spmm_args *a, int64_t e0, int64_t e1, uint32_t *restrict acc) {
-    const qg_msg *g = &a->msg;
-    const int64_t e_end = a->indptr[a->n_rows];
-    const int64_t S = g->S, Fb = a->x_stride, F = a->F;
-    const __m256d m = _mm256_set1_pd(g->m), lo = _mm256_set1_pd(g->lo), hi = _mm256_set1_pd(g->hi);
-    const __m256d zx = _mm256_set1_pd((double)a->zx);
-    const int weighted = a->w8 || a->w16;
-    __m256d wd = _mm256_set1_pd(1.0);
-    if (F <= 16) {
+    if (a->F <= 16) {
         accumulate_msg_short_avx2(a, e0, e1, acc);
         return;
     }
-    memset(acc, 0, (size_t)g->lanes * sizeof(uint32_t));
+    const int64_t e_end = a->indptr[a->n_rows];
+    const int64_t S = a->msg.S, Fb = a->x_stride, F = a->F;
+    const msg_avx2 c = msg_avx2_of(a);
+    const int weighted = a->w8 || a->w16;
+    __m256d wd = _mm256_set1_pd(1.0);
+    memset(acc, 0, (size_t)a->msg.lanes * sizeof(uint32_t));
     for (int64_t e = e0; e < e1; ++e) {
         prefetch_row(a, e, e_end);
         if (weighted) wd = _mm256_set1_pd(weight_d(a, e));
         const int64_t off = col_at(a, e) * a->x_stride;
         if (a->bits == 8) {
-            for (int64_t f = 0; f < F; f += 8) {
-                const __m256i v = _mm256_cvtepi8_epi32(load8_row(a, off, f, F));
-                add_lanes8(acc + f, msg8_avx2(v, zx, wd, m, lo, hi));
-            }
-        } else {
-            const int per = 8 / a->bits;
-            const __m256i mask = _mm256_set1_epi32((1 << a->bits) - 1), sign = _mm256_set1_epi32(1 << (a->bits - 1));
-            for (int64_t k = 0; k < Fb; k += 8) {
-                const __m256i b = _mm256_cvtepu8_epi32(load8_row(a, off, k, Fb));
-                for (int j = 0; j < per; ++j) {
-                    const __m256i c = _mm256_and_si256(_mm256_srli_epi32(b, a->bits * j), mask);
-                    const __m256i v = _mm256_sub_epi32(_mm256_xor_si256(c, sign), sign);
-                    add_lanes8(acc + j * S + k, msg8_avx2(v, zx, wd, m, lo, hi));
-                }
-            }
+            for (int64_t f = 0; f < F; f += 8)
+                add_lanes8(acc + f, msg8_avx2(_mm256_cvtepi8_epi32(load8_row(a, off, f, F)), wd, &c));
+            continue;
+        }
+        const int per = 8 / a->bits;
+        for (int64_t k = 0; k < Fb; k += 8) {
+            const __m256i b = _mm256_cvtepu8_epi32(load8_row(a, off, k, Fb));
+            for (int j = 0; j < per; ++j)
+                add_lanes8(acc + j * S + k, msg8_avx2(signed_fields(_mm256_srli_epi32(b, a->bits * j), a->bits), wd, &c));
         }
     }
 }
