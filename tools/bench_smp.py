@@ -26,6 +26,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -39,11 +40,14 @@ from quantgraph.models.zoo import SMP, normalized_adjacency
 
 @dataclass
 class Method:
-    """One timed method: its run, the graph stage it needed (seconds) and its logits' check."""
+    """One timed method: its run, the graph stage it needed (seconds) and, for native ones, what it runs."""
 
     name: str
     fn: Callable[[], torch.Tensor]
     graph_seconds: float = 0.0
+    native: Any = None  # NativeModel
+    prepared: Any = None  # its PreparedGraph for the benchmark graph
+    compiled: Any = None  # the CompiledModel (the IR the native output is checked against)
 
 
 def csr_adjacency(edge_index: torch.Tensor, n: int) -> torch.Tensor:
@@ -112,15 +116,14 @@ def build_methods(args: argparse.Namespace, model: SMP, graph: GraphData, calib:
         start = time.perf_counter()
         prepared = native.prepare(inputs)
         graph_seconds = time.perf_counter() - start
-        method = Method(f"native_int{bits}", lambda n=native, p=prepared: n.run(inputs, p), graph_seconds)
-        method.native, method.prepared, method.compiled = native, prepared, compiled  # type: ignore[attr-defined]
-        methods.append(method)
+        run = partial(native.run, inputs, prepared)
+        methods.append(Method(f"native_int{bits}", run, graph_seconds, native, prepared, compiled))
     return methods
 
 
 def check(method: Method, out: torch.Tensor, reference: torch.Tensor, inputs: dict[str, Any]) -> str:
     """FP32 methods: max |diff| to the eager model; native ones: equality with the IR (``compiled.run``)."""
-    compiled = getattr(method, "compiled", None)
+    compiled = method.compiled
     if compiled is None:
         return f"max abs diff vs eager {float((out - reference).abs().max()):.1e}"
     diff = float((out - compiled.run(inputs)).abs().max())
@@ -142,7 +145,7 @@ def round_robin(methods: list[Method], rounds: int) -> dict[str, list[float]]:
 
 def profile(method: Method, inputs: dict[str, Any], runs: int = 3) -> list[tuple[str, int, float]]:
     """(op, steps, median total seconds) of one native method, slowest first."""
-    native, prepared = method.native, method.prepared  # type: ignore[attr-defined]
+    native, prepared = method.native, method.prepared
     per_run = []
     for _ in range(runs):
         native.run_all(inputs, prepared, profile=True)
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.profile:
         for m in methods:
-            if hasattr(m, "native"):
+            if m.native is not None:
                 print(
                     f"\n{m.name}: time per op (median of 3 profiled runs)\n\n| op | steps | ms |\n|---|---|---|"
                 )
