@@ -1,7 +1,9 @@
-"""``--engine ray``: the same layer-wise tasks as ``engine_dask`` as Ray remote functions (NOT TESTED here).
+"""``--engine ray``: the same layer-wise tasks as ``engine_dask``, as Ray remote functions.
 
-Ray was not installed on the machine this was written on, so this module only refuses cleanly when Ray is
-missing; the Ray path itself has not been run. Use ``--engine dask`` (tested) for results you rely on.
+Without ``scheduler`` a local Ray instance with ``workers`` CPUs is started and shut down again; with
+``scheduler`` (``ray://host:10001`` or ``auto``) the run joins that cluster, and a Ray session the caller
+already opened is used and left open. Tasks retry (``max_retries``) when their worker process dies; results
+stay referenced, so Ray can rebuild a lost one from its lineage. Tested in ``tests/test_scale_ray.py``.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ def _ray() -> Any:
     return ray
 
 
-def _segment(model_path: str, state: Any, index: int, threads: int | None, *pieces: np.ndarray) -> Any:
+def _segment(
+    model_path: str, state: Any, index: int, threads: int | None, fault: str | None, *pieces: np.ndarray
+) -> Any:
     """``layerwise.run_segment`` with the pieces as top-level arguments (Ray resolves only those)."""
-    return layerwise.run_segment(model_path, state, index, list(pieces), threads)
+    return layerwise.run_segment(model_path, state, index, list(pieces), threads, fault)
 
 
 def run_ray(
@@ -40,15 +44,21 @@ def run_ray(
     workers: int = 2,
     scheduler: str | None = None,
     threads: int | None = 1,
+    retries: int = 3,
+    fault_file: str | None = None,
 ) -> ScaleResult:
     """Partitioned inference on Ray (``scheduler``: a Ray address such as ``ray://host:10001``; else local)."""
     ray = _ray()
     model_path = str(Path(model).resolve())
     manifest = load_manifest(data)
-    ray.init(address=scheduler, num_cpus=None if scheduler else workers, ignore_reinit_error=True)
+    own_session = not ray.is_initialized()
+    if own_session:
+        if not scheduler and workers < 1:
+            raise InputError(f"--workers must be at least 1, got {workers}", "pass --workers N with N >= 1")
+        ray.init(address=scheduler, num_cpus=None if scheduler else workers, log_to_driver=False)
     try:
         start = time.perf_counter()
-        opts = {"max_retries": 3}
+        opts = {"max_retries": retries}
         prepare = ray.remote(**opts)(layerwise.prepare_part)
         piece = ray.remote(**opts)(layerwise.halo_piece)
         segment = ray.remote(**opts)(_segment)
@@ -67,14 +77,16 @@ def run_ray(
                     if seg.exchange is not None
                     else []
                 )
-                new.append(segment.remote(model_path, states[p], k, threads, *pieces))
+                fault = fault_file if (k == len(segs) - 1 and p == 0) else None
+                new.append(segment.remote(model_path, states[p], k, threads, fault, *pieces))
             ray.wait(new, num_returns=len(new))
             states = new
             seconds.append(time.perf_counter() - t0)
         outs = ray.get([output.remote(model_path, s, threads) for s in states])
         finals = ray.get(states)
     finally:
-        ray.shutdown()
+        if own_session:
+            ray.shutdown()
     width = outs[0].shape[1]
     logits = np.zeros((manifest.num_nodes, width), dtype=outs[0].dtype)
     for p, rows in enumerate(outs):
