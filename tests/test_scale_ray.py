@@ -34,6 +34,7 @@ def test_ray_logits_equal_single_process(kind, bits, tmp_path, session):
     result = run_ray(path, tmp_path / "parts")
     assert np.array_equal(result.logits, expected), np.abs(result.logits - expected).max()
     assert sum(result.bytes_per_layer) * (8 // bits) * 4 <= sum(result.float32_bytes_per_layer) + 64 * 3
+    assert result.worker_peak_rss and min(result.worker_peak_rss.values()) > 0
     assert ray.is_initialized()  # a session the caller opened stays open
 
 

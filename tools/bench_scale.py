@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quantgraph as qg  # noqa: E402
 from quantgraph.data import GraphData  # noqa: E402
 from quantgraph.native.runtime import NativeModel  # noqa: E402
-from quantgraph.scale.engine_dask import _peak_rss, run_dask  # noqa: E402
+from quantgraph.scale.engine_dask import run_dask  # noqa: E402
 from quantgraph.scale.partition import partition_graph  # noqa: E402
+from quantgraph.scale.result import peak_rss  # noqa: E402
 from tests.conftest import TwoLayer  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def main() -> None:
     t0 = time.perf_counter()
     expected = native.run(inputs).numpy()
     single = time.perf_counter() - t0
-    rss = _peak_rss()
+    rss = peak_rss()
     print(json.dumps({"config": "single-process", "nodes": args.nodes, "edges": args.edges,
                       "features": args.features, "bits": args.bits, "seconds": round(single, 3),
                       "peak_rss_mb": round(rss / 2**20)}), flush=True)  # fmt: skip

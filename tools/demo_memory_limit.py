@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quantgraph as qg  # noqa: E402
 from quantgraph.data import GraphData  # noqa: E402
 from quantgraph.native.runtime import NativeModel  # noqa: E402
-from quantgraph.scale.engine_dask import _peak_rss, run_dask  # noqa: E402
+from quantgraph.scale.engine_dask import run_dask  # noqa: E402
 from quantgraph.scale.partition import partition_graph  # noqa: E402
+from quantgraph.scale.result import peak_rss  # noqa: E402
 from tests.conftest import TwoLayer  # noqa: E402
 from tools.bench_scale import power_law  # noqa: E402
 
@@ -77,7 +78,7 @@ def main() -> None:
         )
         expected = expected.numpy()
         single = time.perf_counter() - t0
-        single_rss = _peak_rss()
+        single_rss = peak_rss()
         t0 = time.perf_counter()
         summary = partition_graph(x, ei, args.parts, work / "parts", method=args.method)
         part_s = time.perf_counter() - t0

@@ -9,29 +9,13 @@ places them, moves their results and re-runs the tasks of a worker that dies.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from quantgraph.errors import InputError
 from quantgraph.scale import layerwise
+from quantgraph.scale.result import ScaleResult, assemble, peak_rss
 from quantgraph.scale.store import load_manifest
-
-
-@dataclass
-class ScaleResult:
-    """Logits in global node order, and what moved: halo bytes per segment (packed, and as float32 would be)."""
-
-    logits: np.ndarray
-    bytes_per_layer: list[int]
-    float32_bytes_per_layer: list[int]
-    seconds_per_layer: list[float]
-    seconds: float
-    parts: int
-    workers: int
-    worker_peak_rss: dict[str, int] = field(default_factory=dict)
 
 
 def _distributed() -> Any:
@@ -43,20 +27,6 @@ def _distributed() -> Any:
             'pip install "quantgraph[scale]" (or "dask[distributed]")',
         ) from None
     return distributed
-
-
-def _peak_rss() -> int:
-    """This process's peak resident memory in bytes (VmHWM; ru_maxrss would carry the parent's across exec)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 def run_dask(
@@ -157,13 +127,8 @@ def _run(
         [client.submit(layerwise.outputs, model_path, s, threads, pure=False) for s in states]
     )
     finals = client.gather(states)
-    width = outs[0].shape[1] if outs and outs[0].ndim == 2 else 1
-    logits = np.zeros((manifest.num_nodes, width), dtype=outs[0].dtype if outs else np.float32)
-    for p, rows in enumerate(outs):
-        logits[layerwise.output_file(folders[p])] = rows.reshape(len(rows), width)
-    per_layer = [sum(s.received.get(k, 0) for s in finals) for k in range(len(segs))]
-    per_layer_f32 = [sum(s.received_float32.get(k, 0) for s in finals) for k in range(len(segs))]
-    rss = client.run(_peak_rss)
+    logits, per_layer, per_layer_f32 = assemble(manifest.num_nodes, folders, outs, finals, len(segs))
+    rss = client.run(peak_rss)
     workers = len(client.scheduler_info()["workers"])
     del keep
     return ScaleResult(

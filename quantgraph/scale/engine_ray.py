@@ -16,7 +16,7 @@ import numpy as np
 
 from quantgraph.errors import InputError
 from quantgraph.scale import layerwise
-from quantgraph.scale.engine_dask import ScaleResult
+from quantgraph.scale.result import ScaleResult, assemble, output_with_rss
 from quantgraph.scale.store import load_manifest
 
 
@@ -62,7 +62,7 @@ def run_ray(
         prepare = ray.remote(**opts)(layerwise.prepare_part)
         piece = ray.remote(**opts)(layerwise.halo_piece)
         segment = ray.remote(**opts)(_segment)
-        output = ray.remote(**opts)(layerwise.outputs)
+        output = ray.remote(**opts)(output_with_rss)
         folders = [str(manifest.folder(p).resolve()) for p in range(manifest.parts)]
         states = [prepare.remote(model_path, folders[p], p, threads) for p in range(manifest.parts)]
         ray.wait(states, num_returns=len(states))
@@ -87,12 +87,10 @@ def run_ray(
     finally:
         if own_session:
             ray.shutdown()
-    width = outs[0].shape[1]
-    logits = np.zeros((manifest.num_nodes, width), dtype=outs[0].dtype)
-    for p, rows in enumerate(outs):
-        logits[layerwise.output_file(folders[p])] = rows
-    per_layer = [sum(s.received.get(k, 0) for s in finals) for k in range(len(segs))]
-    per_f32 = [sum(s.received_float32.get(k, 0) for s in finals) for k in range(len(segs))]
+    logits, per_layer, per_f32 = assemble(
+        manifest.num_nodes, folders, [o[0] for o in outs], finals, len(segs)
+    )
+    rss = {who: peak for _, who, peak in outs}  # the processes that ran an output task (Ray pools workers)
     return ScaleResult(
-        logits, per_layer, per_f32, seconds, time.perf_counter() - start, manifest.parts, workers
+        logits, per_layer, per_f32, seconds, time.perf_counter() - start, manifest.parts, workers, rss
     )
