@@ -2,8 +2,8 @@
 
 Without ``scheduler`` a local Ray instance with ``workers`` CPUs is started and shut down again; with
 ``scheduler`` (``ray://host:10001`` or ``auto``) the run joins that cluster, and a Ray session the caller
-already opened is used and left open. Tasks retry (``max_retries``) when their worker process dies; results
-stay referenced, so Ray can rebuild a lost one from its lineage. Tested in ``tests/test_scale_ray.py``.
+already opened is used and left open. Tasks retry (``max_retries``) when their worker process dies (tested in
+``tests/test_scale_ray.py``); a result lost with its node is left to Ray's lineage reconstruction (not tested).
 """
 
 from __future__ import annotations
