@@ -78,15 +78,21 @@ def test_partitioned_logits_equal_single_process(kind, bits, tmp_path, client):
         assert sum(result.bytes_per_layer) * (8 // bits) * 4 <= sum(result.float32_bytes_per_layer) + 64 * 3
 
 
-def test_killed_worker_is_retried_and_result_is_exact(tmp_path, client):
-    from quantgraph.scale.engine_dask import run_dask
-
-    path = _model("gcn", 4, tmp_path)
+def killed_worker_case(kind: str, tmp_path):
+    """A 4-bit model, its expected logits, 2 hash partitions in ``tmp_path/parts`` and an armed fault file."""
+    path = _model(kind, 4, tmp_path)
     g = _power_law(150, 5)
     expected = NativeModel.load(path, threads=1).run(g.inputs()).numpy()
     partition_graph(g.x.numpy(), g.edge_index.numpy(), 2, tmp_path / "parts", method="hash")
     fault = tmp_path / "kill-once"
     fault.write_text("the first task of the last layer that sees this file ends its worker process")
+    return path, expected, fault
+
+
+def test_killed_worker_is_retried_and_result_is_exact(tmp_path, client):
+    from quantgraph.scale.engine_dask import run_dask
+
+    path, expected, fault = killed_worker_case("gcn", tmp_path)
     before = set(client.scheduler_info()["workers"])
     result = run_dask(path, tmp_path / "parts", client=client, fault_file=str(fault))
     assert not fault.exists(), "the fault was never injected"

@@ -9,7 +9,7 @@ from quantgraph.native.runtime import NativeModel
 from quantgraph.scale.partition import partition_graph
 
 from .test_native_backend import _power_law
-from .test_scale import _graph_with_isolated, _model
+from .test_scale import _graph_with_isolated, _model, killed_worker_case
 
 ray = pytest.importorskip("ray")
 
@@ -41,12 +41,7 @@ def test_ray_logits_equal_single_process(kind, bits, tmp_path, session):
 def test_ray_killed_worker_is_retried_and_result_is_exact(tmp_path, session):
     from quantgraph.scale.engine_ray import run_ray
 
-    path = _model("gin", 4, tmp_path)
-    g = _power_law(150, 5)
-    expected = NativeModel.load(path, threads=1).run(g.inputs()).numpy()
-    partition_graph(g.x.numpy(), g.edge_index.numpy(), 2, tmp_path / "parts", method="hash")
-    fault = tmp_path / "kill-once"
-    fault.write_text("the first task of the last layer that sees this file ends its worker process")
+    path, expected, fault = killed_worker_case("gin", tmp_path)
     result = run_ray(path, tmp_path / "parts", fault_file=str(fault))
     assert not fault.exists(), "the fault was never injected"
     assert np.array_equal(result.logits, expected)  # without a retry, ray.get would raise WorkerCrashedError
