@@ -122,6 +122,30 @@ def test_csr_from_edge_index_sorts_by_target_and_permutes_weights() -> None:
     assert csr.indices.dtype == np.int32 and csr.num_rows == 4 and csr.num_edges == 5
 
 
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_csr_counting_sort_equals_a_stable_argsort(index_dtype) -> None:
+    """The ``csr_build`` kernel against numpy's stable sort: repeated edges, empty rows, isolated nodes."""
+    rng = _rng(7)
+    for n, e in [(1, 0), (6, 0), (9, 40), (3000, 50000)]:
+        ei = np.stack([rng.integers(0, n, e), rng.integers(0, max(n // 3, 1), e)])  # rows >= n // 3 empty
+        w = rng.integers(-30000, 30000, e).astype(np.int16)
+        csr = nk.CSR.from_edge_index(ei, n, w, index_dtype=index_dtype)
+        order = np.argsort(ei[1], kind="stable")
+        np.testing.assert_array_equal(
+            csr.indptr, np.concatenate([[0], np.cumsum(np.bincount(ei[1], minlength=n))])
+        )
+        np.testing.assert_array_equal(csr.indices, ei[0][order])
+        np.testing.assert_array_equal(csr.edge_weights, w[order])
+        assert csr.indices.dtype == index_dtype
+
+
+def test_csr_refuses_ids_outside_the_graph_and_other_index_types() -> None:
+    with pytest.raises(InputError, match="outside"):
+        nk.CSR.from_edge_index(np.array([[0, 4], [1, 0]]), 4)
+    with pytest.raises(InputError, match="not int32 or int64"):
+        nk.CSR.from_edge_index(np.array([[0], [1]]), 4, index_dtype=np.int16)
+
+
 @pytest.mark.parametrize("bits", [8, 4, 2])
 def test_pack_unpack_roundtrip(bits: int) -> None:
     rng = _rng(bits)

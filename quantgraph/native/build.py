@@ -26,7 +26,7 @@ from quantgraph.checksum import file_sha256
 from quantgraph.errors import EnvironmentFailure, InputError
 
 SOURCE = Path(__file__).with_name("kernels.c")
-ABI_VERSION = 3
+ABI_VERSION = 4
 BASE_FLAGS = ["-std=c99", "-O3", "-shared", "-fPIC"]
 FLAG_SETS = [
     ["-march=native", "-fopenmp"],
@@ -331,6 +331,8 @@ def _bind(lib: ctypes.CDLL) -> None:
         c.c_int,
     ]
     lib.csr_spmm_mixed_f32.restype = c.c_int
+    lib.csr_build.argtypes = [vp, vp, i64, i64, vp, vp, c.c_int, vp]
+    lib.csr_build.restype = c.c_int
     lib.qg_info.argtypes = [vp]
     lib.qg_info.restype = None
 

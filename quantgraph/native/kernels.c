@@ -18,6 +18,7 @@
  *       C[m, n] = sum_k (A[m, k] - za) * (B[k, n] - zb[n]) + bias[n]
  *   csr_spmm_mixed_f32                       float32 CSR aggregation of dequantized node rows stored at mixed
  *       widths (A2Q: rows grouped by width 8/4/2/0, each group packed at its width, one scale per row)
+ *   csr_build                                CSR from an edge list by a stable counting sort on the target
  *   qg_info                                  ABI version and build features
  *
  * Conventions
@@ -95,7 +96,7 @@
 #define QG_IVDEP
 #endif
 
-#define QG_ABI_VERSION 3
+#define QG_ABI_VERSION 4
 #define QG_OK 0
 #define QG_EBADARG (-1)
 #define QG_ENOMEM (-2)
@@ -2712,6 +2713,43 @@ int csr_spmm_mixed_f32(int64_t n_rows, int64_t n_src, int64_t F, const int64_t *
         }
     }
     free(buf);
+    return QG_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+
+/* CSR of E edges (src[e] -> dst[e], ids in [0, n)) with rows = targets: indptr[n + 1], indices[E] (int32 or
+ * int64: idx64) = sources, order[E] = the edge each CSR slot came from. A stable counting sort (O(n + E)):
+ * the edges of a row keep their input order, as numpy's argsort(dst, kind="stable") orders them. */
+int csr_build(const int64_t *src, const int64_t *dst, int64_t E, int64_t n, int64_t *indptr, void *indices,
+              int idx64, int64_t *order) {
+    if (E < 0 || n < 0 || !indptr || (E > 0 && (!src || !dst || !indices || !order))) return QG_EBADARG;
+    for (int64_t i = 0; i <= n; ++i) indptr[i] = 0;
+    for (int64_t e = 0; e < E; ++e) {
+        const int64_t d = dst[e];
+        if (d < 0 || d >= n || src[e] < 0 || src[e] >= n) return QG_EBADARG;
+        indptr[d + 1]++;
+    }
+    for (int64_t i = 0; i < n; ++i) indptr[i + 1] += indptr[i];
+    int64_t *cursor = (int64_t *)qg_alloc((size_t)(n > 0 ? n : 1) * sizeof(int64_t));
+    if (!cursor) return QG_ENOMEM;
+    for (int64_t i = 0; i < n; ++i) cursor[i] = indptr[i];
+    if (idx64) {
+        int64_t *restrict out = (int64_t *)indices;
+        for (int64_t e = 0; e < E; ++e) {
+            const int64_t at = cursor[dst[e]]++;
+            out[at] = src[e];
+            order[at] = e;
+        }
+    } else {
+        int32_t *restrict out = (int32_t *)indices;
+        for (int64_t e = 0; e < E; ++e) {
+            const int64_t at = cursor[dst[e]]++;
+            out[at] = (int32_t)src[e];
+            order[at] = e;
+        }
+    }
+    free(cursor);
     return QG_OK;
 }
 
