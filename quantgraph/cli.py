@@ -442,6 +442,7 @@ def cmd_run_partitioned(args: argparse.Namespace) -> int:
     _console(args).print(
         f"{Path(args.model).name} on {args.data}: {result.parts} partitions on {result.workers} "
         f"{engine} workers in {result.seconds:.3f} s; halo bytes per layer [{moved}]"
+        + (f", graph values {result.graph_bytes}" if result.graph_segments else "")
     )
     if args.output:
         buf = io.BytesIO()

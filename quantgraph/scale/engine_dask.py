@@ -127,10 +127,9 @@ def _run(
         [client.submit(layerwise.outputs, model_path, s, threads, pure=False) for s in states]
     )
     finals = client.gather(states)
-    logits, per_layer, per_layer_f32 = assemble(manifest.num_nodes, folders, outs, finals, len(segs))
     rss = client.run(peak_rss)
     workers = len(client.scheduler_info()["workers"])
     del keep
-    return ScaleResult(
-        logits, per_layer, per_layer_f32, seconds, time.perf_counter() - start, parts, workers, rss
+    return assemble(
+        manifest.num_nodes, folders, outs, finals, segs, seconds, time.perf_counter() - start, workers, rss
     )

@@ -87,10 +87,8 @@ def run_ray(
     finally:
         if own_session:
             ray.shutdown()
-    logits, per_layer, per_f32 = assemble(
-        manifest.num_nodes, folders, [o[0] for o in outs], finals, len(segs)
-    )
     rss = {who: peak for _, who, peak in outs}  # the processes that ran an output task (Ray pools workers)
-    return ScaleResult(
-        logits, per_layer, per_f32, seconds, time.perf_counter() - start, manifest.parts, workers, rss
-    )
+    return assemble(
+        manifest.num_nodes, folders, [o[0] for o in outs], finals, segs, seconds, time.perf_counter() - start,
+        workers, rss,
+    )  # fmt: skip

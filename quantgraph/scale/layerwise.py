@@ -7,8 +7,13 @@ packed as the aggregation reads them (int8 rows, or 4/2-bit fields, two or four 
 Every other step is row-wise, so a partition computes it on its owned rows alone. The engines
 (``engine_dask``, ``engine_ray``) run one task per partition per segment, with a barrier between segments.
 
-A partition's state holds its graph-stage values (prepared once on its local graph, see ``partition``) and the
-owned rows of every value a later segment reads.
+Models whose graph stage ``graph_exchange`` can prove (GCN, SAGE, GIN) run it on each partition's owned
+in-edges alone: the graph stage is cut before each exchange point into *graph segments*, which come first
+and receive the halo rows of a node-level value (a degree normalisation, as float) from its owners. Other models
+run their whole graph stage on the stub layout (see ``partition``) when the partition is prepared.
+
+A partition's state holds its graph-stage values (prepared on its local graph) and the owned rows of every
+value a later segment reads.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from quantgraph.native import kernels
 from quantgraph.native.artifact import Step, references
 from quantgraph.native.fusion import FusedStep
 from quantgraph.native.runtime import NativeModel, PackedRows
+from quantgraph.scale.graph_exchange import exchange_points
 from quantgraph.scale.store import load_part
 
 #: feature-stage ops that act on each row alone (plus the aggregations, which the segments handle)
@@ -44,12 +50,16 @@ _MODELS: dict[tuple[str, float, int | None], NativeModel] = {}
 
 @dataclass(frozen=True)
 class Segment:
-    """Plan items from one aggregation up to the next; ``exchange`` is the aggregation's input (or None)."""
+    """Plan items from one aggregation up to the next; ``exchange`` is the aggregation's input (or None).
+
+    A ``stage == "graph"`` segment holds graph-stage steps from one exchange point up to the next; its
+    ``exchange`` is the node-level value whose halo rows it receives (as they are: float)."""
 
     items: list[Step | FusedStep]
     exchange: str | None
     bits: int
     live_after: frozenset[str]
+    stage: str = "feature"
 
 
 @dataclass
@@ -81,8 +91,22 @@ def _reads(item: Step | FusedStep) -> set[str]:
     return {n for s in steps for n in references({"args": s.args, "kwargs": s.kwargs})}
 
 
+def _graph_segments(model: NativeModel) -> list[Segment]:
+    """The graph stage cut before each exchange point (none for the stub layout)."""
+    points = exchange_points(model)
+    if not points:
+        return []
+    steps = model._steps("graph")
+    bounds = [pt.index for pt in points] + [len(steps)]
+    return [
+        Segment(steps[a:b], pt.value, 0, frozenset(), "graph")
+        for pt, a, b in zip(points, bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
 def segments(model: NativeModel) -> list[Segment]:
-    """The model's fused plan cut before every aggregation; refuses steps that are not row-wise."""
+    """The graph segments, then the model's fused plan cut before every aggregation; refuses steps that are
+    not row-wise."""
     if sorted(model.program.inputs) != ["edge_index", "x"] or model.feature_inputs != ["x"]:
         raise InputError(
             f"partitioned runs take models with inputs x and edge_index, this one has {model.program.inputs}",
@@ -100,7 +124,7 @@ def segments(model: NativeModel) -> list[Segment]:
                 )
     cuts = [i for i, item in enumerate(plan) if _head(item).op == "native.aggregate"]
     bounds = [0, *cuts, len(plan)] if not cuts or cuts[0] != 0 else [*cuts, len(plan)]
-    out: list[Segment] = []
+    out: list[Segment] = _graph_segments(model)
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         items = plan[a:b]
         head = _head(items[0]) if items else None
@@ -119,17 +143,42 @@ def segments(model: NativeModel) -> list[Segment]:
     return out
 
 
+def _run_graph_steps(model: NativeModel, steps: list[Step], values: dict[str, Any], local: int) -> None:
+    """Graph-stage steps on a local graph of ``local`` nodes (as ``NativeModel.prepare`` runs them)."""
+    for step in steps:
+        if step.op == "input.size":  # of the feature input x (the state holds x's owned rows only)
+            _, axis = step.args
+            values[step.out] = local if axis == 0 else int(values["x"].shape[axis])
+        else:
+            values[step.out] = model._execute(step, values)
+
+
+def _graph_done(model: NativeModel, values: dict[str, Any]) -> dict[str, Any]:
+    """The graph-stage values the feature stage reads (intermediates dropped)."""
+    return {n: v for n, v in values.items() if n in model._feature_reads or n == "x"}
+
+
 def prepare_part(model_path: str, folder: str, part: int, threads: int | None = None) -> PartState:
-    """Run the graph stage on a partition's local graph and load its owned features (memory-mapped file)."""
+    """Run the graph stage (up to its first exchange point) on a partition's local graph, and load its owned
+    features (memory-mapped file). Exchange layout when the model allows it, else the stub layout."""
     model = model_for(model_path, threads)
     arrays = load_part(folder)
     owned = len(arrays["owned"])
     local = owned + len(arrays["halo_owner"]) + 1  # + the dummy node
     x = arrays["x"]
     shape_only = np.broadcast_to(np.zeros((), dtype=np.float32), (local, x.shape[1]))
-    edges = torch.from_numpy(np.array(arrays["edges"]))
-    prepared = model.prepare({"x": shape_only, "edge_index": edges}, order="none")
-    values = dict(prepared.values)
+    points = exchange_points(model)
+    if points is None:  # the stub layout: every edge of the partition
+        edges = torch.from_numpy(np.array(arrays["edges"]))
+        prepared = model.prepare({"x": shape_only, "edge_index": edges}, order="none")
+        values = dict(prepared.values)
+    else:  # the exchange layout: the edges into owned nodes
+        edges = torch.from_numpy(np.array(arrays["edges"][:, : int(arrays["owned_edges"])]))
+        steps = model._steps("graph")
+        values = {"x": shape_only, "edge_index": edges}
+        _run_graph_steps(model, steps[: points[0].index if points else len(steps)], values, local)
+        if not points:
+            values = _graph_done(model, values)
     values["x"] = torch.from_numpy(np.array(x, dtype=np.float32))
     return PartState(part, owned, local, values)
 
@@ -148,7 +197,37 @@ def halo_piece(state: PartState, seg: Segment, dest_folder: str) -> np.ndarray:
     dest = load_part(dest_folder)
     rows = np.asarray(dest["halo_pos"][np.asarray(dest["halo_owner"]) == state.part])
     assert seg.exchange is not None
+    if seg.stage == "graph":
+        return np.ascontiguousarray(state.values[seg.exchange].numpy()[rows])
     return pack_rows(state.values[seg.exchange], rows, seg.bits)
+
+
+def _run_graph_segment(
+    model: NativeModel, state: PartState, index: int, pieces: list[np.ndarray]
+) -> PartState:
+    """A graph segment: the exchanged value's halo rows from their owners, then the steps up to the next."""
+    segs = segments(model)
+    seg = segs[index]
+    assert seg.exchange is not None
+    values = dict(state.values)
+    table = values[seg.exchange].clone()
+    halo = torch.from_numpy(np.concatenate(pieces)) if pieces else table[:0]
+    if state.owned + len(halo) + 1 != state.local:
+        raise InputError(
+            f"partition {state.part} received {len(halo)} halo rows of {seg.exchange} for a local graph of "
+            f"{state.local}",
+            "re-create the partition folder",
+        )
+    table[state.owned : state.owned + len(halo)] = halo
+    values[seg.exchange] = table
+    _run_graph_steps(model, [i for i in seg.items if isinstance(i, Step)], values, state.local)
+    if index + 1 == len(segs) or segs[index + 1].stage != "graph":
+        values = _graph_done(model, values)
+    received = dict(state.received)
+    received[index] = int(sum(p.nbytes for p in pieces))
+    received_f32 = dict(state.received_float32)
+    received_f32[index] = received[index]
+    return PartState(state.part, state.owned, state.local, values, received, received_f32)
 
 
 def _num_features(value: Any) -> int:
@@ -206,6 +285,8 @@ def run_segment(
         os._exit(1)
     model = model_for(model_path, threads)
     seg = segments(model)[index]
+    if seg.stage == "graph":
+        return _run_graph_segment(model, state, index, pieces)
     values = dict(state.values)
     if seg.exchange is not None:
         owned_value = values[seg.exchange]

@@ -7,14 +7,23 @@ owner and by position in the owner's list), then one *dummy* node ``n+h``. Its e
 * every edge into an owned node (so an owned row aggregates exactly its global in-neighbourhood), and
 * every edge into a halo node, its source replaced by the dummy node when it is neither owned nor halo.
 
-The second kind makes every halo node's in-degree equal to its global one, so degree normalisations computed
-by the model's graph stage (GCN's ``deg^-1/2`` at both ends of an edge, SAGE's mean) are the global ones and the
-owned rows come out bit-equal to a single-process run. Rows computed for halo and dummy nodes are discarded.
+``edges.npy`` stores the first kind first (in global edge order), then the second; ``owned_edges.npy`` holds
+the count of the first. Two layouts are read from it (``layerwise.prepare_part`` picks one per model):
+
+* *exchange* (the first kind only): when ``graph_exchange`` proves that the model's graph stage needs halo
+  nodes only through node-level values such as degrees, the partition receives those values' halo rows from
+  their owners instead (GCN, SAGE, GIN). Its graph stage then costs ``O(owned in-edges)``.
+* *stub* (both kinds): every halo node's in-degree equals its global one, so degree normalisations computed by
+  any graph stage are the global ones. On graphs without locality almost every node is some partition's halo
+  node, and each partition then holds nearly every edge.
+
+Either way the owned rows come out bit-equal to a single-process run; rows computed for halo and dummy nodes are
+discarded.
 
 Files written per partition (``part-<p>/``): ``owned.npy`` (global ids), ``halo_owner.npy`` and
 ``halo_pos.npy`` (for each halo node: its owning partition and its row there), ``edges.npy`` ([2, E_local]
-local ids) and ``x.npy`` (the owned rows' features, read memory-mapped by workers). ``manifest.json`` records
-sizes, the halo counts between partitions and the SHA-256 of every file.
+local ids), ``owned_edges.npy`` and ``x.npy`` (the owned rows' features, read memory-mapped by workers).
+``manifest.json`` records sizes, the halo counts between partitions and the SHA-256 of every file.
 """
 
 from __future__ import annotations
@@ -34,9 +43,9 @@ from quantgraph.checksum import file_sha256
 from quantgraph.errors import InputError
 
 FORMAT = "quantgraph-partitions"
-VERSION = 1
+VERSION = 2  # 2: edges into owned nodes first, owned_edges.npy
 METHODS = ("metis", "hash", "range")
-FILES = ("owned.npy", "halo_owner.npy", "halo_pos.npy", "edges.npy", "x.npy")
+FILES = ("owned.npy", "halo_owner.npy", "halo_pos.npy", "edges.npy", "owned_edges.npy", "x.npy")
 
 
 @dataclass
@@ -51,6 +60,7 @@ class PartitionSummary:
     owned: list[int]
     halo: list[int]
     edges: list[int]
+    owned_edges: list[int]
 
 
 def assign(edge_index: np.ndarray, num_nodes: int, parts: int, method: str, seed: int = 0) -> np.ndarray:
@@ -111,7 +121,7 @@ def local_graphs(edge_index: np.ndarray, membership: np.ndarray, parts: int) -> 
         is_halo = np.zeros(num_nodes, dtype=bool)
         is_halo[halo] = True
         into_halo = is_halo[dst]
-        keep = into_owned | into_halo
+        keep = np.concatenate([np.flatnonzero(into_owned), np.flatnonzero(into_halo)])  # disjoint
         ls, ld = local[src[keep]], local[dst[keep]]
         ls[ls < 0] = n + h  # sources outside the local graph: the dummy node (keeps halo in-degrees)
         out.append(
@@ -120,6 +130,7 @@ def local_graphs(edge_index: np.ndarray, membership: np.ndarray, parts: int) -> 
                 "halo_owner": membership[halo].astype(np.int32),
                 "halo_pos": position[halo].astype(np.int64),
                 "edges": np.stack([ls, ld]).astype(np.int64),
+                "owned_edges": np.array(int(into_owned.sum()), dtype=np.int64),
             }
         )
         local[owned] = -1
@@ -183,6 +194,7 @@ def partition_graph(
                     "owned": len(g["owned"]),
                     "halo": len(g["halo_owner"]),
                     "edges": int(g["edges"].shape[1]),
+                    "owned_edges": int(g["owned_edges"]),
                     "halo_from": {str(q): int(c) for q, c in enumerate(halo_from) if c},
                     "sha256": {name: file_sha256(folder / name) for name in FILES},
                 }
@@ -209,4 +221,5 @@ def partition_graph(
     return PartitionSummary(
         target, parts, method, seconds_assign, time.perf_counter() - start,
         [e["owned"] for e in entries], [e["halo"] for e in entries], [e["edges"] for e in entries],
+        [e["owned_edges"] for e in entries],
     )  # fmt: skip

@@ -13,7 +13,9 @@ from quantgraph.scale import layerwise
 
 @dataclass
 class ScaleResult:
-    """Logits in global node order, and what moved: halo bytes per segment (packed, and as float32 would be)."""
+    """Logits in global node order, and what moved: halo bytes per feature segment (packed, and as float32
+    would be) and in all graph segments (``graph_bytes``: node-level graph values such as degrees, as float).
+    ``seconds_per_layer`` lists every segment, the ``graph_segments`` first."""
 
     logits: np.ndarray
     bytes_per_layer: list[int]
@@ -23,6 +25,8 @@ class ScaleResult:
     parts: int
     workers: int
     worker_peak_rss: dict[str, int] = field(default_factory=dict)
+    graph_bytes: int = 0
+    graph_segments: int = 0
 
 
 def peak_rss() -> int:
@@ -49,13 +53,31 @@ def assemble(
     folders: list[str],
     outs: list[np.ndarray],
     finals: list[Any],
-    segment_count: int,
-) -> tuple[np.ndarray, list[int], list[int]]:
+    segs: list[layerwise.Segment],
+    seconds: list[float],
+    elapsed: float,
+    workers: int,
+    rss: dict[str, int],
+) -> ScaleResult:
     """Logits in global node order from each partition's owned rows, and the halo bytes moved per segment."""
     width = outs[0].shape[1] if outs and outs[0].ndim == 2 else 1
     logits = np.zeros((num_nodes, width), dtype=outs[0].dtype if outs else np.float32)
     for folder, rows in zip(folders, outs, strict=True):
         logits[layerwise.output_file(folder)] = rows.reshape(len(rows), width)
-    per_layer = [sum(s.received.get(k, 0) for s in finals) for k in range(segment_count)]
-    per_layer_f32 = [sum(s.received_float32.get(k, 0) for s in finals) for k in range(segment_count)]
-    return logits, per_layer, per_layer_f32
+    graph = [k for k, seg in enumerate(segs) if seg.stage == "graph"]
+    feature = [k for k, seg in enumerate(segs) if seg.stage != "graph"]
+    per_layer = [sum(s.received.get(k, 0) for s in finals) for k in feature]
+    per_layer_f32 = [sum(s.received_float32.get(k, 0) for s in finals) for k in feature]
+    graph_bytes = sum(s.received.get(k, 0) for s in finals for k in graph)
+    return ScaleResult(
+        logits,
+        per_layer,
+        per_layer_f32,
+        seconds,
+        elapsed,
+        len(folders),
+        workers,
+        rss,
+        graph_bytes,
+        len(graph),
+    )
