@@ -26,6 +26,7 @@ from quantgraph.metrics import accuracy, argmax_agreement
 from quantgraph.options import (
     CALIBRATION,
     COMPILE_OPTIONS,
+    PER_CHANNEL_WEIGHTS,
     PERCENTILE_TAIL,
     REDUCE_RANGE,
     SEED,
@@ -41,6 +42,7 @@ from quantgraph.policies.base import (
     GRAPH_PASSES,
     Policy,
     available_policies,
+    with_per_channel_weights,
     with_reduced_weight_range,
     without_roles,
 )
@@ -279,6 +281,8 @@ def compile(  # noqa: A001 - mirrors the CLI command
     qconfig = without_roles(qconfig, SKIP_ROLES.read(opts))
     if REDUCE_RANGE.read(opts):
         qconfig = with_reduced_weight_range(qconfig)
+    if PER_CHANNEL_WEIGHTS.read(opts):
+        qconfig = with_per_channel_weights(qconfig, pol.pipeline)
     if calibration_sample is not None:
         check_sample_size(calibration_sample)
         if calibration or (task_data is not None and "node" not in task_data) or data.batch is not None:

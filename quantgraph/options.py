@@ -179,4 +179,19 @@ REDUCE_RANGE = Option(
     False,
     "8-bit weights use 7 bits ([-64, 63]) so x86 CPUs without VNNI run them exactly in onnxruntime/OpenVINO",
 )
-COMPILE_OPTIONS = (SEED, CALIBRATION, PERCENTILE_TAIL, SKIP_ROLES, TRACE_TRAINING, REDUCE_RANGE)
+PER_CHANNEL_WEIGHTS = Option(
+    "per_channel_weights",
+    bool,
+    False,
+    "weights get a symmetric min/max range per output channel (onnxruntime's per_channel); "
+    "the QAT policies default to one range per tensor, as their papers do",
+)
+COMPILE_OPTIONS = (
+    SEED,
+    CALIBRATION,
+    PERCENTILE_TAIL,
+    SKIP_ROLES,
+    TRACE_TRAINING,
+    REDUCE_RANGE,
+    PER_CHANNEL_WEIGHTS,
+)

@@ -306,3 +306,33 @@ def test_degree_quant_compile_is_repeatable(small_gcn):
     ]
     assert torch.equal(torch.random.get_rng_state(), before)
     assert runs[0].SerializeToString(deterministic=True) == runs[1].SerializeToString(deterministic=True)
+
+
+def test_per_channel_fake_quant_gives_each_channel_its_own_range():
+    from quantgraph.ir.qspec import Granularity
+
+    spec = QuantSpec(bits=4, symmetric=True, granularity=Granularity.PER_CHANNEL, axis=0)
+    w = torch.tensor([[0.7, -0.1, 0.3], [0.01, -0.02, 0.005]])
+    fq = FakeQuantize(spec).train()
+    out = fq(w)
+    qp = fq.qparams()
+    assert qp.scale.shape == (2,)
+    torch.testing.assert_close(qp.scale, torch.tensor([0.7, 0.02]) / 7)
+    per_tensor = FakeQuantize(QuantSpec(bits=4, symmetric=True)).train()(w)
+    # the small row keeps its values per channel; one range for the tensor rounds it all to 0
+    assert torch.count_nonzero(out[1]) == 3 and torch.count_nonzero(per_tensor[1]) == 0
+    assert (out - w).abs().max() <= 0.7 / 14 + 1e-6
+
+
+def test_per_channel_weights_option_exports_per_channel_qdq(small_gcn, tmp_path):
+    model, data = small_gcn
+    options = {"epochs": 3, "per_channel_weights": True}
+    compiled = qg_compile(model, data, policy="degree-quant", bits=4, options=options)
+    report = compiled.export_onnx(tmp_path / "pc.onnx", data)
+    assert report["argmax_agreement"] == 1.0
+    proto = onnx.load(str(tmp_path / "pc.onnx"))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    scale_shapes = [inits[n.input[1]].shape for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    assert any(len(s) == 1 and s[0] > 1 for s in scale_shapes)  # a weight with one scale per channel
+    with pytest.raises(InputError, match="per_channel_weights"):
+        qg_compile(model, data, policy="mixq", bits=4, options={"epochs": 1, "per_channel_weights": True})

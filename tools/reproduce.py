@@ -102,6 +102,7 @@ def _compiled(policy: str, bits: int, **options) -> Callable:
             "acc": compiled.report["accuracy"]["onnx"],
             **bit_figures(compiled.report),
             **ir_figure(compiled),
+            **val_figure(compiled),
         }
 
     return run
@@ -109,6 +110,12 @@ def _compiled(policy: str, bits: int, **options) -> Callable:
 
 #: per-seed figures of a quantized model beside its accuracy (``<method> <key>`` in the logs)
 BIT_FIGURES = ("bits_elements", "bits_a2q", "bits_sgquant", "bitops_ours_x", "bitops_mixq_x")
+
+
+def val_figure(compiled) -> dict[str, float]:
+    """The validation accuracy (%) of the checkpoint QAT selected (the figure variants are chosen on)."""
+    qat = compiled.report.get("qat")
+    return {"val_acc": 100 * qat["val_acc"]} if qat and qat.get("val_acc") is not None else {}
 
 
 def ir_figure(compiled) -> dict[str, float]:
@@ -156,6 +163,13 @@ METHODS: dict[str, Method] = {
     "qat-int4": Method("qat-int4", 4, _compiled("qat", 4)),
     "degree-quant-int8": Method("degree-quant-int8", 8, _compiled("degree-quant", 8)),
     "degree-quant-int4": Method("degree-quant-int4", 4, _compiled("degree-quant", 4)),
+    # Degree-Quant with a symmetric weight range per output channel (the paper: one range per tensor)
+    "degree-quant-pc-int8": Method(
+        "degree-quant-pc-int8", 8, _compiled("degree-quant", 8, per_channel_weights=True)
+    ),
+    "degree-quant-pc-int4": Method(
+        "degree-quant-pc-int4", 4, _compiled("degree-quant", 4, per_channel_weights=True)
+    ),
 }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from quantgraph.ir.qspec import QParams, QuantSpec
+from quantgraph.ir.qspec import Granularity, QParams, QuantSpec
 from quantgraph.ir.quantizer import Quantizer, QuantizerSettings, register_quantizer
 
 #: Percentiles are estimated on at most this many values (a deterministic strided sample).
@@ -46,9 +46,11 @@ class _RoundSTE(torch.autograd.Function):
 
 @register_quantizer
 class FakeQuantize(Quantizer):
-    """Per-tensor affine fake quantizer with percentile/min-max range tracking and mask bypass.
+    """Affine fake quantizer with percentile/min-max range tracking and mask bypass.
 
     The built-in ``fake-quant`` quantizer: min/max ranges (``tail`` 0) or percentile ranges (Degree-Quant).
+    Per tensor, or per channel along ``spec.axis`` when the spec says so (weights, as PyTorch's
+    ``FakeQuantize`` with a per-channel observer): the range then holds one entry per channel.
     """
 
     kind = "fake-quant"
@@ -67,10 +69,13 @@ class FakeQuantize(Quantizer):
         self.tail = float(tail)
         self.momentum = momentum  # None: running min/max; else EMA with this momentum
         self.clip_grad = clip_grad
+        self.per_channel = spec.granularity == Granularity.PER_CHANNEL
         lo, hi = (torch.zeros(()), torch.zeros(()))
         if init is not None:  # recover the range the calibration chose
-            lo = ((init.qmin - init.zero_point) * init.scale).float().min().reshape(())
-            hi = ((init.qmax - init.zero_point) * init.scale).float().max().reshape(())
+            lo = ((init.qmin - init.zero_point) * init.scale).float()
+            hi = ((init.qmax - init.zero_point) * init.scale).float()
+            if not self.per_channel:
+                lo, hi = lo.min().reshape(()), hi.max().reshape(())
         self.register_buffer("lo", lo)
         self.register_buffer("hi", hi)
         self.register_buffer("initialized", torch.tensor(init is not None))
@@ -79,7 +84,20 @@ class FakeQuantize(Quantizer):
     def from_spec(cls, spec: QuantSpec, init: QParams | None, settings: QuantizerSettings) -> FakeQuantize:
         return cls(spec, init, tail=settings.tail, momentum=settings.momentum, clip_grad=settings.clip_grad)
 
+    def _channel_rows(self, x: Tensor) -> Tensor:
+        """``x`` as one row per channel (along ``spec.axis``)."""
+        return x.detach().float().movedim(self.spec.axis % x.dim(), 0).reshape(x.shape[self.spec.axis], -1)
+
+    def _channel_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        rows = self._channel_rows(x)
+        rows = torch.where(torch.isfinite(rows), rows, torch.zeros_like(rows))
+        if self.tail > 0 and rows.shape[1] > 1:
+            return torch.quantile(rows, self.tail, dim=1), torch.quantile(rows, 1.0 - self.tail, dim=1)
+        return rows.amin(dim=1), rows.amax(dim=1)
+
     def _batch_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.per_channel:
+            return self._channel_range(x)
         flat = x.detach().flatten().float()
         flat = flat[torch.isfinite(flat)]  # a diverging step (e.g. x / 0) must not poison the range
         if self.tail > 0 and flat.numel() > 1:
@@ -95,11 +113,11 @@ class FakeQuantize(Quantizer):
         if x.numel() == 0:
             return
         lo, hi = self._batch_range(x)
-        if lo.numel() == 0 or not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+        if lo.numel() == 0 or not bool((torch.isfinite(lo) & torch.isfinite(hi)).all()):
             return
         if not bool(self.initialized):
-            self.lo.copy_(lo)
-            self.hi.copy_(hi)
+            self.lo = lo.clone()  # a per-channel range replaces the 0-d placeholder
+            self.hi = hi.clone()
             self.initialized.fill_(True)
         elif self.momentum is None:
             self.lo.copy_(torch.minimum(self.lo, lo))
@@ -117,9 +135,12 @@ class FakeQuantize(Quantizer):
         if self.training:
             self._observe(x if protect is None else x[~protect])
         qp = self.qparams()
-        out = _RoundSTE.apply(
-            x, qp.scale, qp.zero_point.float(), self.spec.qmin, self.spec.qmax, self.clip_grad
-        )
+        scale, zp = qp.scale, qp.zero_point.float()
+        if self.per_channel and scale.dim() == 1:  # broadcast one entry per channel along the axis
+            shape = [1] * x.dim()
+            shape[self.spec.axis % x.dim()] = -1
+            scale, zp = scale.view(shape), zp.view(shape)
+        out = _RoundSTE.apply(x, scale, zp, self.spec.qmin, self.spec.qmax, self.clip_grad)
         if protect is None:
             return out
         keep = protect.view(-1, *([1] * (x.dim() - 1)))
@@ -127,5 +148,6 @@ class FakeQuantize(Quantizer):
 
     def extra_repr(self) -> str:
         return (
-            f"bits={self.spec.bits}, tail={self.tail}, momentum={self.momentum}, clip_grad={self.clip_grad}"
+            f"bits={self.spec.bits}, per_channel={self.per_channel}, tail={self.tail}, "
+            f"momentum={self.momentum}, clip_grad={self.clip_grad}"
         )

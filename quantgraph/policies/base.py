@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from quantgraph.errors import InputError
-from quantgraph.ir.qspec import QuantSpec, check_bits
+from quantgraph.ir.qspec import Granularity, QuantSpec, check_bits
 from quantgraph.ir.roles import Role
 from quantgraph.options import Option
 from quantgraph.passes.observers import available_observers
@@ -82,6 +82,29 @@ def with_reduced_weight_range(qconfig: dict[Role, QuantSpec]) -> dict[Role, Quan
         role: spec.with_bits(7) if role == Role.WEIGHT and spec.bits == 8 and spec.signed else spec
         for role, spec in qconfig.items()
     }
+
+
+def with_per_channel_weights(
+    qconfig: dict[Role, QuantSpec], pipeline: Sequence[str]
+) -> dict[Role, QuantSpec]:
+    """``qconfig`` with weights quantized symmetrically per output channel (axis 0) at the same bits.
+
+    The ranges are min/max per channel, as onnxruntime's and PyTorch's per-channel weight quantizers use.
+    Only the plain ``fake-quant`` quantizer (and PTQ observers) implement per-channel ranges.
+    """
+    spec = qconfig.get(Role.WEIGHT)
+    if spec is None:
+        return qconfig
+    if spec.quantizer != "fake-quant" or "search-bits" in pipeline:
+        raise InputError(
+            f"per_channel_weights is not supported by this policy's weight quantizer ('{spec.quantizer}'"
+            f"{', searched bitwidths' if 'search-bits' in pipeline else ''})",
+            "leave per_channel_weights off, or use minmax, qat or degree-quant",
+        )
+    per_channel = replace(
+        spec, symmetric=True, granularity=Granularity.PER_CHANNEL, axis=0, observer="minmax", observer_args=()
+    )
+    return {**qconfig, Role.WEIGHT: per_channel}
 
 
 def _builtin_policies() -> None:
