@@ -336,3 +336,5 @@ def test_per_channel_weights_option_exports_per_channel_qdq(small_gcn, tmp_path)
     assert any(len(s) == 1 and s[0] > 1 for s in scale_shapes)  # a weight with one scale per channel
     with pytest.raises(InputError, match="per_channel_weights"):
         qg_compile(model, data, policy="mixq", bits=4, options={"epochs": 1, "per_channel_weights": True})
+    with pytest.raises(InputError, match="per_channel_weights: this policy quantizes no weights"):
+        qg_compile(model, data, policy="fp32", options={"per_channel_weights": True})

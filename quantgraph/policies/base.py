@@ -93,13 +93,16 @@ def with_per_channel_weights(
     Only the plain ``fake-quant`` quantizer (and PTQ observers) implement per-channel ranges.
     """
     spec = qconfig.get(Role.WEIGHT)
-    if spec is None:
-        return qconfig
-    if spec.quantizer != "fake-quant" or "search-bits" in pipeline:
+    if spec is None or spec.quantizer != "fake-quant" or "search-bits" in pipeline:
+        what = (
+            "this policy quantizes no weights through its role map"
+            if spec is None
+            else f"this policy's weight quantizer ('{spec.quantizer}'"
+            f"{', searched bitwidths' if 'search-bits' in pipeline else ''}) has no per-channel form"
+        )
         raise InputError(
-            f"per_channel_weights is not supported by this policy's weight quantizer ('{spec.quantizer}'"
-            f"{', searched bitwidths' if 'search-bits' in pipeline else ''})",
-            "leave per_channel_weights off, or use minmax, qat or degree-quant",
+            f"per_channel_weights: {what}",
+            "leave per_channel_weights off, or use minmax, ptq, qat or degree-quant",
         )
     per_channel = replace(
         spec, symmetric=True, granularity=Granularity.PER_CHANNEL, axis=0, observer="minmax", observer_args=()
