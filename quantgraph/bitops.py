@@ -106,7 +106,7 @@ def node_shapes(gm: fx.GraphModule, args: Sequence[Tensor]) -> dict[str, torch.S
     return shapes
 
 
-def _through(node: fx.Node, gm: fx.GraphModule) -> fx.Node | None:
+def value_passed_on(node: fx.Node, gm: fx.GraphModule) -> fx.Node | None:
     """The value a transparent op or dropout module passes on, else None."""
     if node.op == "call_function" and node.target in _TRANSPARENT and isinstance(node.args[0], fx.Node):
         return node.args[0]
@@ -122,7 +122,7 @@ def quant_point(node: Any, gm: fx.GraphModule) -> fx.Node | None:
             return node
         if node.op == "call_module" and is_quantizer(gm.get_submodule(node.target)):
             return node
-        node = _through(node, gm)
+        node = value_passed_on(node, gm)
     return None
 
 
@@ -140,7 +140,7 @@ def _message_operands(src: fx.Node, gm: fx.GraphModule) -> tuple[tuple[Any, Any]
         elif node.op == "call_module" and is_quantizer(gm.get_submodule(node.target)):
             node = node.args[0]
         else:
-            node = _through(node, gm)
+            node = value_passed_on(node, gm)
     return (src, None), False
 
 
@@ -277,7 +277,7 @@ def output_point(node: fx.Node, gm: fx.GraphModule) -> fx.Node | None:
                 and is_quantizer(gm.get_submodule(user.target))
             ):
                 return user
-            if _through(user, gm) is current:
+            if value_passed_on(user, gm) is current:
                 frontier.append(user)
     return None
 

@@ -104,3 +104,26 @@ def test_identity_ops_are_removed():
     assert not targets & {torch.ops.aten.clone.default, torch.ops.aten.detach.default}
     linear = next(n for n in gm.graph.nodes if n.target == torch.ops.aten.linear.default)
     assert linear.args[0].name == "x"
+
+
+def test_training_mode_dropout_carries_features_to_the_next_layer():
+    """A dropout between layers (training-mode trace) must not make the next layer's messages look like
+    graph structure: the QAT policies trace in training mode and would leave them unquantized."""
+    from quantgraph.models import build_model
+
+    x, ei = random_graph(30, 90)
+    for arch in ("gin", "sage", "gcn"):
+        roles = {}
+        for training in (False, True):
+            torch.manual_seed(0)
+            traced = trace(build_model(arch, x.shape[1], 3), {"x": x, "edge_index": ei}, training=training)
+            ctx = CompileContext(input_names=traced.input_names, dim_names=traced.dim_names)
+            gm = get_pass("canonicalize")(traced.graph_module, ctx).graph_module
+            gm = get_pass("tag-roles")(gm, ctx).graph_module
+            roles[training] = sorted(
+                (n.meta["qg_role"].value, n.meta["qg_layer"]) for n in gm.graph.nodes if n.target == SCATTER
+            )
+            dropouts = [n for n in gm.graph.nodes if n.target == torch.ops.aten.native_dropout.default]
+            assert all(n.meta["qg_role"] == Role.OTHER for n in dropouts)  # not a quantization point
+        assert roles[True] == roles[False], arch
+        assert ("aggregation", 1) in roles[True], arch

@@ -338,3 +338,20 @@ def test_per_channel_weights_option_exports_per_channel_qdq(small_gcn, tmp_path)
         qg_compile(model, data, policy="mixq", bits=4, options={"epochs": 1, "per_channel_weights": True})
     with pytest.raises(InputError, match="per_channel_weights: this policy quantizes no weights"):
         qg_compile(model, data, policy="fp32", options={"per_channel_weights": True})
+
+
+def test_shared_gather_quantization_leaves_gin_messages_on_their_producers_grid(tmp_path):
+    data = make_csbm(num_nodes=200, num_features=16, seed=3)
+    torch.manual_seed(0)
+    model = build_model("gin", 16, data.num_classes)
+    train_node_classifier(model, data, epochs=10, seed=0)
+    options = {"epochs": 2, "share_gather_quant": True}
+    compiled = qg_compile(model, data, policy="degree-quant", bits=4, options=options)
+    plain = qg_compile(model, data, policy="degree-quant", bits=4, options={"epochs": 2})
+    assert compiled.report["shared_gather_points"] == 2  # one message per GIN layer
+    assert compiled.report["quantization_points"] == plain.report["quantization_points"] - 2
+    gathers = [n for n in compiled.graph_module.graph.nodes if n.target == GATHER]
+    # each message reads a dequantized value and feeds the scatter directly (no Q/DQ of its own)
+    assert all(SCATTER in {u.target for u in g.users} for g in gathers)
+    assert compiled.export_onnx(tmp_path / "gin.onnx", data)["argmax_agreement"] == 1.0
+    assert compiled.report["average_bits"]["elements"] == 4.0

@@ -14,6 +14,7 @@ the first layer) gets the INPUT role, so the input quantization point sits on th
 from __future__ import annotations
 
 import importlib
+import operator
 
 import torch
 from torch import fx
@@ -47,6 +48,14 @@ def _weight_arg_index(node: fx.Node) -> int | None:
     if node.target == aten.addmm.default:
         return 2
     return None
+
+
+def _is_dropout(node: fx.Node) -> bool:
+    """A training-mode dropout or the value it returns (``native_dropout(x)[0]``); its mask is not."""
+    if node.target in (aten.native_dropout.default, aten.dropout.default):
+        return True
+    source = node.args[0] if node.target == operator.getitem and node.args else None
+    return isinstance(source, fx.Node) and source.target == aten.native_dropout.default and node.args[1] == 0
 
 
 def _inputs(node: fx.Node) -> list[fx.Node]:
@@ -141,6 +150,12 @@ class TagRolesPass(PassBase):
                 roles[node] = self._param_role(node, t)
                 continue
             if node.op == "output":
+                continue
+            if _is_dropout(node):  # passes its input on: not a quantization point, but it carries features
+                source = node.args[0]
+                depends_on_features[node] = depends_on_features.get(source, False)
+                edge_level[node] = edge_level.get(source, False)
+                roles[node] = Role.OTHER
                 continue
             is_tensor = isinstance(node.meta.get("val"), torch.Tensor) or node.target in (GATHER, SCATTER)
             data_dependent = is_tensor and node.target not in _SHAPE_ONLY
