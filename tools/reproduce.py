@@ -170,6 +170,15 @@ METHODS: dict[str, Method] = {
     "degree-quant-pc-int4": Method(
         "degree-quant-pc-int4", 4, _compiled("degree-quant", 4, per_channel_weights=True)
     ),
+    # ... and messages that only gather a quantized value keep its grid (share_gather_quant)
+    **{
+        f"degree-quant-pc-sg-int{b}": Method(
+            f"degree-quant-pc-sg-int{b}",
+            b,
+            _compiled("degree-quant", b, per_channel_weights=True, share_gather_quant=True),
+        )
+        for b in (8, 4)
+    },
 }
 
 
