@@ -140,6 +140,9 @@ def bit_figures(report: dict) -> dict[str, float]:
     }
 
 
+#: roles that the ``degree-quant-*db*`` methods quantize per in-degree bucket (as the ``ptq`` policy does)
+DEGREE_BUCKET_ROLES = "linear_out,aggregation,update,output"
+
 METHODS: dict[str, Method] = {
     "fp32": Method("fp32", 32, _compiled("fp32", 8)),
     "minmax-int8": Method("minmax-int8", 8, _compiled("minmax", 8)),
@@ -176,6 +179,21 @@ METHODS: dict[str, Method] = {
             f"degree-quant-pc-sg-int{b}",
             b,
             _compiled("degree-quant", b, per_channel_weights=True, share_gather_quant=True),
+        )
+        for b in (8, 4)
+    },
+    # ... or node-row activations with a percentile range per in-degree bucket (degree-buckets)
+    **{
+        f"degree-quant-db-int{b}": Method(
+            f"degree-quant-db-int{b}", b, _compiled("degree-quant", b, group_roles=DEGREE_BUCKET_ROLES)
+        )
+        for b in (8, 4)
+    },
+    **{
+        f"degree-quant-pc-db-int{b}": Method(
+            f"degree-quant-pc-db-int{b}",
+            b,
+            _compiled("degree-quant", b, per_channel_weights=True, group_roles=DEGREE_BUCKET_ROLES),
         )
         for b in (8, 4)
     },

@@ -4,14 +4,18 @@ Forward: ``dequantize(quantize(x))`` with the current range (affine, always cont
 training, the range tracks each batch's percentile (or min/max) range, combined across batches by
 running min/max or by an EMA; rows that a protective mask marks stay FP32 and do not update the
 range. Backward: straight-through; in the "GC" variant (default) the gradient is zeroed where the
-value saturated.
+value saturated. A ``PER_GROUP`` spec (the ``degree-buckets`` pass) keeps one range per group (in-degree
+bucket): each batch's range is taken over the rows of that group only.
 """
 
 from __future__ import annotations
 
 import torch
+from typing import ClassVar
+
 from torch import Tensor
 
+from quantgraph.errors import InputError
 from quantgraph.ir.qspec import Granularity, QParams, QuantSpec
 from quantgraph.ir.quantizer import Quantizer, QuantizerSettings, register_quantizer
 
@@ -54,6 +58,8 @@ class FakeQuantize(Quantizer):
     """
 
     kind = "fake-quant"
+    #: ``prepare-qat`` wires a per-group spec's group index into ``forward(x, groups=...)``
+    takes_groups: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -70,15 +76,21 @@ class FakeQuantize(Quantizer):
         self.momentum = momentum  # None: running min/max; else EMA with this momentum
         self.clip_grad = clip_grad
         self.per_channel = spec.granularity == Granularity.PER_CHANNEL
-        lo, hi = (torch.zeros(()), torch.zeros(()))
+        self.grouped = spec.granularity == Granularity.PER_GROUP
+        if self.grouped and not spec.num_groups:
+            raise InputError("a per-group fake-quant spec has no group count", "set num_groups in the spec")
+        shape = (int(spec.num_groups),) if self.grouped else ()
+        lo, hi = (torch.zeros(shape), torch.zeros(shape))
         if init is not None:  # recover the range the calibration chose
             lo = ((init.qmin - init.zero_point) * init.scale).float()
             hi = ((init.qmax - init.zero_point) * init.scale).float()
-            if not self.per_channel:
+            if not self.per_channel and not self.grouped:
                 lo, hi = lo.min().reshape(()), hi.max().reshape(())
         self.register_buffer("lo", lo)
         self.register_buffer("hi", hi)
         self.register_buffer("initialized", torch.tensor(init is not None))
+        # per group: which groups have a range yet (all of them when calibration gave one)
+        self.register_buffer("group_seen", torch.full(shape, init is not None, dtype=torch.bool))
 
     @classmethod
     def from_spec(cls, spec: QuantSpec, init: QParams | None, settings: QuantizerSettings) -> FakeQuantize:
@@ -98,6 +110,10 @@ class FakeQuantize(Quantizer):
     def _batch_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.per_channel:
             return self._channel_range(x)
+        return self._tensor_range(x)
+
+    def _tensor_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """One range over all of ``x``: percentile (``tail`` > 0) or min/max, ignoring non-finite values."""
         flat = x.detach().flatten().float()
         flat = flat[torch.isfinite(flat)]  # a diverging step (e.g. x / 0) must not poison the range
         if self.tail > 0 and flat.numel() > 1:
@@ -109,8 +125,37 @@ class FakeQuantize(Quantizer):
             return flat, flat
         return flat.min(), flat.max()
 
-    def _observe(self, x: Tensor) -> None:
+    def _group_range(self, x: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per group: the batch range of that group's rows, and which groups had rows."""
+        lo, hi = self.lo.clone(), self.hi.clone()
+        present = torch.zeros_like(self.group_seen)
+        for group in torch.unique(groups).tolist():
+            rows = x[groups == group]
+            if rows.numel() == 0:
+                continue
+            g_lo, g_hi = self._tensor_range(rows)
+            if g_lo.numel() and bool(torch.isfinite(g_lo) & torch.isfinite(g_hi)):
+                lo[group], hi[group], present[group] = g_lo, g_hi, True
+        return lo, hi, present
+
+    def _observe_groups(self, x: Tensor, groups: Tensor) -> None:
+        lo, hi, present = self._group_range(x, groups)
+        fresh, seen = present & ~self.group_seen, present & self.group_seen
+        if self.momentum is None:
+            merged_lo, merged_hi = torch.minimum(self.lo, lo), torch.maximum(self.hi, hi)
+        else:
+            merged_lo = self.lo * (1 - self.momentum) + self.momentum * lo
+            merged_hi = self.hi * (1 - self.momentum) + self.momentum * hi
+        self.lo.copy_(torch.where(fresh, lo, torch.where(seen, merged_lo, self.lo)))
+        self.hi.copy_(torch.where(fresh, hi, torch.where(seen, merged_hi, self.hi)))
+        self.group_seen |= present
+        self.initialized.fill_(bool(self.group_seen.any()))
+
+    def _observe(self, x: Tensor, groups: Tensor | None = None) -> None:
         if x.numel() == 0:
+            return
+        if self.grouped:
+            self._observe_groups(x, self._require_groups(groups))
             return
         lo, hi = self._batch_range(x)
         if lo.numel() == 0 or not bool((torch.isfinite(lo) & torch.isfinite(hi)).all()):
@@ -129,14 +174,30 @@ class FakeQuantize(Quantizer):
     def qparams(self) -> QParams:
         return QParams.from_range(self.lo.clone(), self.hi.clone(), self.spec)
 
-    def forward(self, x: Tensor, protect: Tensor | None = None) -> Tensor:
-        """Fake-quantize ``x``; in training, rows with ``protect[row]`` True bypass quantization."""
+    def _require_groups(self, groups: Tensor | None) -> Tensor:
+        if groups is None:
+            raise InputError(
+                "a per-group fake-quant quantizer got no group index", "run 'prepare-qat' to wire the groups"
+            )
+        return groups
+
+    def forward(self, x: Tensor, protect: Tensor | None = None, groups: Tensor | None = None) -> Tensor:
+        """Fake-quantize ``x``; in training, rows with ``protect[row]`` True bypass quantization.
+
+        ``groups`` (per-group specs only): each row's group, which picks its range."""
         protect = protect if self.training else None
         if self.training:
-            self._observe(x if protect is None else x[~protect])
+            if protect is None:
+                self._observe(x, groups)
+            else:
+                self._observe(x[~protect], None if groups is None else groups[~protect])
         qp = self.qparams()
         scale, zp = qp.scale, qp.zero_point.float()
-        if self.per_channel and scale.dim() == 1:  # broadcast one entry per channel along the axis
+        if self.grouped:  # each row takes its group's parameters
+            index = self._require_groups(groups)
+            shape = [-1] + [1] * (x.dim() - 1)
+            scale, zp = scale[index].view(shape), zp[index].view(shape)
+        elif self.per_channel and scale.dim() == 1:  # broadcast one entry per channel along the axis
             shape = [1] * x.dim()
             shape[self.spec.axis % x.dim()] = -1
             scale, zp = scale.view(shape), zp.view(shape)
@@ -148,6 +209,6 @@ class FakeQuantize(Quantizer):
 
     def extra_repr(self) -> str:
         return (
-            f"bits={self.spec.bits}, per_channel={self.per_channel}, tail={self.tail}, "
+            f"bits={self.spec.bits}, per_channel={self.per_channel}, grouped={self.grouped}, tail={self.tail}, "
             f"momentum={self.momentum}, clip_grad={self.clip_grad}"
         )

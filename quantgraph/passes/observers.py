@@ -76,16 +76,26 @@ class PercentileObserver(Observer):
     The default tail follows Degree-Quant: 0.001 per side at 8 bits, 0.01 below.
     """
 
-    def batch_bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _percentiles(self, values: Tensor) -> tuple[Tensor, Tensor]:
         tail = dict(self.spec.observer_args).get("tail", default_percentile_tail(self.spec.bits))
+        lo, hi = torch.quantile(strided_sample(values.flatten()), torch.tensor([tail, 1.0 - tail]))
+        return lo, hi
+
+    def batch_bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
         dims = self._reduce_dims(x)
         if len(dims) != x.dim():
             raise InputError(
-                "the percentile observer supports per-tensor ranges only", "use observer='minmax'"
+                "the percentile observer supports per-tensor and per-group ranges only",
+                "use observer='minmax'",
             )
-        flat = strided_sample(x.flatten())
-        q = torch.tensor([tail, 1.0 - tail])
-        lo, hi = torch.quantile(flat, q)
+        return self._percentiles(x)
+
+    def group_bounds(self, x: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
+        """PER_GROUP: the percentile range of each group's rows (empty groups: +inf/-inf)."""
+        count = int(self.spec.num_groups or 0)
+        lo, hi = torch.full((count,), float("inf")), torch.full((count,), float("-inf"))
+        for group in torch.unique(groups).tolist():
+            lo[group], hi[group] = self._percentiles(x[groups == group])
         return lo, hi
 
 

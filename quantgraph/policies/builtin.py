@@ -66,6 +66,7 @@ DEGREE_QUANT_PASSES = (
     *GRAPH_PASSES,
     "dropout-to-module",
     "annotate",
+    "degree-buckets",  # off unless --option group_roles=... (ranges per in-degree bucket)
     "calibrate",
     "prepare-qat",
     "degree-mask",
@@ -103,10 +104,11 @@ QAT = register_policy(
 DEGREE_QUANT = register_policy(
     Policy(
         name="degree-quant",
-        description="Degree-Quant QAT: percentile ranges, saturation-aware STE, degree-based protective masks",
+        description="Degree-Quant QAT: percentile ranges, saturation-aware STE, degree-based protective masks "
+        "(--option group_roles=...: those roles get a range per in-degree bucket)",
         pipeline=DEGREE_QUANT_PASSES,
         qconfig=per_tensor_affine_qconfig("percentile"),
-        defaults={"trace_training": True},
+        defaults={"trace_training": True, "group_roles": ()},
     )
 )
 
