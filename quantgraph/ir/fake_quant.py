@@ -10,9 +10,9 @@ bucket): each batch's range is taken over the rows of that group only.
 
 from __future__ import annotations
 
-import torch
 from typing import ClassVar
 
+import torch
 from torch import Tensor
 
 from quantgraph.errors import InputError
