@@ -142,6 +142,8 @@ def bit_figures(report: dict) -> dict[str, float]:
 
 #: roles that the ``degree-quant-*db*`` methods quantize per in-degree bucket (as the ``ptq`` policy does)
 DEGREE_BUCKET_ROLES = "linear_out,aggregation,update,output"
+#: the EMA momentum of the ``degree-quant-*ema*`` methods (the default of Degree-Quant's ``IntegerQuantizer``)
+DQ_MOMENTUM = 0.01
 
 METHODS: dict[str, Method] = {
     "fp32": Method("fp32", 32, _compiled("fp32", 8)),
@@ -186,6 +188,22 @@ METHODS: dict[str, Method] = {
     **{
         f"degree-quant-db-int{b}": Method(
             f"degree-quant-db-int{b}", b, _compiled("degree-quant", b, group_roles=DEGREE_BUCKET_ROLES)
+        )
+        for b in (8, 4)
+    },
+    # ... with ranges tracked by an EMA (momentum 0.01, Degree-Quant's "momentum" range option) instead of
+    # running min/max, with or without the per-bucket ranges
+    **{
+        f"degree-quant-ema-int{b}": Method(
+            f"degree-quant-ema-int{b}", b, _compiled("degree-quant", b, ema_momentum=DQ_MOMENTUM)
+        )
+        for b in (8, 4)
+    },
+    **{
+        f"degree-quant-db-ema-int{b}": Method(
+            f"degree-quant-db-ema-int{b}",
+            b,
+            _compiled("degree-quant", b, group_roles=DEGREE_BUCKET_ROLES, ema_momentum=DQ_MOMENTUM),
         )
         for b in (8, 4)
     },
