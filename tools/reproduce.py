@@ -144,6 +144,12 @@ def bit_figures(report: dict) -> dict[str, float]:
 DEGREE_BUCKET_ROLES = "linear_out,aggregation,update,output"
 #: the EMA momentum of the ``degree-quant-*ema*`` methods (the default of Degree-Quant's ``IntegerQuantizer``)
 DQ_MOMENTUM = 0.01
+DEGREE_QUANT_RANGE_VARIANTS: dict[str, dict[str, object]] = {
+    "db": {"group_roles": DEGREE_BUCKET_ROLES},
+    "ema": {"ema_momentum": DQ_MOMENTUM},
+    "db-ema": {"group_roles": DEGREE_BUCKET_ROLES, "ema_momentum": DQ_MOMENTUM},
+    "pc-db": {"per_channel_weights": True, "group_roles": DEGREE_BUCKET_ROLES},
+}
 
 METHODS: dict[str, Method] = {
     "fp32": Method("fp32", 32, _compiled("fp32", 8)),
@@ -184,35 +190,13 @@ METHODS: dict[str, Method] = {
         )
         for b in (8, 4)
     },
-    # ... or node-row activations with a percentile range per in-degree bucket (degree-buckets)
+    # ... or node-row activations with a percentile range per in-degree bucket (db: degree-buckets), ranges
+    # tracked by an EMA (ema: Degree-Quant's "momentum" range option) instead of running min/max, or both
     **{
-        f"degree-quant-db-int{b}": Method(
-            f"degree-quant-db-int{b}", b, _compiled("degree-quant", b, group_roles=DEGREE_BUCKET_ROLES)
+        f"degree-quant-{variant}-int{b}": Method(
+            f"degree-quant-{variant}-int{b}", b, _compiled("degree-quant", b, **options)
         )
-        for b in (8, 4)
-    },
-    # ... with ranges tracked by an EMA (momentum 0.01, Degree-Quant's "momentum" range option) instead of
-    # running min/max, with or without the per-bucket ranges
-    **{
-        f"degree-quant-ema-int{b}": Method(
-            f"degree-quant-ema-int{b}", b, _compiled("degree-quant", b, ema_momentum=DQ_MOMENTUM)
-        )
-        for b in (8, 4)
-    },
-    **{
-        f"degree-quant-db-ema-int{b}": Method(
-            f"degree-quant-db-ema-int{b}",
-            b,
-            _compiled("degree-quant", b, group_roles=DEGREE_BUCKET_ROLES, ema_momentum=DQ_MOMENTUM),
-        )
-        for b in (8, 4)
-    },
-    **{
-        f"degree-quant-pc-db-int{b}": Method(
-            f"degree-quant-pc-db-int{b}",
-            b,
-            _compiled("degree-quant", b, per_channel_weights=True, group_roles=DEGREE_BUCKET_ROLES),
-        )
+        for variant, options in DEGREE_QUANT_RANGE_VARIANTS.items()
         for b in (8, 4)
     },
 }

@@ -130,10 +130,7 @@ class FakeQuantize(Quantizer):
         lo, hi = self.lo.clone(), self.hi.clone()
         present = torch.zeros_like(self.group_seen)
         for group in torch.unique(groups).tolist():
-            rows = x[groups == group]
-            if rows.numel() == 0:
-                continue
-            g_lo, g_hi = self._tensor_range(rows)
+            g_lo, g_hi = self._tensor_range(x[groups == group])
             if g_lo.numel() and bool(torch.isfinite(g_lo) & torch.isfinite(g_hi)):
                 lo[group], hi[group], present[group] = g_lo, g_hi, True
         return lo, hi, present
@@ -141,15 +138,18 @@ class FakeQuantize(Quantizer):
     def _observe_groups(self, x: Tensor, groups: Tensor) -> None:
         lo, hi, present = self._group_range(x, groups)
         fresh, seen = present & ~self.group_seen, present & self.group_seen
-        if self.momentum is None:
-            merged_lo, merged_hi = torch.minimum(self.lo, lo), torch.maximum(self.hi, hi)
-        else:
-            merged_lo = self.lo * (1 - self.momentum) + self.momentum * lo
-            merged_hi = self.hi * (1 - self.momentum) + self.momentum * hi
+        merged_lo, merged_hi = self._merged(lo, hi)
         self.lo.copy_(torch.where(fresh, lo, torch.where(seen, merged_lo, self.lo)))
         self.hi.copy_(torch.where(fresh, hi, torch.where(seen, merged_hi, self.hi)))
         self.group_seen |= present
         self.initialized.fill_(bool(self.group_seen.any()))
+
+    def _merged(self, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+        """The tracked range combined with a batch's: running min/max, or an EMA with ``momentum``."""
+        if self.momentum is None:
+            return torch.minimum(self.lo, lo), torch.maximum(self.hi, hi)
+        keep = 1 - self.momentum
+        return self.lo * keep + self.momentum * lo, self.hi * keep + self.momentum * hi
 
     def _observe(self, x: Tensor, groups: Tensor | None = None) -> None:
         if x.numel() == 0:
@@ -164,12 +164,10 @@ class FakeQuantize(Quantizer):
             self.lo = lo.clone()  # a per-channel range replaces the 0-d placeholder
             self.hi = hi.clone()
             self.initialized.fill_(True)
-        elif self.momentum is None:
-            self.lo.copy_(torch.minimum(self.lo, lo))
-            self.hi.copy_(torch.maximum(self.hi, hi))
         else:
-            self.lo.mul_(1 - self.momentum).add_(self.momentum * lo)
-            self.hi.mul_(1 - self.momentum).add_(self.momentum * hi)
+            merged_lo, merged_hi = self._merged(lo, hi)
+            self.lo.copy_(merged_lo)
+            self.hi.copy_(merged_hi)
 
     def qparams(self) -> QParams:
         return QParams.from_range(self.lo.clone(), self.hi.clone(), self.spec)
