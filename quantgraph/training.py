@@ -221,6 +221,7 @@ def train_node_classifier(
     restore_best: bool = True,
     select: str = "acc",
     on_epoch: Callable[[int], None] | None = None,
+    keep_initial: bool = False,
 ) -> TrainResult:
     """Full-batch node classification: Adam, cross-entropy on ``train_mask``, best-validation selection.
 
@@ -231,6 +232,8 @@ def train_node_classifier(
     ``penalty``: a differentiable term added to the loss at every step (e.g. a bit-cost regulariser).
     ``restore_best``: False keeps the last epoch's state (e.g. for a search whose goal is not accuracy).
     ``on_epoch(epoch)``: called after each epoch's evaluation (e.g. to record a search's choices).
+    ``keep_initial``: the starting state is a candidate too (epoch 0), so fine-tuning that only lowers
+    validation returns the model it was given.
     Returns a :class:`TrainResult`; the model is left in eval mode holding the best epoch's weights.
     """
     _check_node_data(data)
@@ -242,6 +245,8 @@ def train_node_classifier(
 
     start = time.perf_counter()
     best_acc, best_loss, best_epoch, best_state = -math.inf, math.inf, 0, _snapshot(model)
+    if keep_initial:
+        _, best_acc, best_loss = _node_eval(model, fwd, data)
     history: list[dict[str, float]] = []
     with _progress(progress, "training") as prog:
         bar = _Bar(prog, epochs)
@@ -377,13 +382,15 @@ def train_graph_classifier(
     restore_best: bool = True,
     on_epoch: Callable[[int], None] | None = None,
     select: str = "acc",
+    keep_initial: bool = False,
 ) -> TrainResult:
     """Mini-batch graph classification with Adam and best-validation selection.
 
     ``collate(list_of_graphs)`` must return an object with ``x``, ``edge_index``, ``batch`` and ``y`` (one
     label per graph); the default :func:`collate_graphs` works for any graph objects with ``x``,
     ``edge_index`` and ``y``. Training graphs are reshuffled every epoch (from the seeded global RNG).
-    ``penalty`` (added to every batch's loss), ``restore_best``, ``on_epoch`` and ``select`` work as in
+    ``penalty`` (added to every batch's loss), ``restore_best``, ``on_epoch``, ``select`` and
+    ``keep_initial`` work as in
     :func:`train_node_classifier`.
     """
     _check_hparams(epochs, lr, patience, select)
@@ -405,6 +412,8 @@ def train_graph_classifier(
 
     start = time.perf_counter()
     best_acc, best_loss, best_epoch, best_state = -math.inf, math.inf, 0, _snapshot(model)
+    if keep_initial:
+        best_acc, best_loss = score(val_graphs)
     history: list[dict[str, float]] = []
     with _progress(progress, "training") as prog:
         bar = _Bar(prog, epochs)

@@ -456,3 +456,24 @@ def test_training_can_select_and_stop_on_validation_loss():
     assert result.epochs_run == 60 or result.epochs_run - result.best_epoch == 10
     with pytest.raises(InputError, match="select"):
         train_node_classifier(model, data, epochs=2, select="f1")
+
+
+def test_keep_initial_returns_the_starting_model_when_fine_tuning_only_hurts():
+    data = separable_graph()
+    torch.manual_seed(0)
+    model = build_model("gcn", 8, 3)
+    train_node_classifier(model, data, epochs=60, seed=0)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    start_val = evaluate(model, data)["val"]
+
+    def wreck(keep_initial: bool):
+        model.load_state_dict(start)
+        return train_node_classifier(model, data, epochs=3, lr=50.0, seed=0, keep_initial=keep_initial)
+
+    wrecked = wreck(False)
+    assert wrecked.best_epoch >= 1 and wrecked.val_acc < start_val
+    kept = wreck(True)
+    assert kept.best_epoch == 0 and kept.val_acc == pytest.approx(start_val)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, start[name]), name
+    assert kept.epochs_run == 3  # it still trained, and compared every epoch against the start

@@ -354,6 +354,8 @@ def test_cli_memory_target_prints_bits_memory_and_pareto_front(tmp_path, capsys)
     assert final["val_acc"] == qat["val_acc"] and final["fp32_val_acc"] == info["abs"]["fp32"]["val_acc"]
     assert final["val_drop"] == pytest.approx(final["fp32_val_acc"] - final["val_acc"], abs=1e-5)
     assert final["tolerance_met"] is None and "after QAT: validation" in out
+    # sgquant keeps the calibrated starting state as a candidate epoch (epoch 0) of its QAT
+    assert qat["keep_initial"] is True and 0 <= qat["best_epoch"] <= 3
 
 
 # ----------------------------------------------------------------------------- input features, candidates

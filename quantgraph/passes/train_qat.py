@@ -3,7 +3,8 @@
 The checkpoint (weights and fake-quant ranges) with the best validation accuracy is kept (``select=loss``:
 the lowest validation loss); test accuracy is never used for selection. Options: ``EPOCHS``, ``SELECT``,
 ``LR``, ``WEIGHT_DECAY``, ``SEED``, ``BATCH_SIZE``
-(declared here; ``search-bits`` shares them).
+(declared here; ``search-bits`` shares them), and ``KEEP_INITIAL``: the calibrated starting state competes
+as epoch 0 (on by default for ``sgquant``, whose 1-2-bit points can fall apart in fine-tuning).
 
 Defaults depend on the task. Node classification: lr 0.005, weight decay 5e-4 (Degree-Quant's). Graph
 classification: lr 0.001 without weight decay; the node defaults wreck a graph-level GIN trained at lr
@@ -36,6 +37,12 @@ SELECT = Option(
     "acc",
     "checkpoint selection on validation: acc (best accuracy, ties on loss) or loss (lowest loss)",
     choices=SELECT_ON,
+)
+KEEP_INITIAL = Option(
+    "keep_initial",
+    bool,
+    False,
+    "the calibrated starting state is a candidate checkpoint too (epoch 0): fine-tuning cannot end below it",
 )
 TRAINING_OPTIONS = (LR, WEIGHT_DECAY, SEED, BATCH_SIZE)
 
@@ -75,7 +82,7 @@ class TrainQATPass(PassBase):
 
     name = "train-qat"
     description = "quantization-aware fine-tuning with best-validation checkpoint selection"
-    options = (EPOCHS, SELECT, *TRAINING_OPTIONS)
+    options = (EPOCHS, SELECT, KEEP_INITIAL, *TRAINING_OPTIONS)
 
     def requires(self, gm: fx.GraphModule, ctx: CompileContext) -> None:
         require_fake_quant(gm, self.name)
@@ -84,6 +91,7 @@ class TrainQATPass(PassBase):
     def call(self, gm: fx.GraphModule, ctx: CompileContext) -> PassResult:
         hp = training_hyperparameters(ctx, self.option(ctx, "epochs"))
         hp["select"] = self.option(ctx, "select")
+        hp["keep_initial"] = self.option(ctx, "keep_initial")
         graphs = ctx.task_data.get("graphs")
         if graphs is not None:
             train, val = graphs["train"], graphs["val"]

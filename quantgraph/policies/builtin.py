@@ -172,7 +172,7 @@ SGQUANT = register_policy(
         description="SGQuant: bits per layer/component/degree bucket (given, or ABS under a memory budget), then QAT",
         pipeline=SGQUANT_PASSES,
         qconfig=sgquant_qconfig,
-        defaults={"trace_training": True},
+        defaults={"trace_training": True, "keep_initial": True},
     )
 )
 
