@@ -6,6 +6,7 @@
   of every quantized layer (memory-weighted). Features a model reads unquantized count at 32 bits in
   ``stored_all_features``.
 * Memory of the node features at their learned bits, against INT8 and FP32 storage of the same values.
+* Per layer, ``spearman_bits_in_degree``: how strongly the learned bits rank with in-degree.
 """
 
 from __future__ import annotations
@@ -66,7 +67,19 @@ def layer_summary(name: str, bits: Tensor, width: int, non_negative: bool, degre
         "bits_histogram": {str(int(b)): int((bits == b).sum()) for b in bits.unique().tolist()},
         "bits_by_in_degree": bits_by_degree(bits, degree),
         "in_degree_by_bits": degree_by_bits(bits, degree),
+        "spearman_bits_in_degree": spearman(bits, degree),
     }
+
+
+def spearman(bits: Tensor, degree: Tensor) -> float | None:
+    """Spearman rank correlation of a node's bits with its in-degree (A²Q's claim: positive); None when
+    every node has the same bits (no ranking to correlate)."""
+    from scipy.stats import spearmanr
+
+    b, d = bits.double().reshape(-1).numpy(), degree.double().reshape(-1).numpy()
+    if b.size < 2 or b.min() == b.max() or d.min() == d.max():
+        return None
+    return round(float(spearmanr(b, d).statistic), 4)
 
 
 def a2q_summary(layers: list[dict[str, Any]], unquantized_values: int = 0) -> dict[str, Any]:

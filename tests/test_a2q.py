@@ -475,3 +475,15 @@ def test_sparse_rows_local_gradient_equals_the_dense_one():
     assert torch.equal(sparse, dense)
     assert torch.allclose(scale.grad, s2.grad, atol=1e-7) and torch.allclose(bits.grad, b2.grad, atol=1e-7)
     assert bits.grad.abs().sum() > 0  # some values were clipped
+
+
+def test_layer_summary_ranks_bits_against_in_degree():
+    from quantgraph.a2q_report import layer_summary
+
+    degree = torch.tensor([0, 1, 1, 3, 5, 9, 20, 40])
+    rising = layer_summary("h", torch.tensor([2, 2, 3, 3, 4, 4, 8, 8]), 16, True, degree)
+    assert rising["spearman_bits_in_degree"] == pytest.approx(0.9572, abs=1e-4)  # Pearson of average ranks
+    falling = layer_summary("h", torch.tensor([8, 8, 4, 4, 3, 3, 2, 2]), 16, True, degree)
+    assert falling["spearman_bits_in_degree"] < -0.9
+    constant = layer_summary("h", torch.full((8,), 3), 16, True, degree)
+    assert constant["spearman_bits_in_degree"] is None and constant["bits_histogram"] == {"3": 8}

@@ -248,9 +248,20 @@ def _a2q(policy: str) -> Callable:
             "stored_bits": a2q["average_bits"]["stored"],
             "memory_vs_fp32": a2q["memory_bytes"]["vs_fp32"],
             "val_acc": compiled.report["a2q_train"]["val_acc"],
+            **degree_figures(a2q["layers"]),
         }
 
     return run
+
+
+def degree_figures(layers: list[dict]) -> dict[str, float]:
+    """Per seed: the most distinct bitwidths in one layer, and the mean over layers of the Spearman
+    correlation of bits with in-degree (a layer whose nodes all have the same bits counts as 0)."""
+    rhos = [la.get("spearman_bits_in_degree") or 0.0 for la in layers]
+    return {
+        "distinct_bits": float(max((len(la["bits_histogram"]) for la in layers), default=0)),
+        "bits_degree_rho": round(sum(rhos) / max(len(rhos), 1), 4),
+    }
 
 
 A2Q_METHODS = {"a2q": "a2q", "a2q-nns": "a2q-nns"}
