@@ -74,8 +74,25 @@ def test_partitioned_logits_equal_single_process(kind, bits, tmp_path, client):
             np.abs(result.logits - expected).max(),
         )
         assert sum(result.bytes_per_layer) > 0
+        assert result.state_moves == 0  # every task of a partition ran where its state was: pieces moved
         # halo rows travel packed: 4-bit rows are half the bytes of 8-bit rows, both far below float32
         assert sum(result.bytes_per_layer) * (8 // bits) * 4 <= sum(result.float32_bytes_per_layer) + 64 * 3
+
+
+def test_dask_sizes_a_partition_state_by_its_arrays(tmp_path):
+    """Dask's default size of an unknown object is ``sys.getsizeof`` (56 bytes): placement then ignored the
+    states and shipped them to the halo pieces."""
+    from dask.sizeof import sizeof
+
+    from quantgraph.scale import layerwise
+
+    path = _model("gcn", 8, tmp_path)
+    g = _power_law(150, 5)
+    partition_graph(g.x.numpy(), g.edge_index.numpy(), 2, tmp_path / "parts", method="hash")
+    state = layerwise.prepare_part(str(path), str(load_manifest(tmp_path / "parts").folder(0)), 0, 1)
+    x = state.values["x"]
+    assert state.pids and state.moves() == 0
+    assert sizeof(state) == state.nbytes() >= x.numel() * x.element_size() > 1000
 
 
 def killed_worker_case(kind: str, tmp_path):

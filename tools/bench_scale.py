@@ -90,7 +90,7 @@ def _row(engine: str, p: int, w: int, split: Any, startup: float, runs: list[Sca
         "seconds_median": round(statistics.median(x.seconds for x in runs[1:]), 3),
         "seconds_all": [round(x.seconds, 3) for x in runs[1:]],
         "seconds_per_segment": [round(t, 3) for t in r.seconds_per_layer],
-        "graph_segments": r.graph_segments, "graph_bytes": r.graph_bytes,
+        "graph_segments": r.graph_segments, "graph_bytes": r.graph_bytes, "state_moves": r.state_moves,
         "halo_bytes_per_segment": r.bytes_per_layer, "float32_bytes_per_segment": r.float32_bytes_per_layer,
         "worker_peak_rss_mb": sorted(round(v / 2**20) for v in r.worker_peak_rss.values()),
         "bit_equal": all(bool(np.array_equal(x.logits, expected)) for x in runs),

@@ -2,8 +2,9 @@
 
 Without ``scheduler`` a local cluster of ``workers`` processes (loopback only) is started and closed again; with
 ``scheduler`` (``tcp://host:8786``) the run joins that cluster. Workers must see the model file and the
-partition folder at the same paths (a shared filesystem). Tasks are ordinary ``Client.submit`` calls: Dask
-places them, moves their results and re-runs the tasks of a worker that dies.
+partition folder at the same paths (a shared filesystem). Tasks are ordinary ``Client.submit`` calls, each
+partition's on one worker (round-robin; a loose restriction, so Dask re-runs the tasks of a worker that dies
+elsewhere); Dask moves the halo pieces between them.
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ def run_dask(
                 cluster.close()
 
 
+def home_workers(client: Any, parts: int) -> list[str]:
+    """Partition ``p``'s worker: round-robin over the cluster's workers (sorted addresses). Every task of a
+    partition is placed there, so its state never travels; the halo pieces are what moves."""
+    workers = sorted(client.scheduler_info()["workers"])
+    if not workers:
+        raise InputError("the Dask cluster has no workers", "start workers, or run without --scheduler")
+    return [workers[p % len(workers)] for p in range(parts)]
+
+
 def _run(
     client: Any,
     distributed: Any,
@@ -83,8 +93,14 @@ def _run(
     parts = manifest.parts
     folders = [str(manifest.folder(p).resolve()) for p in range(parts)]
     keep: list[Any] = []  # every future stays referenced, so a lost result can be recomputed from its lineage
+    home = home_workers(client, parts)
+
+    def submit(fn: Any, *args: Any, part: int, **kwargs: Any) -> Any:
+        """A task of partition ``part``, placed on that partition's worker (elsewhere if it is gone)."""
+        return client.submit(fn, *args, pure=False, workers=[home[part]], allow_other_workers=True, **kwargs)
+
     states = [
-        client.submit(layerwise.prepare_part, model_path, folders[p], p, threads, pure=False, retries=retries)
+        submit(layerwise.prepare_part, model_path, folders[p], p, threads, part=p, retries=retries)
         for p in range(parts)
     ]
     keep += states
@@ -100,14 +116,12 @@ def _run(
             pieces = []
             if seg.exchange is not None:
                 for q in manifest.halo_from(p):
-                    piece = client.submit(
-                        layerwise.halo_piece, states[q], seg, folders[p], pure=False, retries=retries
-                    )
+                    piece = submit(layerwise.halo_piece, states[q], seg, folders[p], part=q, retries=retries)
                     pieces.append(piece)
             keep += pieces
             fault = fault_file if (k == len(segs) - 1 and p == 0) else None
             new.append(
-                client.submit(
+                submit(
                     layerwise.run_segment,
                     model_path,
                     states[p],
@@ -115,7 +129,7 @@ def _run(
                     pieces,
                     threads,
                     fault,
-                    pure=False,
+                    part=p,
                     retries=retries,
                 )  # fmt: skip
             )
@@ -124,7 +138,7 @@ def _run(
         states = new
         seconds.append(time.perf_counter() - t0)
     outs = client.gather(
-        [client.submit(layerwise.outputs, model_path, s, threads, pure=False) for s in states]
+        [submit(layerwise.outputs, model_path, s, threads, part=p) for p, s in enumerate(states)]
     )
     finals = client.gather(states)
     rss = client.run(peak_rss)

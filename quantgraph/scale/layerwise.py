@@ -64,7 +64,8 @@ class Segment:
 
 @dataclass
 class PartState:
-    """One partition's values between segments (owned rows only) and the bytes it received per segment."""
+    """One partition's values between segments (owned rows only), the bytes it received per segment, and the
+    process that produced it at each task (``pids``: a change means the engine moved the state)."""
 
     part: int
     owned: int
@@ -72,6 +73,39 @@ class PartState:
     values: dict[str, Any]
     received: dict[int, int] = field(default_factory=dict)
     received_float32: dict[int, int] = field(default_factory=dict)
+    pids: tuple[int, ...] = ()
+
+    def nbytes(self) -> int:
+        """Bytes of the arrays it holds (what an engine moves when it ships the state)."""
+        return sum(_value_bytes(v) for v in self.values.values())
+
+    def moves(self) -> int:
+        """How many of its tasks ran in another process than the one before."""
+        return sum(a != b for a, b in zip(self.pids, self.pids[1:], strict=False))
+
+
+def _value_bytes(value: Any) -> int:
+    if isinstance(value, PackedRows):
+        return int(value.data.nbytes)
+    if isinstance(value, Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    return 64  # a scalar, a shape: small
+
+
+def _register_dask_sizeof() -> None:
+    """Tell Dask how large a state is. Its default (``sys.getsizeof``: 56 bytes for any state, 80 for a
+    tensor) made the scheduler ship gigabyte states to wherever a task's small halo pieces were, so the
+    partitions of a run piled up on one worker."""
+    try:
+        from dask.sizeof import sizeof
+    except ImportError:  # Dask is optional (the Ray engine does not need it)
+        return
+    sizeof.register(PartState)(lambda state: state.nbytes())
+
+
+_register_dask_sizeof()
 
 
 def model_for(path: str, threads: int | None = None) -> NativeModel:
@@ -180,7 +214,7 @@ def prepare_part(model_path: str, folder: str, part: int, threads: int | None = 
         if not points:
             values = _graph_done(model, values)
     values["x"] = torch.from_numpy(np.array(x, dtype=np.float32))
-    return PartState(part, owned, local, values)
+    return PartState(part, owned, local, values, pids=(os.getpid(),))
 
 
 def pack_rows(value: Any, rows: np.ndarray | slice, bits: int) -> np.ndarray:
@@ -227,7 +261,8 @@ def _run_graph_segment(
     received[index] = int(sum(p.nbytes for p in pieces))
     received_f32 = dict(state.received_float32)
     received_f32[index] = received[index]
-    return PartState(state.part, state.owned, state.local, values, received, received_f32)
+    pids = (*state.pids, os.getpid())
+    return PartState(state.part, state.owned, state.local, values, received, received_f32, pids)
 
 
 def _num_features(value: Any) -> int:
@@ -306,7 +341,8 @@ def run_segment(
         received[index] = int(sum(p.nbytes for p in pieces))
         width = _num_features(state.values[seg.exchange])
         received_f32[index] = int(sum(len(p) for p in pieces)) * width * 4
-    return PartState(state.part, state.owned, state.local, keep, received, received_f32)
+    pids = (*state.pids, os.getpid())
+    return PartState(state.part, state.owned, state.local, keep, received, received_f32, pids)
 
 
 def outputs(model_path: str, state: PartState, threads: int | None = None) -> np.ndarray:

@@ -27,6 +27,8 @@ class ScaleResult:
     worker_peak_rss: dict[str, int] = field(default_factory=dict)
     graph_bytes: int = 0
     graph_segments: int = 0
+    #: tasks of a partition that ran in another process than its previous task (the state was shipped)
+    state_moves: int = 0
 
 
 def peak_rss() -> int:
@@ -80,4 +82,5 @@ def assemble(
         rss,
         graph_bytes,
         len(graph),
+        sum(s.moves() for s in finals),
     )
